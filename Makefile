@@ -1,0 +1,30 @@
+# Both targets bootstrap .venv with pip on first use.
+# TORCH pins the build that lies on this project's machines; override it elsewhere,
+# e.g. `make test TORCH="torch torchvision"`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.medmtl-installed
+
+.PHONY: demo test lint clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/medmtl demo --out demo
+
+test: $(STAMP)
+	$(PY) -m ruff check medmtl tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check medmtl tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)
