@@ -1,0 +1,344 @@
+"""report.md, report.html (self-contained), summary.json and summary.csv from one compare dir.
+
+The document is built once as a list of blocks and rendered twice (Markdown, HTML), so both
+show the same numbers. All text is a template filled with computed values.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
+from medmtl.report.plots import make_plots
+from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
+
+Block = tuple[Any, ...]
+PLOT_CAPTIONS = {
+    "metric_bars": "Main metrics per method, mean over seeds with sample-std error bars",
+    "training_curves": "Training losses and validation metrics per epoch (mean over seeds)",
+    "task_weights": "Task weights per epoch (mean over seeds)",
+    "grad_cos": "Cosine between the task gradients on the shared parameters (where measured)",
+    "pr_curves": "Detection precision-recall curves (first seed with eval/pr_curves.json)",
+    "confusion": "View confusion matrices, summed over seeds (rows: true, columns: predicted)",
+}
+HOW_TO_READ = [
+    "Each cell 'mean ± std' is the mean over the finished seeds of a method and the sample "
+    "standard deviation (ddof = 1); '—' means a single seed, so no spread can be given.",
+    "Metrics on a 0–1 scale show 3 decimals, times in ms and s 1 decimal, parameters in "
+    "millions. 'n/a' means the runs did not report the value; 'nan' means a run reported a "
+    "non-finite value (e.g. a diverged training).",
+    "'Δ vs baseline (%)' is (mean of the method − mean of the baseline) / |mean of the "
+    "baseline| × 100.",
+    "Verdicts pair the runs of a method and of the baseline by seed and run a two-sided paired "
+    "t-test at α = {alpha}: 'better' / 'worse' only when p < α, else 'indistinguishable' (the "
+    "difference does not exceed seed noise); with fewer than 2 paired seeds: 'not enough seeds "
+    "to tell'.",
+    "Δm (Maninis et al. 2019) = (1/T) Σ_t (−1)^l_t (M_method,t − M_single,t) / M_single,t × "
+    "100 over the T = 2 tasks, with the single-task runs 'detect' ({det}) and 'classify' "
+    "({cls}), averaged over their seeds, as references and l_t = 1 when lower is better. Δm > 0: the joint model beats the "
+    "separate single-task models on average. Without single-task runs Δm is unavailable.",
+    "Recommendations are generated from these numbers by fixed rules; they name no method in "
+    "advance.",
+]
+
+
+def fmt(key: str, v: float | None) -> str:
+    """One number, formatted by the metric's kind."""
+    if v is None:
+        return "n/a"
+    if not math.isfinite(v):
+        return str(v)  # "nan" / "inf": a diverged run shows as such, not as missing
+    kind = METRIC_BY_KEY[key].kind if key in METRIC_BY_KEY else "metric"
+    if kind == "params":
+        return f"{v / 1e6:.2f}M"
+    if kind == "gflops":
+        return f"{v:.2f}"
+    if kind in ("seconds", "ms", "mb", "rate"):
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def fmt_ms(entry: dict[str, Any], key: str) -> str:
+    cell = entry["metrics"][key]
+    if cell["mean"] is None:
+        return "n/a"
+    std = "—" if cell["std"] is None else fmt(key, cell["std"])
+    return f"{fmt(key, cell['mean'])} ± {std}"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.1f}"
+
+
+def _verdict(sig: dict[str, Any] | None) -> str:
+    if not sig:
+        return "—"
+    if sig.get("p") is None:
+        return sig["verdict"]
+    return f"{sig['verdict']} (p={sig['p']:.3f})"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None, Paths -> str, int keys -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float = ALPHA,
+                  delta_m_metrics: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every aggregated number, per method and per run, and the recommendations."""
+    agg = aggregate(runs, baseline, alpha, delta_m_metrics)
+    per_run = []
+    order = method_order([r.method for r in runs])
+    for r in sorted(runs, key=lambda r: (order.index(r.method), r.seed)):
+        tr = (r.metrics or {}).get("training") or {}
+        per_run.append({"method": r.method, "seed": r.seed, "path": str(r.path),
+                        "finished": r.finished, "epochs_logged": len(r.history),
+                        "best_epoch": tr.get("best_epoch"), "epochs": tr.get("epochs"),
+                        "metrics": extract(r.metrics) if r.metrics else None})
+    return {
+        "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
+        "delta_m_metrics": agg["delta_m_metrics"],
+        "metric_info": {m.key: {"label": m.label, "source": ".".join(m.path),
+                                "higher_is_better": m.higher_is_better, "kind": m.kind}
+                        for m in METRICS},
+        "methods": agg["methods"], "runs": per_run,
+        "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
+                        "epochs_logged": len(r.history)} for r in runs if not r.finished],
+        "recommendations": recommend(runs, agg, alpha),
+    }
+
+
+def _table(summary: dict[str, Any], keys: Sequence[str], extra: Sequence[str] = ()) -> Block:
+    rel_key = keys[0]
+    headers = ["method", "seeds"] + [METRIC_BY_KEY[k].label for k in keys]
+    if "rel" in extra:
+        headers += [f"Δ {METRIC_BY_KEY[rel_key].label} vs baseline (%)",
+                    f"{METRIC_BY_KEY[rel_key].label} vs baseline"]
+    rows = []
+    for m, e in summary["methods"].items():
+        if all(e["metrics"][k]["mean"] is None for k in keys):
+            continue
+        row = [m, str(e["n"])] + [fmt_ms(e, k) for k in keys]
+        if "rel" in extra:
+            row += [_pct(e["relative_to_baseline_pct"][rel_key]),
+                    "baseline" if m == summary["baseline"]
+                    else _verdict(e["significance"].get(rel_key))]
+        rows.append(row)
+    return ("table", headers, rows)
+
+
+def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) -> list[Block]:
+    methods, base = summary["methods"], summary["baseline"]
+    refs = summary["delta_m_metrics"]
+    b: list[Block] = [("h", 1, f"Multi-task comparison: {directory.name}")]
+    n_done = sum(r["finished"] for r in summary["runs"])
+    b.append(("p", f"{len(summary['runs'])} run(s), {n_done} finished, "
+                   f"{len(summary['unfinished'])} unfinished. Baseline: {base or 'none'}. "
+                   f"Significance level α = {summary['alpha']}."))
+    b.append(("h", 2, "How to read this report"))
+    b.append(("ul", [t.format(alpha=summary["alpha"], det=refs.get("detect", "—"),
+                              cls=refs.get("classify", "—")) for t in HOW_TO_READ]))
+    b.append(("h", 2, "Recommendations"))
+    recs = summary["recommendations"]
+    b.append(("p", recs["accuracy_first"]["text"]))
+    ranking, nd = recs["accuracy_first"]["ranking"], recs["accuracy_first"].get("decimals", 3)
+    if ranking:
+        b.append(("table", ["method", f"score ({recs['accuracy_first']['score_name']})",
+                            "seeds", "vs best"],
+                  [[r["method"], f"{r['mean']:.{nd}f} ± "
+                    + ("—" if r["std"] is None else f"{r['std']:.{nd}f}"), str(r["n"]),
+                    "best" if i == 0 else _verdict(r.get("vs_best"))]
+                   for i, r in enumerate(ranking)]))
+    b.append(("p", recs["efficiency_first"]["text"]))
+    b.append(("h", 2, "Runs"))
+    b.append(("table", ["method", "arch", "finished seeds", "unfinished seeds"],
+              [[m, str(e["arch"] or "n/a"), ", ".join(map(str, e["seeds"])) or "none",
+                ", ".join(map(str, e["unfinished_seeds"])) or "none"]
+               for m, e in methods.items()]))
+    if summary["unfinished"]:
+        b.append(("p", "Unfinished runs (no metrics.json; not in any aggregate):"))
+        b.append(("ul", [f"{u['method']} seed {u['seed']}: {u['epochs_logged']} epoch(s) "
+                         f"logged ({u['path']})" for u in summary["unfinished"]]))
+    b.append(("h", 2, "Detection (regurgitation jet boxes)"))
+    b.append(_table(summary, ["map50", "map50_95", "precision", "recall", "f1"], ["rel"]))
+    b.append(("h", 2, "View classification"))
+    b.append(_table(summary, ["accuracy", "macro_f1"], ["rel"]))
+    b.append(("h", 2, "Δm against the single-task models"))
+    rows = []
+    for m, e in methods.items():
+        dm = e["delta_m"]
+        if not e["joint"]:
+            continue
+        if dm.get("available"):
+            std = "—" if dm["std"] is None else f"{dm['std']:.2f}"
+            rows.append([m, f"{dm['mean']:+.2f} ± {std}", f"{dm['terms']['detect']:+.2f}",
+                         f"{dm['terms']['classify']:+.2f}", ""])
+        else:
+            rows.append([m, "unavailable", "n/a", "n/a", dm.get("reason") or ""])
+    b.append(("table", ["method", "Δm (%)", f"detect term ({refs.get('detect')}, %)",
+                        f"classify term ({refs.get('classify')}, %)", "note"], rows))
+    sig_keys = ["map50", "map50_95", "accuracy", "macro_f1", "val_loss_detect",
+                "val_loss_classify"]
+    b.append(("h", 2, f"Paired t-test against the baseline ({base})"))
+    b.append(("table", ["method"] + [METRIC_BY_KEY[k].label for k in sig_keys],
+              [[m] + [_verdict(e["significance"].get(k)) for k in sig_keys]
+               for m, e in methods.items() if m != base and e["n"]]))
+    b.append(("h", 2, "Validation losses and final task weights"))
+    b.append(_table(summary, ["val_loss_detect", "val_loss_classify", "weight_detect",
+                              "weight_classify"]))
+    b.append(("h", 2, "Efficiency"))
+    eff = {r["method"]: r for r in recs["efficiency_first"]["ranking"]}
+    erows = []
+    for m, e in methods.items():
+        if not e["n"]:
+            continue
+        x = eff.get(m, {})
+        erows.append([m] + [fmt_ms(e, k) for k in ("params", "gflops", "ms_per_image",
+                                                    "images_per_s", "weights_mb")]
+                     + [f"{x['map50_per_ms']:.4f}" if x else "n/a",
+                        f"{x['map50_per_mb']:.4f}" if x.get("map50_per_mb") else "n/a"]
+                     + [fmt_ms(e, k) for k in ("train_seconds", "peak_mem_mb")])
+    b.append(("table", ["method", "parameters", "GFLOPs", "ms/image", "images/s", "weights (MB)",
+                        "mAP@0.5 per ms", "mAP@0.5 per MB", "training time (s)",
+                        "peak memory (MB)"], erows))
+    b.append(("h", 2, "Per run"))
+    b.append(("table", ["method", "seed", "mAP@0.5", "mAP@0.5:0.95", "view accuracy",
+                        "macro-F1", "best epoch", "epochs", "training time (s)", "status"],
+              [[r["method"], str(r["seed"])]
+               + ([fmt(k, r["metrics"][k]) for k in ("map50", "map50_95", "accuracy",
+                                                     "macro_f1")]
+                  if r["metrics"] else ["n/a"] * 4)
+               + [str(r["best_epoch"] if r["best_epoch"] is not None else "n/a"),
+                  str(r["epochs"] if r["epochs"] is not None else r["epochs_logged"]),
+                  fmt("train_seconds", r["metrics"]["train_seconds"]) if r["metrics"]
+                  else "n/a", "finished" if r["finished"] else "unfinished"]
+               for r in summary["runs"]]))
+    if plots:
+        b.append(("h", 2, "Figures"))
+        for name, path in plots.items():
+            b.append(("img", PLOT_CAPTIONS.get(name, name), path.relative_to(directory), path))
+    return b
+
+
+def _esc_md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for blk in blocks:
+        if blk[0] == "h":
+            out.append("#" * blk[1] + " " + blk[2])
+        elif blk[0] == "p":
+            out.append(blk[1])
+        elif blk[0] == "ul":
+            out.append("\n".join(f"- {item}" for item in blk[1]))
+        elif blk[0] == "table":
+            lines = ["| " + " | ".join(_esc_md(h) for h in blk[1]) + " |",
+                     "|" + "---|" * len(blk[1])]
+            lines += ["| " + " | ".join(_esc_md(c) for c in row) + " |" for row in blk[2]]
+            out.append("\n".join(lines) if blk[2] else "(no data)")
+        elif blk[0] == "img":
+            out.append(f"![{blk[1]}]({blk[2].as_posix()})\n\n*{blk[1]}*")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.88em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f0f3f7}td:first-child,th:first-child{text-align:left;font-weight:600}
+tr:nth-child(even) td{background:#fafafa}figure{margin:1em 0}
+img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.85em;color:#555}
+h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}"""
+
+
+def to_html(blocks: Sequence[Block]) -> str:
+    e = html.escape
+    body: list[str] = []
+    title = "medmtl report"
+    for blk in blocks:
+        if blk[0] == "h":
+            title = blk[2] if blk[1] == 1 else title
+            body.append(f"<h{blk[1]}>{e(blk[2])}</h{blk[1]}>")
+        elif blk[0] == "p":
+            body.append(f"<p>{e(blk[1])}</p>")
+        elif blk[0] == "ul":
+            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in blk[1]) + "</ul>")
+        elif blk[0] == "table":
+            if not blk[2]:
+                body.append("<p>(no data)</p>")
+                continue
+            head = "".join(f"<th>{e(h)}</th>" for h in blk[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+                           for row in blk[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif blk[0] == "img":
+            data = base64.b64encode(blk[3].read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{e(blk[1])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{e(blk[1])}</figcaption></figure>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{e(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_csv(summary: dict[str, Any], path: Path) -> Path:
+    keys = [m.key for m in METRICS]
+    header = ["method", "n_seeds", "seeds", "joint"] + [f"{k}_{s}" for k in keys
+                                                       for s in ("mean", "std")]
+    header += ["delta_m_mean", "delta_m_std"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for m, e in summary["methods"].items():
+            dm = e["delta_m"]
+            cells: list[Any] = [m, e["n"], " ".join(map(str, e["seeds"])), e["joint"]]
+            for k in keys:
+                cells += [e["metrics"][k]["mean"], e["metrics"][k]["std"]]
+            cells += [dm.get("mean"), dm.get("std")]
+            w.writerow(["" if c is None else repr(c) if isinstance(c, float) else c
+                        for c in cells])
+    return path
+
+
+def write_report(directory: str | Path, baseline: str | None = None, alpha: float = ALPHA,
+                 delta_m_metrics: dict[str, str] | None = None,
+                 plots: bool = True) -> dict[str, Path]:
+    """Read ``DIR/runs/*``, write report.md, report.html, summary.json, summary.csv and (unless
+    ``plots=False``) ``DIR/plots/*.png``; return their paths (keys md, html, json, csv,
+    plot_<name>)."""
+    directory = Path(directory)
+    runs = collect_runs(directory)
+    if not runs:
+        raise FileNotFoundError(f"{directory}: no run directories found")
+    summary = build_summary(runs, baseline, alpha, delta_m_metrics)
+    plot_dir = directory / "plots"
+    for name in PLOT_CAPTIONS:  # stale figures from an earlier report would mislead
+        (plot_dir / f"{name}.png").unlink(missing_ok=True)
+    figures = make_plots(runs, summary, plot_dir) if plots else {}
+    summary["plots"] = {k: str(v.relative_to(directory)) for k, v in figures.items()}
+    blocks = _blocks(summary, figures, directory)
+    paths = {"md": directory / "report.md", "html": directory / "report.html",
+             "json": directory / "summary.json", "csv": directory / "summary.csv"}
+    paths["md"].write_text(to_markdown(blocks), encoding="utf-8")
+    paths["html"].write_text(to_html(blocks), encoding="utf-8")
+    paths["json"].write_text(json.dumps(_clean(summary), indent=2, allow_nan=False) + "\n",
+                             encoding="utf-8")
+    write_csv(summary, paths["csv"])
+    paths.update({f"plot_{k}": v for k, v in figures.items()})
+    return paths

@@ -1,0 +1,406 @@
+"""Report package: t distribution, paired verdicts, Δm, collection errors, and that every number
+shown in report.md / report.html / summary.json equals what the runs' metrics.json hold."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from medmtl.report import (
+    ReportError,
+    aggregate,
+    betainc,
+    collect_runs,
+    compare,
+    t_cdf,
+    t_two_sided_p,
+    write_report,
+)
+
+VIEWS = ["A4C", "PLAX", "PSAX"]
+BOXES = ["MR", "TR", "AR", "PR"]
+ARCH = {"dual": "dual", "split2": "split2", "detect": "single", "classify": "single"}
+
+
+def make_run(root: Path, method: str, seed: int, map50: float | None, acc: float | None, *,
+             ms: float = 14.2, mb: float = 12.4, epochs: int = 6, finished: bool = True,
+             pr: bool = False, weights: dict[str, float] | None = None) -> Path:
+    """A run directory in the trainer's exact formats, with realistic numbers."""
+    d = root / "runs" / f"{method}-s{seed}"
+    d.mkdir(parents=True)
+    arch = ARCH.get(method, "shared")
+    tasks = [t for t, v in (("detect", map50), ("classify", acc)) if v is not None]
+    cfg = {"data": "data.yaml", "method": method, "seed": seed, "epochs": epochs, "imgsz": 320,
+           "model": {"arch": arch, "size": "n", "tasks": tasks, "view_source": "backbone"},
+           "balancer": {"name": "fixed", "weights": {"detect": 1.0, "classify": 1.0}}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    rng = np.random.default_rng(seed * 100 + len(method))
+    cols = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weight/classify",
+            "grad_cos", "lr", "seconds", "val/map50", "val/map50_95", "val/accuracy",
+            "val/macro_f1", "val/loss/detect", "val/loss/classify", "step_ms", "peak_mem_mb"]
+    with (d / "history.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for ep in range(epochs):
+            frac = (ep + 1) / epochs
+            det = map50 is not None
+            cls = acc is not None
+            w.writerow([ep, f"{3.1 - 1.4 * frac + rng.normal(0, .03):.4f}" if det else "",
+                        f"{1.05 - 0.7 * frac + rng.normal(0, .02):.4f}" if cls else "",
+                        f"{1.0 + 0.1 * frac:.4f}" if det else "",
+                        f"{1.0 - 0.1 * frac:.4f}" if cls else "",
+                        f"{0.05 - 0.08 * frac + rng.normal(0, .01):.4f}"
+                        if arch == "shared" else "", f"{2e-3 * (1 - 0.9 * frac):.6f}", "41.7",
+                        f"{map50 * frac:.4f}" if det else "",
+                        f"{map50 * 0.45 * frac:.4f}" if det else "",
+                        f"{acc * (0.6 + 0.4 * frac):.4f}" if cls else "",
+                        f"{acc * (0.55 + 0.4 * frac):.4f}" if cls else "",
+                        f"{2.4 - frac:.4f}" if det else "", f"{0.9 - 0.5 * frac:.4f}" if cls else "",
+                        "88.1", "1843.0"])
+    if not finished:
+        return d
+    detection = None if map50 is None else {
+        "map50": map50, "map50_95": round(map50 * 0.452, 4), "precision": round(map50 + .05, 4),
+        "recall": round(map50 - .03, 4), "f1": round(map50 + .01, 4),
+        "per_class": {n: {"ap50": round(map50 + .02 * (i - 1.5), 4),
+                          "ap50_95": round(map50 * .45, 4)} for i, n in enumerate(BOXES)}}
+    classification = None if acc is None else {
+        "accuracy": acc, "macro_f1": round(acc - .021, 4),
+        "confusion": [[50 + seed, 3, 2], [4, 61, 5], [1, 6, 51 - seed]],
+        "per_class": {v: {"precision": .9, "recall": .85, "f1": .87} for v in VIEWS}}
+    metrics = {
+        "split": "val", "images": 183, "detection": detection, "classification": classification,
+        "val_loss": {"detect": 1.41 + seed * 0.01 if map50 is not None else None,
+                     "classify": 0.43 - seed * 0.01 if acc is not None else None},
+        "efficiency": {"params": 3_154_321 if arch != "dual" else 6_021_777, "gflops": 4.37,
+                       "ms_per_image": ms + 0.1 * seed, "images_per_s": 1000 / (ms + 0.1 * seed),
+                       "latency_device": "cpu", "imgsz": 320, "weights_mb": mb},
+        "training": {"seconds": 250.3 + 7 * seed, "epochs": epochs, "peak_mem_mb": 1843.0,
+                     "best_epoch": epochs - 1, "method": method, "arch": arch,
+                     "balancer": "fixed", "seed": seed,
+                     "final_weights": weights if len(tasks) == 2 else None}}
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if pr and map50 is not None:
+        rec = np.linspace(0, 1, 101)
+        (d / "eval").mkdir()
+        (d / "eval" / "pr_curves.json").write_text(json.dumps(
+            {"recall": rec.tolist(), "per_class": {n: np.clip(1 - rec ** (2 + i), 0, 1).tolist()
+                                                   for i, n in enumerate(BOXES)}}))
+    return d
+
+
+# method -> per-seed (mAP@0.5, view accuracy, ms/image, weights MB)
+STUDY: dict[str, list[tuple[float | None, float | None, float, float]]] = {
+    "fixed": [(0.612, 0.861, 14.2, 12.4), (0.598, 0.874, 14.2, 12.4), (0.605, 0.869, 14.2, 12.4)],
+    "gradnorm": [(0.624, 0.866, 14.2, 12.4), (0.609, 0.871, 14.2, 12.4),
+                 (0.621, 0.858, 14.2, 12.4)],
+    "dual": [(0.648, 0.902, 27.9, 24.3), (0.641, 0.897, 27.9, 24.3), (0.655, 0.905, 27.9, 24.3)],
+    "original": [(0.301, 0.712, 14.9, 12.5), (0.288, 0.705, 14.9, 12.5),
+                 (0.296, 0.721, 14.9, 12.5)],
+    "detect": [(0.651, None, 12.9, 11.1), (0.644, None, 12.9, 11.1), (0.659, None, 12.9, 11.1)],
+    "classify": [(None, 0.908, 6.1, 5.2), (None, 0.899, 6.1, 5.2), (None, 0.911, 6.1, 5.2)],
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compare")
+    for method, seeds in STUDY.items():
+        for seed, (mp, ac, ms, mb) in enumerate(seeds):
+            make_run(root, method, seed, mp, ac, ms=ms, mb=mb, pr=(seed == 0),
+                     weights={"detect": 1.0 + 0.05 * seed, "classify": 1.0 - 0.05 * seed})
+    make_run(root, "pcgrad", 0, 0.61, 0.86, finished=False, epochs=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(study: Path) -> dict[str, Path]:
+    return write_report(study)
+
+
+# --- t distribution ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t,df,p", [(2.776, 4, 0.05), (12.706, 1, 0.05), (2.228, 10, 0.05),
+                                    (1.0, 1, 0.5), (2.0, 10, 0.07339), (1.96, 1e6, 0.05),
+                                    (0.0, 5, 1.0), (4.604, 4, 0.01)])
+def test_t_two_sided_p_known_values(t: float, df: float, p: float) -> None:
+    assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
+    assert t_two_sided_p(-t, df) == pytest.approx(p, abs=2e-4)
+
+
+def test_t_cdf_and_betainc() -> None:
+    assert t_cdf(0.0, 7) == pytest.approx(0.5)
+    assert t_cdf(-2.0, 3) == pytest.approx(0.0696630, abs=1e-6)
+    assert t_cdf(2.0, 3) == pytest.approx(1 - 0.0696630, abs=1e-6)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    # I_0.4(2, 3) = sum_{j=2..4} C(4, j) 0.4^j 0.6^(4-j) = 0.5248
+    assert betainc(2, 3, 0.4) == pytest.approx(0.5248, abs=1e-12)
+    assert betainc(0.5, 0.5, 0.3) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.3)))
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+def test_identical_configs_with_seed_noise_are_indistinguishable() -> None:
+    a = {0: 0.612, 1: 0.598}
+    b = {0: 0.605, 1: 0.611}  # same configuration, another draw of seed noise
+    out = compare(b, a, higher_is_better=True)
+    assert out["verdict"] == "indistinguishable" and out["n_pairs"] == 2 and out["p"] > 0.05
+
+
+def test_crippled_method_is_worse() -> None:
+    base = {0: 0.612, 1: 0.598}
+    crippled = {0: 0.301, 1: 0.288}
+    assert compare(crippled, base, higher_is_better=True)["verdict"] == "worse"
+    # lower-is-better metric: a much higher validation loss is worse too
+    assert compare({0: 2.9, 1: 3.05}, {0: 1.41, 1: 1.42}, higher_is_better=False)["verdict"] \
+        == "worse"
+    assert compare({0: 0.3, 1: 0.29, 2: 0.31}, {0: 0.2, 1: 0.2, 2: 0.21}, True)["verdict"] \
+        == "better"
+
+
+def test_non_finite_values_are_not_indistinguishable(tmp_path: Path) -> None:
+    assert compare({0: math.nan, 1: 0.3}, {0: 0.6, 1: 0.61}, True)["verdict"].startswith(
+        "undefined")
+    for seed in (0, 1):
+        make_run(tmp_path, "fixed", seed, 0.6 + 0.01 * seed, 0.86)
+        make_run(tmp_path, "gradnorm", seed, math.nan if seed else 0.5, 0.87)
+    paths = write_report(tmp_path)  # the figures must survive a NaN too
+    row = _row(_md_tables(paths["md"].read_text()), "Detection (regurgitation jet boxes)",
+               "gradnorm")
+    assert row["mAP@0.5"].startswith("nan") and row["mAP@0.5 vs baseline"].startswith("undefined")
+    rec = json.loads(paths["json"].read_text())["recommendations"]["accuracy_first"]
+    assert rec["method"] == "fixed" and rec["excluded_non_finite"] == ["gradnorm"]
+
+
+def test_fewer_than_two_pairs_cannot_tell() -> None:
+    assert compare({0: 0.3}, {0: 0.6}, True)["verdict"] == "not enough seeds to tell"
+    assert compare({0: 0.3, 1: 0.3}, {1: 0.6, 2: 0.6}, True)["verdict"] == \
+        "not enough seeds to tell"  # only seed 1 pairs
+
+
+# --- collection ----------------------------------------------------------------------------
+
+def test_malformed_files_are_named(tmp_path: Path) -> None:
+    d = make_run(tmp_path, "fixed", 0, 0.6, 0.85)
+    (d / "metrics.json").write_text('{"detection": {"map50": 0.6,')
+    with pytest.raises(ReportError, match=r"fixed-s0/metrics\.json"):
+        collect_runs(tmp_path)
+    (d / "metrics.json").write_text('{"detection": {"map50": "high"}}')
+    with pytest.raises(ReportError, match=r"metrics\.json.*detection\.map50"):
+        collect_runs(tmp_path)
+    make_run(tmp_path, "dwa", 1, 0.6, 0.85, finished=False)
+    (d / "metrics.json").unlink()
+    hist = tmp_path / "runs" / "dwa-s1" / "history.csv"
+    hist.write_text(hist.read_text().replace("41.7", "fast", 1))
+    with pytest.raises(ReportError, match=r"dwa-s1/history\.csv.*line 2.*'seconds'"):
+        collect_runs(tmp_path)
+
+
+def test_unfinished_runs_are_listed(study: Path, report: dict[str, Path]) -> None:
+    runs = collect_runs(study)
+    assert [r.name for r in runs if not r.finished] == ["pcgrad-s0"]
+    summary = json.loads(report["json"].read_text())
+    assert summary["unfinished"][0]["method"] == "pcgrad"
+    assert summary["unfinished"][0]["epochs_logged"] == 3
+    assert "pcgrad seed 0: 3 epoch(s) logged" in report["md"].read_text()
+    assert summary["methods"]["pcgrad"]["n"] == 0
+
+
+# --- aggregation, Δm, recommendations ------------------------------------------------------
+
+def _mean(method: str, i: int) -> float:
+    return float(np.mean([s[i] for s in STUDY[method]]))
+
+
+def test_aggregate_delta_m_and_verdicts(study: Path) -> None:
+    agg = aggregate(collect_runs(study))
+    assert agg["baseline"] == "fixed"
+    ms = agg["methods"]
+    cell = ms["gradnorm"]["metrics"]["map50"]
+    vals = [s[0] for s in STUDY["gradnorm"]]
+    assert cell["mean"] == pytest.approx(np.mean(vals)) and cell["std"] == pytest.approx(
+        np.std(vals, ddof=1))
+    rel = (_mean("gradnorm", 0) - _mean("fixed", 0)) / _mean("fixed", 0) * 100
+    assert ms["gradnorm"]["relative_to_baseline_pct"]["map50"] == pytest.approx(rel)
+    assert ms["original"]["significance"]["map50"]["verdict"] == "worse"
+    assert ms["dual"]["significance"]["map50"]["verdict"] == "better"
+    dm_ref = 0.5 * ((_mean("dual", 0) - _mean("detect", 0)) / _mean("detect", 0)
+                    + (_mean("dual", 1) - _mean("classify", 1)) / _mean("classify", 1)) * 100
+    assert ms["dual"]["delta_m"]["available"]
+    assert ms["dual"]["delta_m"]["mean"] == pytest.approx(dm_ref)
+    assert not ms["detect"]["delta_m"]["available"]
+    # configurable references: mAP@0.5:0.95 and macro-F1
+    other = aggregate(collect_runs(study), delta_m_metrics={"detect": "map50_95",
+                                                            "classify": "macro_f1"})
+    det = {m: _metrics_mean(study, m, "detection", "map50_95") for m in ("dual", "detect")}
+    cls = {m: _metrics_mean(study, m, "classification", "macro_f1") for m in ("dual", "classify")}
+    assert other["methods"]["dual"]["delta_m"]["mean"] == pytest.approx(
+        50 * ((det["dual"] - det["detect"]) / det["detect"]
+              + (cls["dual"] - cls["classify"]) / cls["classify"]))
+    with pytest.raises(ValueError, match="delta_m_metrics"):
+        aggregate(collect_runs(study), delta_m_metrics={"detect": "mAP"})
+
+
+def test_delta_m_unavailable_without_single_task_runs(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        make_run(tmp_path, "fixed", seed, 0.6 + 0.01 * seed, 0.86)
+        make_run(tmp_path, "famo", seed, 0.62 - 0.01 * seed, 0.87)
+    paths = write_report(tmp_path, plots=False)
+    summary = json.loads(paths["json"].read_text())
+    for m in ("fixed", "famo"):
+        dm = summary["methods"][m]["delta_m"]
+        assert dm["available"] is False and dm["mean"] is None and "single-task" in dm["reason"]
+    assert summary["recommendations"]["accuracy_first"]["score_name"] == "combined"
+    assert "unavailable" in paths["md"].read_text()
+
+
+def test_recommendations_follow_the_numbers(study: Path, report: dict[str, Path]) -> None:
+    rec = json.loads(report["json"].read_text())["recommendations"]
+    joint = ["fixed", "gradnorm", "dual", "original"]
+    dm = {m: 0.5 * ((_mean(m, 0) - _mean("detect", 0)) / _mean("detect", 0)
+                    + (_mean(m, 1) - _mean("classify", 1)) / _mean("classify", 1)) for m in joint}
+    acc = rec["accuracy_first"]
+    assert acc["score_name"] == "delta_m" and acc["method"] == max(dm, key=dm.get)
+    assert "original" in acc["worse"]
+    ms = {m: _metrics_mean(study, m, "efficiency", "ms_per_image") for m in joint}
+    per_ms = {m: _mean(m, 0) / ms[m] for m in joint}
+    eff = rec["efficiency_first"]
+    assert eff["method"] == max(per_ms, key=per_ms.get)
+    speed = ms[acc["method"]] / ms[eff["method"]]
+    assert eff["tradeoff"]["speedup"] == pytest.approx(speed)
+    assert f"{speed:.2f}× faster than {acc['method']}" in eff["text"]
+    assert eff["text"] in report["md"].read_text()
+
+
+# --- outputs: every number equals the runs' metrics.json -----------------------------------
+
+def _md_tables(md: str) -> dict[str, list[list[str]]]:
+    out: dict[str, list[list[str]]] = {}
+    section = ""
+    for line in md.splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+        elif line.startswith("| ") and section and not line.startswith("|---"):
+            out.setdefault(section, []).append([c.strip() for c in line.strip("|").split(" | ")])
+    return out
+
+
+class _HTMLTables(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.section, self.tag, self.row = "", "", None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tag = tag
+        if tag == "tr":
+            self.row = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tr" and self.row is not None:
+            self.tables.setdefault(self.section, []).append(self.row)
+            self.row = None
+        self.tag = ""
+
+    def handle_data(self, data: str) -> None:
+        if self.tag == "h2":
+            self.section = data
+        elif self.tag in ("td", "th") and self.row is not None:
+            self.row.append(data)
+
+
+def _row(tables: dict[str, list[list[str]]], section: str, method: str) -> dict[str, str]:
+    header, *rows = tables[section]
+    row = next(r for r in rows if r[0] == method)
+    return dict(zip(header, row, strict=True))
+
+
+def _metrics_mean(study: Path, method: str, section: str, key: str) -> float:
+    vals = [json.loads(p.read_text())[section][key]
+            for p in sorted((study / "runs").glob(f"{method}-s*/metrics.json"))]
+    return float(np.mean(vals))
+
+
+CHECKS = [("Detection (regurgitation jet boxes)", "detection",
+           [("map50", "mAP@0.5"), ("map50_95", "mAP@0.5:0.95"), ("precision", "precision"),
+            ("recall", "recall"), ("f1", "F1")]),
+          ("View classification", "classification",
+           [("accuracy", "view accuracy"), ("macro_f1", "view macro-F1")])]
+
+
+def test_every_number_in_the_report_equals_metrics_json(study: Path,
+                                                        report: dict[str, Path]) -> None:
+    summary = json.loads(report["json"].read_text())
+    md = _md_tables(report["md"].read_text())
+    parser = _HTMLTables()
+    parser.feed(report["html"].read_text())
+    checked = 0
+    for method, seeds in STUDY.items():
+        for section, block, pairs in CHECKS:
+            if seeds[0][0 if block == "detection" else 1] is None:
+                assert method not in [r[0] for r in md[section][1:]]
+                continue
+            md_row, html_row = _row(md, section, method), _row(parser.tables, section, method)
+            for key, label in pairs:
+                truth = _metrics_mean(study, method, block, key)
+                assert summary["methods"][method]["metrics"][key]["mean"] == pytest.approx(
+                    truth, abs=1e-12)
+                for run in summary["runs"]:
+                    if run["method"] == method:
+                        path = study / "runs" / f"{method}-s{run['seed']}" / "metrics.json"
+                        assert run["metrics"][key] == json.loads(path.read_text())[block][key]
+                assert md_row[label].split(" ± ")[0] == f"{truth:.3f}"
+                assert html_row[label] == md_row[label]
+                checked += 1
+        eff = _row(md, "Efficiency", method)
+        truth_ms = _metrics_mean(study, method, "efficiency", "ms_per_image")
+        assert eff["ms/image"].split(" ± ")[0] == f"{truth_ms:.1f}"
+        params = _metrics_mean(study, method, "efficiency", "params")
+        assert eff["parameters"].split(" ± ")[0] == f"{params / 1e6:.2f}M"
+        secs = _metrics_mean(study, method, "training", "seconds")
+        assert eff["training time (s)"].split(" ± ")[0] == f"{secs:.1f}"
+    assert checked == 4 * 7 + 5 + 2  # joint methods: both tables; detect; classify
+
+
+def test_outputs_are_complete_and_self_contained(report: dict[str, Path]) -> None:
+    html_text = report["html"].read_text()
+    assert "http://" not in html_text and "https://" not in html_text
+    assert "<link" not in html_text and "<script" not in html_text
+    assert html_text.count("data:image/png;base64,") == 6
+    md = report["md"].read_text()
+    assert "How to read this report" in md and "How to read this report" in html_text
+    for name in ("metric_bars", "training_curves", "task_weights", "grad_cos", "pr_curves",
+                 "confusion"):
+        png = report[f"plot_{name}"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(plots/{name}.png)" in md
+    with report["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    by = {r["method"]: r for r in rows}
+    assert float(by["fixed"]["map50_mean"]) == pytest.approx(_mean("fixed", 0))
+    assert float(by["fixed"]["map50_std"]) == pytest.approx(
+        np.std([s[0] for s in STUDY["fixed"]], ddof=1))
+    assert by["pcgrad"]["n_seeds"] == "0" and by["detect"]["accuracy_mean"] == ""
+    summary: dict[str, Any] = json.loads(report["json"].read_text())
+    assert set(summary) >= {"baseline", "methods", "runs", "unfinished", "recommendations"}
+
+
+def test_single_seed_shows_dash(tmp_path: Path) -> None:
+    make_run(tmp_path, "fixed", 0, 0.612, 0.861)
+    make_run(tmp_path, "cagrad", 0, 0.633, 0.85)
+    paths = write_report(tmp_path, baseline="fixed", plots=False)
+    row = _row(_md_tables(paths["md"].read_text()), "Detection (regurgitation jet boxes)",
+               "cagrad")
+    assert row["mAP@0.5"] == "0.633 ± —"
+    assert row["mAP@0.5 vs baseline"] == "not enough seeds to tell"
+    assert row["Δ mAP@0.5 vs baseline (%)"] == f"{(0.633 - 0.612) / 0.612 * 100:+.1f}"
+    with pytest.raises(ValueError, match="baseline 'dwa'"):
+        write_report(tmp_path, baseline="dwa", plots=False)
