@@ -1,0 +1,209 @@
+"""Data-set audit (counts, label problems, sizes, patient leakage) and patient-grouped splitting."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Group
+from rich.table import Table
+
+from medmtl.data.dataset_yaml import DataError, list_split_images, load_data_yaml
+from medmtl.data.labels import SplitIndex, scan_split
+
+DEFAULT_GROUP_REGEX = r"^([^-]+)-"
+
+
+def group_of(path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX) -> str:
+    """Group (patient) id from a file name: the regex's first group, else the whole stem."""
+    name = Path(path).name
+    m = re.search(group_regex, name)
+    if m is None:
+        return Path(path).stem
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max())}
+
+
+def _split_report(idx: SplitIndex, first: int) -> dict[str, Any]:
+    recs = idx.records
+    bw = [float(b[2] - b[0]) for r in recs for b in r.boxes]
+    bh = [float(b[3] - b[1]) for r in recs for b in r.boxes]
+    rel = [float((b[2] - b[0]) * (b[3] - b[1]) / (r.width * r.height)) for r in recs for b in r.boxes]
+    kinds = Counter(p.kind for p in idx.problems)
+    return {
+        "images": idx.summary["images"],
+        "images_used": idx.summary["images_used"],
+        "boxes": idx.summary["boxes"],
+        "boxes_per_class": dict(idx.summary["boxes_per_class"]),
+        "views_per_class": dict(idx.summary["views_per_class"]),
+        "images_without_view": [r.label_path.name if r.label_path else r.path.name
+                                for r in recs if r.view is None],
+        "images_without_boxes": [r.path.name for r in recs if not r.has_boxes],
+        "problems": {"counts": dict(kinds.most_common()),
+                     "first": [str(p) for p in idx.problems[:first]]},
+        "image_sizes": dict(Counter(f"{r.width}x{r.height}" for r in recs).most_common()),
+        "box_sizes": {"width_px": _stats(bw), "height_px": _stats(bh), "rel_area": _stats(rel)},
+        "summary": dict(idx.summary),
+    }
+
+
+def _leakage(groups: dict[str, Counter[str]], group_regex: str) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for a, b in itertools.combinations(groups, 2):
+        shared = sorted(set(groups[a]) & set(groups[b]))
+        pairs[f"{a}/{b}"] = {
+            "shared_groups": len(shared),
+            "images": {a: sum(groups[a][g] for g in shared), b: sum(groups[b][g] for g in shared)},
+            "examples": shared[:10],
+        }
+    return {"group_regex": group_regex,
+            "groups_per_split": {s: len(g) for s, g in groups.items()},
+            "pairs": pairs,
+            "leaks": any(p["shared_groups"] > 0 for p in pairs.values())}
+
+
+def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
+                  first_problems: int = 10) -> dict[str, Any]:
+    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring)."""
+    spec = load_data_yaml(yaml_path)
+    splits: dict[str, Any] = {}
+    groups: dict[str, Counter[str]] = {}
+    for name, src in spec.splits.items():
+        idx = scan_split(spec, name)
+        rep = _split_report(idx, first_problems)
+        rep["source"] = str(src)
+        splits[name] = rep
+        groups[name] = Counter(group_of(r.path, group_regex) for r in idx.records)
+    return {"yaml": str(spec.yaml_path), "root": str(spec.root), "names": spec.names,
+            "cls_names": spec.cls_names, "splits": splits,
+            "leakage": _leakage(groups, group_regex)}
+
+
+def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
+    if st is None:
+        return "-"
+    return f"{st['min']:.{digits}f} / {st['median']:.{digits}f} / {st['max']:.{digits}f}"
+
+
+def render_audit(report: dict[str, Any]) -> Group:
+    """Rich tables of an `audit_dataset` report, for the CLI."""
+    splits = report["splits"]
+    names = list(splits)
+    t = Table(title=f"Data set {report['yaml']}")
+    t.add_column("")
+    for s in names:
+        t.add_column(s, justify="right")
+    rows: list[tuple[str, list[str]]] = [
+        ("images", [str(splits[s]["images"]) for s in names]),
+        ("images used", [str(splits[s]["images_used"]) for s in names]),
+        ("boxes", [str(splits[s]["boxes"]) for s in names]),
+    ]
+    rows += [(f"box {c}", [str(splits[s]["boxes_per_class"].get(c, 0)) for s in names])
+             for c in report["names"]]
+    rows += [(f"view {c}", [str(splits[s]["views_per_class"].get(c, 0)) for s in names])
+             for c in report["cls_names"]]
+    rows += [
+        ("no view line", [str(len(splits[s]["images_without_view"])) for s in names]),
+        ("no boxes", [str(len(splits[s]["images_without_boxes"])) for s in names]),
+        ("label problems", [str(sum(splits[s]["problems"]["counts"].values())) for s in names]),
+        ("image sizes", [", ".join(f"{k}:{v}" for k, v in splits[s]["image_sizes"].items())
+                         for s in names]),
+        ("box w px min/med/max", [_fmt(splits[s]["box_sizes"]["width_px"]) for s in names]),
+        ("box h px min/med/max", [_fmt(splits[s]["box_sizes"]["height_px"]) for s in names]),
+        ("box rel. area", [_fmt(splits[s]["box_sizes"]["rel_area"], 4) for s in names]),
+    ]
+    for label, vals in rows:
+        t.add_row(label, *vals)
+    parts: list[Any] = [t]
+
+    probs = Table(title="Label problems (first messages)")
+    probs.add_column("split")
+    probs.add_column("kinds")
+    probs.add_column("first messages", overflow="fold")
+    for s in names:
+        p = splits[s]["problems"]
+        kinds = ", ".join(f"{k}={v}" for k, v in p["counts"].items()) or "none"
+        probs.add_row(s, kinds, "\n".join(p["first"][:5]) or "-")
+    parts.append(probs)
+
+    leak = report["leakage"]
+    lt = Table(title=f"Group leakage (group = {leak['group_regex']!r} on the file name)")
+    lt.add_column("splits")
+    lt.add_column("shared groups", justify="right")
+    lt.add_column("images involved", justify="right")
+    lt.add_column("examples", overflow="fold")
+    for pair, info in leak["pairs"].items():
+        imgs = ", ".join(f"{k}: {v}" for k, v in info["images"].items())
+        style = "bold red" if info["shared_groups"] else None
+        lt.add_row(pair, str(info["shared_groups"]), imgs, ", ".join(info["examples"][:5]),
+                   style=style)
+    parts.append(lt)
+    return Group(*parts)
+
+
+def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int = 0,
+                   out_dir: str | Path = "splits", group_regex: str = DEFAULT_GROUP_REGEX,
+                   source_splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """Pool ``source_splits``, give whole groups (patients) to val until ~``val_fraction`` of the
+    images, write ``train.txt``/``val.txt`` (absolute image paths) and ``data.yaml`` (``path``: the
+    data root, ``train``/``val``/``test``: absolute paths, ``names``, ``cls_names``); return it.
+
+    Deterministic for a seed: groups are sorted, permuted by ``np.random.default_rng(seed)``, and
+    each is added to val when that brings the val count closer to the target."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    spec = load_data_yaml(yaml_path)
+    pooled: set[Path] = set()
+    for s in source_splits:
+        pooled |= set(list_split_images(spec, s))
+    if not pooled:
+        raise DataError(f"{spec.yaml_path}: no images in splits {source_splits}")
+    by_group: dict[str, list[Path]] = {}
+    for p in sorted(pooled):
+        by_group.setdefault(group_of(p, group_regex), []).append(p)
+    if len(by_group) < 2:
+        raise DataError(f"{spec.yaml_path}: only {len(by_group)} group(s) with regex "
+                        f"{group_regex!r}; cannot split by group")
+    order = sorted(by_group)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    target = val_fraction * len(pooled)
+    val_groups: list[str] = []
+    n_val = 0
+    for i in perm.tolist():
+        g = order[i]
+        n = len(by_group[g])
+        if abs(n_val + n - target) < abs(n_val - target) and len(val_groups) < len(order) - 1:
+            val_groups.append(g)
+            n_val += n
+    if not val_groups:  # every group larger than twice the target: take the smallest
+        val_groups.append(min(order, key=lambda g: (len(by_group[g]), g)))
+    val_set = set(val_groups)
+    train = sorted(p for g in order if g not in val_set for p in by_group[g])
+    val = sorted(p for g in sorted(val_set) for p in by_group[g])
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.txt").write_text("".join(f"{p}\n" for p in train), encoding="utf-8")
+    (out / "val.txt").write_text("".join(f"{p}\n" for p in val), encoding="utf-8")
+    data: dict[str, Any] = {"path": str(spec.root), "train": str(out / "train.txt"),
+                            "val": str(out / "val.txt")}
+    if "test" in spec.splits:
+        data["test"] = str(spec.splits["test"])
+    data.update(names=list(spec.names), cls_names=list(spec.cls_names))
+    header = (f"# patient-grouped split of {spec.yaml_path} (seed {seed}, val_fraction "
+              f"{val_fraction}, group regex {group_regex!r}): {len(train)} train / {len(val)} val "
+              f"images, {len(order) - len(val_set)} / {len(val_set)} groups\n")
+    yml = out / "data.yaml"
+    yml.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return yml

@@ -1,0 +1,197 @@
+"""`MTLDataset` (decode -> letterbox -> [cache] -> augment), `collate` and `build_dataloader`.
+
+Augmentation is deterministic: each sample draws from ``np.random.default_rng([seed, epoch,
+index])``, so results do not depend on the number of workers. ``set_epoch`` writes the epoch into
+a shared-memory tensor that persistent workers read as well (call it before iterating).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medmtl.config import AugmentConfig
+from medmtl.data.labels import ImageRecord
+from medmtl.data.transforms import (
+    augment_colour,
+    hflip,
+    letterbox,
+    letterbox_boxes,
+    letterbox_params,
+    load_image,
+    mosaic4,
+    random_affine,
+)
+
+
+class MTLDataset(Dataset[dict[str, Any]]):
+    """Samples for both tasks.
+
+    ``train=False``: letterbox only. ``train=True``: optional mosaic, random scale/translate,
+    left-right flip, HSV and brightness/contrast, all from ``augment`` (None: no augmentation).
+    ``cache=True`` decodes and letterboxes every image once, up front, into one uint8 array
+    (shared copy-on-write with forked workers). ``det_mask``/``view_mask`` come from the record:
+    an augmented labelled image whose boxes all left the frame keeps ``det_mask=True`` (a negative).
+    A mosaic uses four images with boxes and, when the first has a view, the same view.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], imgsz: int, train: bool = False,
+                 augment: AugmentConfig | None = None, cache: bool = False,
+                 names: Sequence[str] = (), cls_names: Sequence[str] = (), seed: int = 0) -> None:
+        self.records = list(records)
+        self.imgsz = int(imgsz)
+        self.train = bool(train)
+        self.augment = augment if train else None
+        self.names = list(names)
+        self.cls_names = list(cls_names)
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._cache: np.ndarray | None = None
+        if self.augment is not None and self.augment.mosaic > 0:
+            self._pool: dict[int | None, list[int]] = {None: []}
+            for i, r in enumerate(self.records):
+                if r.has_boxes:
+                    self._pool[None].append(i)
+                    if r.view is not None:
+                        self._pool.setdefault(r.view, []).append(i)
+        if cache:
+            self._fill_cache()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def _fill_cache(self) -> None:
+        arr = np.empty((len(self.records), self.imgsz, self.imgsz, 3), dtype=np.uint8)
+
+        def work(i: int) -> None:
+            arr[i] = self._decode(i)
+
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(self.records)))) as ex:
+            list(ex.map(work, range(len(self.records))))
+        self._cache = arr
+
+    def _decode(self, i: int) -> np.ndarray:
+        return letterbox(load_image(self.records[i].path), self.imgsz)[0]
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+        """Letterboxed image, boxes in letterboxed pixels, classes, (scale, pad_x, pad_y)."""
+        rec = self.records[i]
+        if self._cache is not None:
+            img = self._cache[i]
+            lb = letterbox_params(rec.height, rec.width, self.imgsz)[:3]
+        else:
+            img, *params = letterbox(load_image(rec.path), self.imgsz)
+            lb = (params[0], params[1], params[2])
+        boxes = letterbox_boxes(rec.boxes.astype(np.float64), *lb).astype(np.float32)
+        return img, boxes, rec.classes.copy(), lb
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _mosaic(self, index: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        rec = self.records[index]
+        if not rec.has_boxes:
+            return None
+        pool = self._pool.get(rec.view, [])
+        if not pool:
+            return None
+        others = rng.choice(np.asarray(pool), size=3, replace=len(pool) < 3).tolist()
+        tiles = [self.load(j)[:3] for j in [index, *others]]
+        return mosaic4(tiles)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        img, boxes, classes, lb = self.load(index)
+        aug = self.augment
+        if aug is not None:
+            rng = self._rng(index)
+            if aug.mosaic > 0 and rng.random() < aug.mosaic:
+                mixed = self._mosaic(index, rng)
+                if mixed is not None:
+                    img, boxes, classes = mixed
+            if aug.scale > 0 or aug.translate > 0:
+                img, boxes, classes = random_affine(img, boxes, classes, rng, aug.scale,
+                                                    aug.translate)
+            if aug.fliplr > 0 and rng.random() < aug.fliplr:
+                img, boxes = hflip(img, boxes)
+            img = augment_colour(img, rng, aug.hsv_h, aug.hsv_s, aug.hsv_v, aug.brightness,
+                                 aug.contrast)
+        image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return {
+            "image": image,
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
+            "box_classes": torch.from_numpy(np.asarray(classes, np.int64).reshape(-1)),
+            "det_mask": rec.has_boxes,
+            "view": -1 if rec.view is None else int(rec.view),
+            "view_mask": rec.view is not None,
+            "meta": {"image_id": rec.image_id, "path": str(rec.path),
+                     "orig_size": (rec.height, rec.width), "letterbox": lb},
+        }
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into the batch dict of docs/ARCHITECTURE.md (boxes padded to the batch max)."""
+    b = len(samples)
+    m = max((len(s["boxes"]) for s in samples), default=0)
+    boxes = torch.zeros((b, m, 4), dtype=torch.float32)
+    box_classes = torch.zeros((b, m), dtype=torch.int64)
+    box_mask = torch.zeros((b, m), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = len(s["boxes"])
+        if n:
+            boxes[i, :n] = s["boxes"]
+            box_classes[i, :n] = s["box_classes"]
+            box_mask[i, :n] = True
+    return {
+        "images": torch.stack([s["image"] for s in samples]) if samples
+        else torch.zeros((0, 3, 0, 0), dtype=torch.uint8),
+        "boxes": boxes,
+        "box_classes": box_classes,
+        "box_mask": box_mask,
+        "det_mask": torch.tensor([bool(s["det_mask"]) for s in samples], dtype=torch.bool),
+        "view": torch.tensor([int(s["view"]) for s in samples], dtype=torch.int64),
+        "view_mask": torch.tensor([bool(s["view_mask"]) for s in samples], dtype=torch.bool),
+        "meta": [s["meta"] for s in samples],
+    }
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python/NumPy from the worker's torch seed; one OpenCV thread per worker."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+    cv2.setNumThreads(0)
+
+
+def build_dataloader(dataset: Dataset[Any], batch: int, shuffle: bool, workers: int, seed: int,
+                     pin_memory: bool, drop_last: bool = False,
+                     sampler: Sampler[Any] | None = None) -> DataLoader[Any]:
+    """DataLoader with `collate`, a seeded generator and persistent workers when ``workers > 0``.
+
+    Workers are forked on Linux so that a cached dataset is shared, not copied."""
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(persistent_workers=True, worker_init_fn=seed_worker, prefetch_factor=2)
+        if sys.platform.startswith("linux"):
+            kwargs["multiprocessing_context"] = "fork"
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      drop_last=drop_last, collate_fn=collate, generator=g, **kwargs)

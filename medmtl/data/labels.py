@@ -1,0 +1,340 @@
+"""Label parsing and validation: every image of a split with its boxes and view, plus the problems.
+
+Label file (one per image, under ``labels/`` beside ``images/``, same stem)::
+
+    cls cx cy w h                 detection, YOLO box (normalised)
+    cls x1 y1 x2 y2 ... xn yn     detection, polygon with n >= 3 points -> enclosing box
+                                  (blank line)
+    0 1 0                         view: one-hot over cls_names, the last non-empty line
+
+The last non-empty line is the view when it holds only ``0``/``1`` tokens and either follows a
+blank line or cannot be a detection line (token count not 5 and not odd >= 7). Nothing is dropped
+silently: each defect is a `LabelProblem` naming file and line, and the summary counts what was
+used, masked and skipped. ``severity="error"`` means the item (image, box or view) was skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from medmtl.data.dataset_yaml import (
+    IMG_EXTS,
+    DataError,
+    DatasetSpec,
+    label_path_for,
+    list_split_images,
+    split_source,
+)
+
+COORD_TOL = 1e-3  # normalised coordinates this far outside [0, 1] are clipped without a warning
+Severity = Literal["warning", "error"]
+
+
+@dataclass(frozen=True)
+class LabelProblem:
+    file: str
+    line: int | None  # 1-based; None for file-level problems
+    kind: str
+    message: str  # already names file (and line)
+    severity: Severity
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+@dataclass
+class ImageRecord:
+    path: Path
+    image_id: int
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 (M, 4) xyxy, original pixels
+    classes: np.ndarray  # int64 (M,)
+    view: int | None
+    has_label_file: bool
+    label_path: Path | None = None
+
+    @property
+    def has_boxes(self) -> bool:
+        return len(self.boxes) > 0
+
+    @property
+    def has_view(self) -> bool:
+        return self.view is not None
+
+
+@dataclass
+class SplitIndex:
+    split: str
+    records: list[ImageRecord]
+    problems: list[LabelProblem]
+    summary: dict[str, Any]
+    names: list[str] = field(default_factory=list)
+    cls_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class ParsedLabels:
+    boxes: np.ndarray
+    classes: np.ndarray
+    view: int | None
+    problems: list[LabelProblem]
+    counts: Counter[str]
+
+
+def _where(file: Path | str, line: int | None) -> str:
+    return f"{file}:{line}" if line is not None else f"{file}"
+
+
+def _problem(file: Path | str, line: int | None, kind: str, msg: str, sev: Severity) -> LabelProblem:
+    return LabelProblem(str(file), line, kind, f"{_where(file, line)}: {msg}", sev)
+
+
+def format_problems(problems: list[LabelProblem], limit: int = 20) -> str:
+    """One line per problem (``severity: file:line: message``), at most ``limit``, then a tally."""
+    if not problems:
+        return "no label problems"
+    lines = [str(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"... and {len(problems) - limit} more")
+    kinds = Counter(p.kind for p in problems)
+    lines.append(f"{len(problems)} problem(s): " + ", ".join(f"{k}={n}" for k, n in kinds.most_common()))
+    return "\n".join(lines)
+
+
+def _is_view_tokens(tokens: list[str]) -> bool:
+    return bool(tokens) and all(t in ("0", "1") for t in tokens)
+
+
+def _could_be_box(n_tokens: int) -> bool:
+    return n_tokens == 5 or (n_tokens >= 7 and n_tokens % 2 == 1)
+
+
+def parse_label_text(text: str, file: Path | str, width: int, height: int,
+                     num_classes: int, num_views: int, tol: float = COORD_TOL) -> ParsedLabels:
+    """Parse one label file's text for an image of ``width`` x ``height`` pixels."""
+    problems: list[LabelProblem] = []
+    counts: Counter[str] = Counter()
+    lines = text.splitlines()
+    nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
+    view: int | None = None
+    view_line: int | None = None
+    if nonblank and num_views > 0:
+        last = nonblank[-1]
+        tokens = lines[last].split()
+        after_blank = last > 0 and not lines[last - 1].strip()
+        if _is_view_tokens(tokens) and (after_blank or not _could_be_box(len(tokens))):
+            view_line = last
+            n = last + 1
+            ones = [i for i, t in enumerate(tokens) if t == "1"]
+            if len(tokens) != num_views:
+                problems.append(_problem(file, n, "view_length", f"view one-hot has {len(tokens)} "
+                                         f"values, expected {num_views} (cls_names); view skipped", "error"))
+            elif len(ones) != 1:
+                problems.append(_problem(file, n, "view_onehot", f"view line {lines[last].strip()!r} "
+                                         f"has {len(ones)} ones, expected exactly 1; view skipped", "error"))
+            else:
+                view = ones[0]
+            counts["views_skipped" if view is None else "views"] += 1
+
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    for i in nonblank:
+        if i == view_line:
+            continue
+        n = i + 1
+        tokens = lines[i].split()
+        if not _could_be_box(len(tokens)):
+            problems.append(_problem(file, n, "token_count", f"{len(tokens)} tokens; expected 5 "
+                                     "('cls cx cy w h'), an odd count >= 7 (polygon 'cls x1 y1 ... "
+                                     "xn yn'), or a view one-hot after a blank line; box skipped", "error"))
+            counts["boxes_skipped"] += 1
+            continue
+        try:
+            vals = [float(t) for t in tokens]
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            problems.append(_problem(file, n, "non_numeric", f"non-numeric token {bad!r}; box skipped",
+                                     "error"))
+            counts["boxes_skipped"] += 1
+            continue
+        if not all(math.isfinite(v) for v in vals):
+            problems.append(_problem(file, n, "non_numeric", "non-finite value (nan/inf); box skipped",
+                                     "error"))
+            counts["boxes_skipped"] += 1
+            continue
+        c = vals[0]
+        if not c.is_integer() or not 0 <= c < num_classes:
+            problems.append(_problem(file, n, "class_id", f"class id {tokens[0]!r} not an integer in "
+                                     f"[0, {num_classes - 1}] (names); box skipped", "error"))
+            counts["boxes_skipped"] += 1
+            continue
+        if len(vals) == 5:
+            cx, cy, w, h = vals[1:]
+            x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        else:
+            xs, ys = vals[1::2], vals[2::2]
+            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        if min(x1, y1) < -tol or max(x2, y2) > 1 + tol:
+            problems.append(_problem(file, n, "coord_range", f"box ({x1:.4g}, {y1:.4g}, {x2:.4g}, "
+                                     f"{y2:.4g}) outside [0, 1]; clipped", "warning"))
+            counts["boxes_clipped"] += 1
+        x1, x2 = (min(max(v, 0.0), 1.0) * width for v in (x1, x2))
+        y1, y2 = (min(max(v, 0.0), 1.0) * height for v in (y1, y2))
+        if x2 - x1 <= 1e-6 * width or y2 - y1 <= 1e-6 * height:
+            problems.append(_problem(file, n, "degenerate", f"box has zero width or height "
+                                     f"({x2 - x1:.3g} x {y2 - y1:.3g} px) after clipping; box skipped",
+                                     "warning"))
+            counts["boxes_skipped"] += 1
+            continue
+        boxes.append([x1, y1, x2, y2])
+        classes.append(int(c))
+        counts["boxes"] += 1
+    return ParsedLabels(np.asarray(boxes, np.float32).reshape(-1, 4),
+                        np.asarray(classes, np.int64), view, problems, counts)
+
+
+def _is_float(t: str) -> bool:
+    try:
+        float(t)
+    except ValueError:
+        return False
+    return True
+
+
+def _image_header(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the header after PIL's ``verify()``; an error message otherwise."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            fmt = im.format
+            im.verify()
+        if fmt == "JPEG":  # verify() does not see a truncated JPEG; decode when the EOI is absent
+            with path.open("rb") as f:
+                f.seek(-2, 2)
+                tail = f.read(2)
+            if tail != b"\xff\xd9":
+                with Image.open(path) as im:
+                    im.load()
+    except Exception as e:  # any decoder failure means "unreadable image"
+        return f"{type(e).__name__}: {e}"
+    if size[0] <= 0 or size[1] <= 0:
+        return f"empty image size {size}"
+    return size
+
+
+def _orphans(spec: DatasetSpec, split: str, images: list[Path]) -> list[Path]:
+    """Label files in the scanned label folders whose image does not exist on disk."""
+    src = split_source(spec, split)
+    pairs: set[tuple[Path, Path]] = set()  # (label dir, image dir)
+    if src.is_dir():
+        dirs = {p.parent for p in images} | {src}
+        pairs = {(label_path_for(d / "x.jpg").parent, d) for d in dirs}
+    else:
+        pairs = {(label_path_for(p).parent, p.parent) for p in images}
+    stems: dict[Path, set[str]] = {}
+    out: list[Path] = []
+    for ldir, idir in sorted(pairs):
+        if not ldir.is_dir():
+            continue
+        if idir not in stems:
+            stems[idir] = {p.stem for p in idir.iterdir() if p.suffix.lower() in IMG_EXTS} \
+                if idir.is_dir() else set()
+        out += [t for t in sorted(ldir.glob("*.txt")) if t.stem not in stems[idir]]
+    return sorted(set(out))
+
+
+def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
+               tol: float = COORD_TOL) -> SplitIndex:
+    """Every image of ``split`` with its parsed labels, the problems, and a summary of counts.
+
+    ``strict=True`` raises `DataError` (listing ``file:line`` of each problem) when any problem,
+    warning or error, was found.
+    """
+    key = "val" if split == "valid" else split
+    images = list_split_images(spec, key)
+    nc, nv = len(spec.names), len(spec.cls_names)
+    records: list[ImageRecord] = []
+    problems: list[LabelProblem] = []
+    counts: Counter[str] = Counter()
+    box_cls: Counter[int] = Counter()
+    view_cls: Counter[int] = Counter()
+    for image_id, img in enumerate(images):
+        size = _image_header(img)
+        if isinstance(size, str):
+            problems.append(_problem(img, None, "image_corrupt", f"unreadable or corrupt image "
+                                     f"({size}); image skipped", "error"))
+            counts["images_skipped"] += 1
+            continue
+        w, h = size
+        lbl = label_path_for(img)
+        parsed = ParsedLabels(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), None, [], Counter())
+        has_label = lbl.is_file()
+        if not has_label:
+            problems.append(_problem(img, None, "label_missing", f"label file missing (expected "
+                                     f"{lbl}); image kept without boxes or view", "warning"))
+            counts["images_unlabelled"] += 1
+        else:
+            try:
+                text = lbl.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as e:
+                problems.append(_problem(lbl, None, "label_unreadable", f"cannot read label file "
+                                         f"({type(e).__name__}: {e}); labels skipped", "error"))
+                counts["images_unlabelled"] += 1
+                has_label = False
+            else:
+                parsed = parse_label_text(text, lbl, w, h, nc, nv, tol)
+                problems += parsed.problems
+                counts.update(parsed.counts)
+                if len(parsed.boxes) == 0 and nc > 0:
+                    problems.append(_problem(lbl, None, "no_boxes", "no usable detection box; image "
+                                             "excluded from the detection loss", "warning"))
+                if parsed.view is None and nv > 0:
+                    problems.append(_problem(lbl, None, "no_view", "no usable view line; image "
+                                             "excluded from the view loss and metrics", "warning"))
+        rec = ImageRecord(img, image_id, w, h, parsed.boxes, parsed.classes, parsed.view,
+                          has_label, lbl if has_label else None)
+        records.append(rec)
+        box_cls.update(rec.classes.tolist())
+        if rec.view is not None:
+            view_cls[rec.view] += 1
+
+    orphans = _orphans(spec, key, images)
+    for t in orphans:
+        problems.append(_problem(t, None, "label_orphan", "orphan label: no image with this stem "
+                                 "beside it; label ignored", "warning"))
+    summary: dict[str, Any] = {
+        "split": key,
+        "images": len(images),
+        "images_used": len(records),
+        "images_skipped": counts["images_skipped"],
+        "images_unlabelled": counts["images_unlabelled"],
+        "images_det": sum(r.has_boxes for r in records),
+        "images_det_masked": sum(not r.has_boxes for r in records),
+        "images_view": sum(r.has_view for r in records),
+        "images_view_masked": sum(not r.has_view for r in records),
+        "boxes": counts["boxes"],
+        "boxes_skipped": counts["boxes_skipped"],
+        "boxes_clipped": counts["boxes_clipped"],
+        "views": counts["views"],
+        "views_skipped": counts["views_skipped"],
+        "orphan_labels": len(orphans),
+        "warnings": sum(p.severity == "warning" for p in problems),
+        "errors": sum(p.severity == "error" for p in problems),
+        "boxes_per_class": {n: box_cls[i] for i, n in enumerate(spec.names)},
+        "views_per_class": {n: view_cls[i] for i, n in enumerate(spec.cls_names)},
+    }
+    if strict and problems:
+        raise DataError(f"{spec.yaml_path} [{key}]: strict mode, {len(problems)} label problem(s):\n"
+                        + format_problems(problems, limit=50), problems)
+    return SplitIndex(key, records, problems, summary, list(spec.names), list(spec.cls_names))
