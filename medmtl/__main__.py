@@ -1,0 +1,3 @@
+from medmtl.cli import main
+
+main()

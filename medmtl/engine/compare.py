@@ -1,0 +1,162 @@
+"""`medmtl compare`: every method x seed on the same data, budget and evaluation.
+
+Each run is a `medmtl train` subprocess writing `DIR/runs/<method>-s<seed>/`; finished runs
+(metrics.json present) are not redone, killed runs resume from their last.pt, and runs go in
+parallel where the machine has room (one per GPU, or CPU cores split between runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from medmtl.config import PRESETS, TrainConfig, build_config
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    cfg: TrainConfig
+    run_dir: Path
+    status: str = "new"  # new | resume | finished | running | done | failed
+    returncode: int | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    log: Any = field(default=None, repr=False)
+
+
+def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
+              overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
+    unknown = [m for m in methods if m not in PRESETS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; known: {', '.join(PRESETS)}")
+    plan = []
+    for m in methods:
+        for s in seeds:
+            name = f"{m}-s{s}"
+            run_dir = out / "runs" / name
+            over = dict(overrides or {})
+            over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
+            cfg = build_config(m, over)
+            pr = PlannedRun(name, cfg, run_dir)
+            if (run_dir / "metrics.json").exists():
+                pr.status = "finished"
+            elif (run_dir / "weights" / "last.pt").exists():
+                pr.status = "resume"
+            plan.append(pr)
+    return plan
+
+
+def _resources(n_runs: int, jobs: int | None) -> tuple[int, int, list[str]]:
+    """(parallel jobs, threads per job, CUDA device ids)."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        return max(1, min(jobs or len(gpus), len(gpus), n_runs)), 4, gpus
+    cores = os.cpu_count() or 1
+    j = jobs or (cores if cores < 4 else cores // 2)
+    j = max(1, min(j, n_runs))
+    return j, max(1, cores // j), []
+
+
+def _epochs_done(run_dir: Path) -> int:
+    h = run_dir / "history.csv"
+    if not h.exists():
+        return 0
+    with h.open() as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+
+def _table(plan: list[PlannedRun], t0: float) -> Table:
+    t = Table(title=f"compare ({time.perf_counter() - t0:.0f} s)")
+    for c in ("run", "status", "epochs"):
+        t.add_column(c)
+    for r in plan:
+        t.add_row(r.name, r.status, f"{_epochs_done(r.run_dir)}/{r.cfg.epochs}")
+    return t
+
+
+def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
+    cfg_path = cfg_dir / f"{r.name}.yaml"
+    r.cfg.to_yaml(cfg_path)
+    if r.status == "new" and r.run_dir.exists():
+        shutil.rmtree(r.run_dir)  # a run that died before its first checkpoint: start clean
+    cmd = [sys.executable, "-m", "medmtl", "train", "--data", r.cfg.data, "--out", str(r.run_dir),
+           "--config", str(cfg_path), "--no-progress"]
+    if r.cfg.method:
+        cmd += ["--method", r.cfg.method]
+    if r.status == "resume":
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    r.run_dir.mkdir(parents=True, exist_ok=True)
+    r.log = (r.run_dir.parent / f"{r.name}.log").open("a")
+    r.proc = subprocess.Popen(cmd, stdout=r.log, stderr=subprocess.STDOUT, env=env)
+    r.status = "running"
+
+
+def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path,
+                overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                console: Console | None = None, report: bool = True) -> Path:
+    console = console or Console(stderr=True)
+    out = Path(out)
+    cfg_dir = out / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_runs(data, methods, seeds, out, overrides)
+    todo = [r for r in plan if r.status != "finished"]
+    n_jobs, threads, gpus = _resources(len(todo) or 1, jobs)
+    console.print(f"{len(plan)} runs ({len(plan) - len(todo)} already finished); "
+                  f"{n_jobs} at a time, {threads} CPU threads each"
+                  + (f", GPUs {','.join(gpus)}" if gpus else ""))
+    t0 = time.perf_counter()
+    free_gpus = list(gpus)
+    running: list[tuple[PlannedRun, str | None]] = []
+    queue = list(todo)
+    with Live(_table(plan, t0), console=console, refresh_per_second=1, transient=False) as live:
+        while queue or running:
+            while queue and len(running) < n_jobs:
+                r = queue.pop(0)
+                gpu = free_gpus.pop(0) if gpus else None
+                _start(r, threads, gpu, cfg_dir)
+                running.append((r, gpu))
+            time.sleep(1.0)
+            for r, gpu in list(running):
+                assert r.proc is not None
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                r.returncode = rc
+                r.status = "done" if rc == 0 and (r.run_dir / "metrics.json").exists() else "failed"
+                r.log.close()
+                running.remove((r, gpu))
+                if gpu is not None:
+                    free_gpus.append(gpu)
+            live.update(_table(plan, t0))
+    failed = [r for r in plan if r.status == "failed"]
+    (out / "compare.json").write_text(json.dumps({
+        "data": str(Path(data).resolve()), "methods": methods, "seeds": seeds,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "runs": {r.name: {"status": r.status, "returncode": r.returncode} for r in plan}},
+        indent=2))
+    for r in failed:
+        console.print(f"[red]run {r.name} failed[/] (exit {r.returncode}); its log: "
+                      f"{r.run_dir.parent / (r.name + '.log')}")
+    if report:
+        from medmtl.report import write_report
+
+        paths = write_report(out)
+        console.print(f"report: {paths['html']}")
+    return out

@@ -1,0 +1,173 @@
+"""Validation: run the model over a split, score it, and (optionally) export everything.
+
+Detections are mapped back to original-image pixels before scoring, so `predictions.json` can be
+re-scored against `ground_truth.json` by anyone with pycocotools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmtl.data.transforms import unletterbox_boxes
+from medmtl.evaluation.coco import coco_ground_truth, coco_results, evaluate_coco, write_json
+from medmtl.evaluation.metrics import (
+    build_metrics_json,
+    classification_metrics,
+    detection_confusion,
+    detection_prf,
+)
+from medmtl.evaluation.postprocess import postprocess
+
+
+def fitness(metrics: dict[str, Any]) -> float:
+    """Checkpoint selection score: mean over the model's tasks of
+    detect = 0.1 * mAP@0.5 + 0.9 * mAP@0.5:0.95 and classify = view accuracy."""
+    parts = []
+    det = metrics.get("detection")
+    if det and det.get("map50") is not None:
+        parts.append(0.1 * det["map50"] + 0.9 * det["map50_95"])
+    cls = metrics.get("classification")
+    if cls and cls.get("accuracy") is not None:
+        parts.append(cls["accuracy"])
+    return float(np.mean(parts)) if parts else 0.0
+
+
+def move_targets(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = dict(batch)
+    for k in ("boxes", "box_classes", "box_mask", "det_mask", "view", "view_mask"):
+        out[k] = batch[k].to(device, non_blocking=True)
+    return out
+
+
+def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = images.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def run_inference(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    conf: float,
+    iou: float,
+    max_det: int,
+    det_loss: Any = None,
+    view_loss: Any = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Returns {"detections": {image_id: (K, 6) np [x1,y1,x2,y2,score,cls] original px},
+    "view_probs": {image_id: (C,) np}, "val_loss": {task: mean}}."""
+    model.eval()
+    tasks = getattr(model, "tasks", ())
+    dets: dict[int, np.ndarray] = {}
+    probs: dict[int, np.ndarray] = {}
+    loss_sum = {t: torch.zeros((), device=device) for t in tasks}
+    loss_n = dict.fromkeys(tasks, 0)
+    for batch in loader:
+        images = prepare_images(batch["images"], device, channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(images)
+        meta = batch["meta"]
+        if "detect" in out:
+            preds = [p.float() for p in out["detect"]]
+            if det_loss is not None and bool(batch["det_mask"].any()):
+                t = move_targets(batch, device)
+                n = int(batch["det_mask"].sum())
+                loss_sum["detect"] += det_loss(preds, t)[0].detach() * n
+                loss_n["detect"] += n
+            results = postprocess(preds, model.strides, model.reg_max, model.num_classes,
+                                  conf=conf, iou=iou, max_det=max_det)
+            for m, r in zip(meta, results, strict=True):
+                r = r.float().cpu()
+                scale, px, py = m["letterbox"]
+                boxes = unletterbox_boxes(r[:, :4], scale, px, py, m["orig_size"])
+                boxes = torch.as_tensor(boxes, dtype=torch.float32)
+                dets[int(m["image_id"])] = torch.cat([boxes, r[:, 4:6]], 1).numpy()
+        if "classify" in out:
+            logits = out["classify"].float()
+            if view_loss is not None and bool(batch["view_mask"].any()):
+                vm = batch["view_mask"]
+                n = int(vm.sum())
+                vl = view_loss(logits, batch["view"].to(device), vm.to(device))
+                if vl is not None:
+                    loss_sum["classify"] += vl.detach() * n
+                    loss_n["classify"] += n
+            p = logits.softmax(-1).cpu().numpy()
+            for m, pi in zip(meta, p, strict=True):
+                probs[int(m["image_id"])] = pi
+    val_loss = {t: float(loss_sum[t]) / loss_n[t] for t in tasks if loss_n[t] > 0}
+    return {"detections": dets, "view_probs": probs, "val_loss": val_loss}
+
+
+def score(
+    inference: dict[str, Any],
+    records: Sequence[Any],
+    names: Sequence[str],
+    cls_names: Sequence[str],
+    tasks: Sequence[str],
+    split: str = "val",
+    out_dir: str | Path | None = None,
+    plots: bool = False,
+) -> dict[str, Any]:
+    """metrics.json content from inference outputs; with out_dir also the COCO exports (+ plots)."""
+    det_block = cls_block = None
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if "detect" in tasks:
+        ids = [int(r.image_id) for r in records]
+        det_list = [inference["detections"].get(i, np.zeros((0, 6), np.float32)) for i in ids]
+        gt = coco_ground_truth(records, list(names))
+        results = coco_results(ids, det_list)
+        coco = evaluate_coco(gt, results, list(names))
+        prf = detection_prf(records, det_list, len(names))
+        det_block = {"coco": coco, "prf": prf}
+        if out is not None:
+            write_json(out / "ground_truth.json", gt)
+            write_json(out / "predictions.json", results)
+            write_json(out / "pr_curves.json", {"recall": _tolist(prf.get("recall_grid")),
+                                                "per_class": {n: _tolist(c) for n, c in
+                                                              prf.get("pr_curves", {}).items()}})
+            if plots:
+                _detection_plots(out, prf, records, det_list, names)
+    if "classify" in tasks:
+        labelled = [r for r in records if r.view is not None]
+        y_true = np.array([r.view for r in labelled], dtype=np.int64)
+        y_prob = np.stack([inference["view_probs"][int(r.image_id)] for r in labelled]) if labelled \
+            else np.zeros((0, len(cls_names)))
+        y_pred = y_prob.argmax(1) if len(labelled) else np.zeros(0, np.int64)
+        cls_block = classification_metrics(y_true, y_pred, len(cls_names), list(cls_names))
+        extra["classification_images"] = len(labelled)
+        if out is not None and plots:
+            from medmtl.evaluation.plots import plot_confusion
+
+            plot_confusion(np.asarray(cls_block["confusion"]), list(cls_names),
+                           out / "view_confusion.png", title="View confusion (rows: true)")
+    metrics = build_metrics_json(split, len(records), det_block, cls_block, extra)
+    if inference.get("val_loss"):
+        metrics["val_loss"] = inference["val_loss"]
+    return metrics
+
+
+def _tolist(x: Any) -> Any:
+    return x.tolist() if hasattr(x, "tolist") else x
+
+
+def _detection_plots(out: Path, prf: dict[str, Any], records: Sequence[Any],
+                     det_list: list[np.ndarray], names: Sequence[str]) -> None:
+    from medmtl.evaluation.plots import plot_confusion, plot_f1_confidence, plot_pr_curves
+
+    plot_pr_curves(prf, list(names), out / "pr_curves.png")
+    plot_f1_confidence(prf, out / "f1_confidence.png")
+    conf_mat = detection_confusion(records, det_list, len(names))
+    plot_confusion(conf_mat, [*names, "background"], out / "detection_confusion.png",
+                   title="Detection confusion @0.25 conf (rows: true)")

@@ -1,0 +1,448 @@
+"""One training loop for any set of tasks, any architecture and any balancer.
+
+Resumable to the step: the sample order of an epoch is a pure function of (seed, epoch), so a run
+killed (or interrupted with Ctrl-C) and resumed from `weights/last.pt` replays exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from medmtl.balancing import create_balancer
+from medmtl.config import TrainConfig
+from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medmtl.engine.ema import ModelEMA
+from medmtl.engine.evaluate import fitness, move_targets, prepare_images, run_inference, score
+from medmtl.engine.progress import EpochProgress
+from medmtl.engine.utils import (
+    amp_dtype,
+    peak_memory_mb,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
+from medmtl.evaluation.interference import gradient_interference
+from medmtl.losses import DetectionLoss, ViewLoss
+from medmtl.models import build_model
+
+BASE_COLUMNS = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weight/classify",
+                "grad_cos", "grad_norm_ratio", "lr", "seconds", "step_ms", "backward_passes",
+                "peak_mem_mb"]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
+                 console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.run_dir = Path(cfg.out)
+        self.progress = progress
+        ckpt = None
+        last = self.run_dir / "weights" / "last.pt"
+        if resume:
+            ckpt = load_checkpoint(last)
+            cfg = TrainConfig.model_validate(ckpt["config"])
+        elif last.exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run (weights/last.pt): pass "
+                                  "--resume to continue it or choose another --out")
+        self.cfg = cfg
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.device = select_device(cfg.device)
+        self.autocast = amp_dtype(self.device, cfg.amp)
+        self.channels_last = self.device.type == "cuda"
+
+        self._build_data()
+        self.model = build_model(cfg.model).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.tasks = tuple(self.model.tasks)
+        self.det_loss = DetectionLoss(cfg.model.num_classes, cfg.model.reg_max,
+                                      list(self.model.strides), cfg.loss)
+        self.view_loss = ViewLoss(cfg.model.num_views, cfg.loss)
+        self.balancer = create_balancer(self.tasks, cfg.balancer)
+        self.shared = list(self.model.shared_parameters())
+        self.last_shared = self.model.last_shared_parameter()
+        self.optimizer = self._build_optimizer()
+        self.steps_per_epoch = max(1, len(self.train_sampler_len()) // cfg.accumulate)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
+        self.ema = ModelEMA(self.model, cfg.ema_decay, tau=max(100.0, self.total_steps / 20)) \
+            if cfg.ema else None
+
+        self.epoch = 0
+        self.step_in_epoch = 0  # optimiser steps already done in self.epoch (mid-epoch resume)
+        self.best_fitness = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        self.epoch_acc: dict[str, float] = {}  # running sums of the epoch (plain floats)
+        self._rng_at_step: dict[str, Any] | None = None
+        self.train_seconds = 0.0
+        if ckpt is not None:
+            self._load_state(ckpt)
+            self.console.print(f"resuming {self.run_dir} at epoch {self.epoch + 1}, "
+                               f"step {self.step_in_epoch}")
+
+    # ------------------------------------------------------------------ set-up
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        spec = load_data_yaml(cfg.data)
+        self.names, self.cls_names = list(spec.names), list(spec.cls_names)
+        cfg.model.num_classes, cfg.model.num_views = len(self.names), len(self.cls_names)
+        self.train_index = scan_split(spec, "train", strict=cfg.strict)
+        self.val_index = scan_split(spec, "val", strict=cfg.strict)
+        for name, idx in (("train", self.train_index), ("val", self.val_index)):
+            _print_summary(self.console, name, idx)
+        self.train_set = MTLDataset(self.train_index.records, cfg.imgsz, train=True,
+                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+        self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
+                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+
+    def train_sampler_len(self) -> range:
+        n = len(self.train_set)
+        usable = n - n % self.cfg.batch if n > self.cfg.batch else n  # drop a ragged last batch
+        return range(usable // self.cfg.batch)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        extra = list(self.balancer.parameters())
+        if extra:
+            groups.append({"params": extra, "weight_decay": 0.0})
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **fused)
+
+    def _lr_lambda(self, step: int) -> float:
+        warm = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, self.total_steps - warm)
+        floor = self.cfg.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    def _loader(self, dataset: MTLDataset, indices: list[int], train: bool) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        # own generator: worker seeds depend on (seed, epoch) only, never on the global RNG
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch + (0 if train else 7))
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch, sampler=indices, collate_fn=collate,
+            num_workers=cfg.workers, pin_memory=self.device.type == "cuda", drop_last=train,
+            persistent_workers=False, generator=g)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        return torch.randperm(len(self.train_set), generator=g).tolist()
+
+    # ------------------------------------------------------------------ state
+    def _state(self, with_optimizer: bool = True) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "config": self.cfg.model_dump(mode="json"),
+            "names": self.names, "cls_names": self.cls_names,
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
+            "history": self.history, "train_seconds": self.train_seconds,
+        }
+        if with_optimizer:
+            st.update({
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "balancer": self.balancer.state_dict(),
+                "epoch_acc": dict(self.epoch_acc),
+                # the RNG as it was at the last optimiser-step boundary, where a resume restarts
+                "rng": self._rng_at_step or rng_state(),
+            })
+        return st
+
+    def _load_state(self, ck: dict[str, Any]) -> None:
+        self.model.load_state_dict(ck["model"])
+        if self.ema and ck.get("ema"):
+            self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.balancer.load_state_dict(ck["balancer"])
+        self.epoch, self.step_in_epoch = int(ck["epoch"]), int(ck["step_in_epoch"])
+        self.best_fitness, self.best_epoch = float(ck["best_fitness"]), int(ck["best_epoch"])
+        self.history = list(ck["history"])
+        self.epoch_acc = dict(ck.get("epoch_acc") or {})
+        self.train_seconds = float(ck.get("train_seconds", 0.0))
+        set_rng_state(ck["rng"])
+
+    def save_last(self) -> None:
+        save_checkpoint(self._state(), self.run_dir / "weights" / "last.pt")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> Path:
+        cfg = self.cfg
+        (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(self.run_dir / "config.yaml")
+        bad_epochs = 0
+        try:
+            while self.epoch < cfg.epochs:
+                row = self._train_epoch()
+                validate = (self.epoch + 1) % cfg.val_every == 0 or self.epoch + 1 == cfg.epochs
+                improved = False
+                if validate:
+                    metrics = self.validate()
+                    row.update(_val_columns(metrics))
+                    fit = fitness(metrics)
+                    improved = fit > self.best_fitness
+                    if improved:
+                        self.best_fitness, self.best_epoch = fit, self.epoch
+                self.history.append(row)
+                self._write_history()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.epoch_acc = {}
+                self.save_last()
+                if improved:
+                    save_checkpoint(self._state(with_optimizer=False),
+                                    self.run_dir / "weights" / "best.pt")
+                    bad_epochs = 0
+                elif validate:
+                    bad_epochs += 1
+                if cfg.patience and bad_epochs >= cfg.patience:
+                    self.console.print(f"early stop: no improvement for {bad_epochs} validations")
+                    break
+        except KeyboardInterrupt:
+            if getattr(self, "_sums", None):
+                self._flush_sums(self._sums, force=True)
+            self.save_last()
+            self.console.print(f"interrupted: state saved to {self.run_dir / 'weights/last.pt'}; "
+                               "continue with --resume")
+            raise
+        self.finalize()
+        return self.run_dir
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg = self.cfg
+        model, tasks = self.model, self.tasks
+        model.train()
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        order = self.epoch_order(self.epoch)
+        nb = len(self.train_sampler_len())
+        start_batch = self.step_in_epoch * cfg.accumulate
+        loader = self._loader(self.train_set, order[start_batch * cfg.batch: nb * cfg.batch], True)
+        acc = self.epoch_acc
+        sums = self._sums = {t: torch.zeros((), device=self.device) for t in tasks}
+        pending: list[dict[str, torch.Tensor]] = []  # losses of micro-steps not yet stepped
+        diag_every = max(1, nb // cfg.diag_steps) if cfg.diag_steps > 0 else 0
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = EpochProgress(self.console, f"epoch {self.epoch + 1}/{cfg.epochs}", nb - start_batch,
+                            enabled=self.progress)
+        micro = 0
+        for i, batch in enumerate(loader, start=start_batch):
+            step_t = time.perf_counter()
+            images = prepare_images(batch["images"], self.device, self.channels_last)
+            tgt = move_targets(batch, self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast,
+                                enabled=self.autocast is not None):
+                out = model(images)
+            losses: dict[str, torch.Tensor] = {}
+            if "detect" in tasks and bool(batch["det_mask"].any()):
+                losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt)[0]
+            if "classify" in tasks and bool(batch["view_mask"].any()):
+                vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"])
+                if vl is not None:
+                    losses["classify"] = vl
+            if not losses:
+                acc["skipped_batches"] = acc.get("skipped_batches", 0) + 1
+                continue
+            if diag_every and len(losses) == 2 and self.shared and i % diag_every == 0:
+                d = gradient_interference(losses, self.shared,
+                                          self.model.shared_stages() if cfg.diag_per_stage else None)
+                for k, v in d.items():
+                    if isinstance(v, float) and math.isfinite(v):
+                        acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v
+                        acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
+            scale = float(self.scaler.get_scale()) if self.scaler else 1.0
+            blog = self.balancer.backward(losses, self.shared, self.last_shared, scale)
+            pending.append({t: v.detach() for t, v in losses.items()})
+            micro += 1
+            if micro % cfg.accumulate == 0 or i + 1 == nb:
+                self._optimizer_step(micro)
+                self.balancer.after_step({t: v.detach() for t, v in losses.items()})
+                # book-keeping only for completed optimiser steps, so a resume replays exactly
+                for p in pending:
+                    for t, v in p.items():
+                        sums[t] += v
+                        acc[f"n/loss/{t}"] = acc.get(f"n/loss/{t}", 0) + 1
+                    acc["backward_passes"] = acc.get("backward_passes", 0) + blog.get(
+                        "backward_passes", 1)
+                    acc["steps"] = acc.get("steps", 0) + 1
+                pending.clear()
+                micro = 0
+                self.step_in_epoch += 1
+                acc["step_seconds"] = acc.get("step_seconds", 0.0) + time.perf_counter() - step_t
+                self._flush_sums(sums)
+                self._rng_at_step = rng_state()
+            bar.advance(losses if i % 10 == 0 else None)
+        bar.close()
+        self._flush_sums(sums, force=True)
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        epoch_losses = {t: acc[f"sum/loss/{t}"] / acc[f"n/loss/{t}"] for t in tasks
+                        if acc.get(f"n/loss/{t}")}
+        self.balancer.on_epoch_end(epoch_losses)
+        weights = self.balancer.weights()
+        row: dict[str, Any] = {"epoch": self.epoch + 1}
+        for t in ("detect", "classify"):
+            row[f"loss/{t}"] = epoch_losses.get(t, "")
+            row[f"weight/{t}"] = weights.get(t, 1.0) if t in tasks else ""
+        for k in ("grad_cos", "grad_norm_ratio"):
+            n = acc.get(f"n/{k}", 0)
+            row[k] = acc[f"sum/{k}"] / n if n else ""
+        for k in [k for k in acc if k.startswith("n/grad_cos/")]:
+            stage = k[len("n/"):]
+            row[stage] = acc[f"sum/{stage}"] / acc[k]
+        steps = max(1, acc.get("steps", 0))
+        row.update({"lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                    "step_ms": round(1000 * acc.get("step_seconds", 0.0) / steps, 2),
+                    "backward_passes": acc.get("backward_passes", 0) / steps,
+                    "peak_mem_mb": round(peak_memory_mb(self.device), 1),
+                    "skipped_batches": acc.get("skipped_batches", 0)})
+        return row
+
+    def _flush_sums(self, sums: dict[str, torch.Tensor], force: bool = False) -> None:
+        """Move the device-side loss sums into epoch_acc (one host sync per flush)."""
+        for t, v in sums.items():
+            if force or self.device.type == "cpu" or self.step_in_epoch % 50 == 0:
+                self.epoch_acc[f"sum/loss/{t}"] = self.epoch_acc.get(f"sum/loss/{t}", 0.0) + float(v)
+                v.zero_()
+
+    def _optimizer_step(self, n_micro: int) -> None:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if n_micro > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(n_micro)
+        if self.cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update(self.model)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        loader = self._loader(self.val_set, list(range(len(self.val_set))), False)
+        inf = run_inference(self.eval_model(), loader, self.device, cfg.conf_thres, cfg.iou_thres,
+                            cfg.max_det, self.det_loss, self.view_loss, self.autocast,
+                            self.channels_last)
+        return score(inf, self.val_index.records, self.names, self.cls_names, self.tasks,
+                     split="val", out_dir=out_dir, plots=plots)
+
+    def finalize(self) -> dict[str, Any]:
+        """metrics.json from the best checkpoint, with the COCO exports and plots under eval/."""
+        best = self.run_dir / "weights" / "best.pt"
+        if best.exists():
+            ck = load_checkpoint(best)
+            target = self.eval_model()
+            target.load_state_dict(ck["ema"]["module"] if ck.get("ema") else ck["model"])
+        metrics = self.validate(out_dir=self.run_dir / "eval", plots=True)
+        from medmtl.evaluation.latency import efficiency
+
+        metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz,
+                                           self.run_dir / "weights" / "best.pt")
+        weights = self.balancer.weights()
+        metrics["training"] = {
+            "seconds": round(self.train_seconds, 2), "epochs": self.epoch,
+            "peak_mem_mb": max([r.get("peak_mem_mb", 0.0) for r in self.history] or [0.0]),
+            "best_epoch": self.best_epoch + 1, "method": self.cfg.method,
+            "arch": self.cfg.model.arch, "balancer": self.cfg.balancer.name,
+            "seed": self.cfg.seed, "device": str(self.device),
+            "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
+            else None,
+        }
+        import json
+
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        return metrics
+
+    def _write_history(self) -> None:
+        cols = list(BASE_COLUMNS)
+        for r in self.history:
+            for k in r:
+                if k not in cols:
+                    cols.append(k)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, restval="")
+        w.writeheader()
+        for r in self.history:
+            w.writerow({k: _fmt(v) for k, v in r.items()})
+        atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def _val_columns(m: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    det = m.get("detection")
+    if det:
+        for k in ("map50", "map50_95", "precision", "recall", "f1"):
+            row[f"val/{k}"] = det[k]
+    cls = m.get("classification")
+    if cls:
+        row["val/accuracy"] = cls["accuracy"]
+        row["val/macro_f1"] = cls["macro_f1"]
+    for t, v in (m.get("val_loss") or {}).items():
+        row[f"val/loss/{t}"] = v
+    return row
+
+
+def _print_summary(console: Console, split: str, index: Any) -> None:
+    s = index.summary
+    console.print(f"[bold]{split}[/]: " + ", ".join(f"{k} {v}" for k, v in s.items()
+                                                    if not isinstance(v, dict)))
+    problems = getattr(index, "problems", [])
+    if problems:
+        from medmtl.data import format_problems
+
+        console.print(format_problems(problems, limit=10))
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train per `cfg`, writing the run directory; returns its path."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()
+
+
+__all__ = ["Trainer", "train"]
