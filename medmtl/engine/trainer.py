@@ -70,6 +70,7 @@ class Trainer:
                                       list(self.model.strides), cfg.loss)
         self.view_loss = ViewLoss(cfg.model.num_views, cfg.loss)
         self.balancer = create_balancer(self.tasks, cfg.balancer)
+        self.balancer.to(self.device)
         self.shared = list(self.model.shared_parameters())
         self.last_shared = self.model.last_shared_parameter()
         self.optimizer = self._build_optimizer()
@@ -273,8 +274,10 @@ class Trainer:
                 acc["skipped_batches"] = acc.get("skipped_batches", 0) + 1
                 continue
             if diag_every and len(losses) == 2 and self.shared and i % diag_every == 0:
-                d = gradient_interference(losses, self.shared,
-                                          self.model.shared_stages() if cfg.diag_per_stage else None)
+                d = gradient_interference(
+                    losses, self.shared,
+                    self.model.shared_stages() if cfg.diag_per_stage else None,
+                    scale=float(self.scaler.get_scale()) if self.scaler else 1.0)
                 for k, v in d.items():
                     if isinstance(v, float) and math.isfinite(v):
                         acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v

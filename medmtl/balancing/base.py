@@ -1,0 +1,155 @@
+"""Balancer base class, the BALANCERS registry and small shared helpers.
+
+A balancer turns per-task losses into parameter gradients (LibMTL's principle: it never knows which
+model it drives, only the task losses and the shared parameters it is handed).
+
+Conventions every balancer follows (docs/ARCHITECTURE.md, "Balancers"):
+
+* `backward` *accumulates* (`+=`) into `.grad`; it never zeroes anything.
+* `losses` holds only the tasks with labels in the batch. With a single task the balancer
+  back-propagates that loss with its current weight and leaves learned weights alone.
+* `scale` is the AMP loss scale: `scale * loss` is back-propagated, whatever is read from gradients
+  (norms, dot products, projections) is divided by `scale`, and `scale * combined` is written.
+* Gradient scale: every method keeps the scale of `fixed` with unit weights, i.e. a task gradient
+  enters with a weight of about 1 and the weights sum to the number of tasks in the batch. CAGrad
+  and FAMO are written in their papers as a convex combination (the average gradient); we multiply
+  them by the number of tasks in the batch (a constant factor: an lr change under SGD, almost
+  nothing under Adam) so that methods and one-task batches share one scale.
+* Logged weights read 1.0 for "equal".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from medmtl.config import BalancerConfig
+from medmtl.registry import Registry
+
+
+class Balancer:
+    """Base class; subclasses implement `backward` and usually `weights`."""
+
+    name = "base"
+
+    def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        if not tasks:
+            raise ValueError("a balancer needs at least one task")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"duplicate task names: {list(tasks)}")
+        self.tasks: list[str] = list(tasks)
+        self.cfg = cfg
+        # backward passes per full (all tasks present) step; the log dict carries the actual count
+        self.backward_passes: int = 1
+
+    # --- API -----------------------------------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        """Parameters the *model* optimiser must learn (only `uncertainty` has any)."""
+        return []
+
+    def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
+                 last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        raise NotImplementedError
+
+    def after_step(self, losses: Mapping[str, float | Tensor]) -> None:
+        """Called after the optimiser step with the losses of the updated model (FAMO)."""
+
+    def on_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
+        """Called with the epoch's average training loss per task (DWA)."""
+
+    def weights(self) -> dict[str, float]:
+        return {t: 1.0 for t in self.tasks}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def to(self, device: torch.device | str) -> Balancer:
+        """Move internal tensors; call before building the optimiser (uncertainty's parameters)."""
+        return self
+
+    # --- helpers for subclasses ----------------------------------------------------------------
+    def _present(self, losses: Mapping[str, Tensor]) -> list[str]:
+        unknown = [t for t in losses if t not in self.tasks]
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown}; this balancer has {self.tasks}")
+        return [t for t in self.tasks if t in losses]
+
+    def _log(self, extra: Mapping[str, float] | None = None, passes: int = 1) -> dict[str, float]:
+        out = {f"weight/{t}": float(w) for t, w in self.weights().items()}
+        out["backward_passes"] = float(passes)
+        if extra:
+            out.update(extra)
+        return out
+
+
+def weighted_backward(losses: Mapping[str, Tensor], weights: Mapping[str, float | Tensor],
+                      scale: float = 1.0) -> int:
+    """backward(scale * sum_i w_i L_i); accumulates into .grad. Returns the passes run (0 or 1)."""
+    total: Tensor | None = None
+    for t, loss in losses.items():
+        term = weights[t] * loss
+        total = term if total is None else total + term
+    if total is None or not total.requires_grad:
+        return 0
+    (total * scale).backward()
+    return 1
+
+
+def device_of(losses: Mapping[str, Tensor]) -> torch.device:
+    return next(iter(losses.values())).device
+
+
+class TinyAdam:
+    """Adam (Kingma & Ba) on one small tensor, updated in place, without host syncs.
+
+    Used by the balancers that learn weights with their own optimiser (GradNorm, FAMO).
+    `weight_decay` is coupled L2 (added to the gradient) like `torch.optim.Adam`. `ok` (a bool
+    tensor) turns a step into a no-op, so non-finite gradients (AMP overflow) are skipped on device.
+    State is plain tensors, so it round-trips through `torch.load(weights_only=True)`.
+    """
+
+    def __init__(self, n: int, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.m = torch.zeros(n)
+        self.v = torch.zeros(n)
+        self.t = torch.zeros(())
+
+    def to(self, device: torch.device | str) -> TinyAdam:
+        self.m, self.v, self.t = self.m.to(device), self.v.to(device), self.t.to(device)
+        return self
+
+    @torch.no_grad()
+    def step(self, param: Tensor, grad: Tensor, ok: Tensor | None = None) -> None:
+        b1, b2 = self.betas
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        t = self.t + 1
+        m = b1 * self.m + (1 - b1) * grad
+        v = b2 * self.v + (1 - b2) * grad * grad
+        step = self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps)
+        if ok is None:
+            param.sub_(step)
+            self.m, self.v, self.t = m, v, t
+        else:
+            param.copy_(torch.where(ok, param - step, param))
+            self.m = torch.where(ok, m, self.m)
+            self.v = torch.where(ok, v, self.v)
+            self.t = torch.where(ok, t, self.t)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"m": self.m.detach().cpu(), "v": self.v.detach().cpu(), "t": self.t.detach().cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        dev = self.m.device
+        self.m, self.v, self.t = (state[k].to(dev, torch.float32) for k in ("m", "v", "t"))
+
+
+BALANCERS: Registry[Balancer] = Registry("balancer")

@@ -1,0 +1,128 @@
+"""`famo`: Fast Adaptive Multitask Optimization (Liu, Liang, Chen & Liu, NeurIPS 2023).
+
+Task logits xi (init 0), z = softmax(xi). The model update follows the gradient of
+sum_i z_i log(L_i - L_i*), normalised by c = 1 / sum_i z_i / (L_i - L_i*), i.e. the task gradients
+enter with weights c z_i / (L_i - L_i*), which sum to 1, so every task's log-loss decreases at the
+same rate when z is uniform. We take L_i* = 0 (all losses here are >= 0) and add 1e-8 inside logs
+and divisions. As every balancer here keeps the scale of `fixed` with unit weights, these weights are
+multiplied by K (tasks in the batch): one backward of sum_i K c z_i / L_i * L_i (weights detached).
+With one task in the batch this reduces to that loss with weight 1.
+
+After the optimiser step, `after_step(new_losses)` updates the logits with the paper's rule: with
+delta_i = log L_i(old) - log L_i(new) (old = the losses of the last `backward`), the gradient of xi is
+J_softmax(xi)^T delta = z * (delta - <z, delta>) (analytic, no autograd), stepped by its own Adam
+(lr `cfg.lr`, coupled weight decay `cfg.famo_gamma`, as in the authors' code). A task whose loss fell
+less than the others gains weight. The paper evaluates L(new) on the *same* batch with the updated
+model (one extra forward, no backward); passing the next batch's losses is a cheaper, noisier
+approximation. If `after_step` is handed the step's *own* losses (exactly equal to those of the last
+`backward`, e.g. a trainer without the extra forward), the update is deferred to the next two-task
+`backward`, whose (next-batch) losses then play L(new): the cheap variant, never a silent no-op. The
+choice is made on device (no host sync). Without a full two-task `backward` before it, or with a task
+missing from `new_losses`, `after_step` does nothing (the update needs every task).
+
+Logged `weight/<task>` = K z_i (sums to K, equal weights read 1.0); `grad_weight/<task>` is the weight
+actually multiplying the task gradient (K c z_i / L_i). Cost: 1 backward pass per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, device_of, weighted_backward
+from medmtl.config import BalancerConfig
+
+_EPS = 1e-8
+
+
+@BALANCERS.register("famo")
+class FAMO(Balancer):
+    name = "famo"
+
+    def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        super().__init__(tasks, cfg)
+        k = len(self.tasks)
+        self.xi = torch.zeros(k)
+        self.opt = TinyAdam(k, lr=cfg.lr, weight_decay=cfg.famo_gamma)
+        self.prev: Tensor | None = None  # detached losses (every task) of the last backward
+        self.pending: Tensor | None = None  # old losses of a deferred update (next-batch variant)
+        self.pending_ok = torch.zeros((), dtype=torch.bool)
+
+    def to(self, device: torch.device | str) -> FAMO:
+        self.xi = self.xi.to(device)
+        self.opt.to(device)
+        self.pending_ok = self.pending_ok.to(device)
+        for name in ("prev", "pending"):
+            x = getattr(self, name)
+            if x is not None:
+                setattr(self, name, x.to(device))
+        return self
+
+    def weights(self) -> dict[str, float]:
+        z = torch.softmax(self.xi, 0) * len(self.tasks)
+        return dict(zip(self.tasks, z.tolist(), strict=True))
+
+    def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
+                 last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        present = self._present(losses)
+        if not present:
+            return self._log(passes=0)
+        self.to(device_of(losses))
+        idx = torch.tensor([self.tasks.index(t) for t in present], device=self.xi.device)
+        z_all = torch.softmax(self.xi, 0)
+        lt = torch.stack([losses[t].detach().float() for t in present])
+        if self.pending is not None and len(present) == len(self.tasks):
+            self._update(self.pending, lt, self.pending_ok)  # this batch's losses are L(new)
+            self.pending = None
+            z_all = torch.softmax(self.xi, 0)
+        inv = z_all[idx] / (lt.clamp_min(0) + _EPS)
+        gw = len(present) * inv / inv.sum()  # K * c * z_i / L_i
+        passes = weighted_backward({t: losses[t] for t in present},
+                                   {t: gw[i] for i, t in enumerate(present)}, scale)
+        self.prev = lt if len(present) == len(self.tasks) else None
+        k = len(self.tasks)
+        vals = torch.cat([z_all * k, gw]).tolist()  # one host sync for the log
+        out = {f"weight/{t}": vals[i] for i, t in enumerate(self.tasks)}
+        out.update({f"grad_weight/{t}": vals[k + i] for i, t in enumerate(present)})
+        out["backward_passes"] = float(passes)
+        return out
+
+    def after_step(self, losses: Mapping[str, float | Tensor]) -> None:
+        prev, self.prev = self.prev, None
+        if prev is None or any(t not in losses for t in self.tasks):
+            return
+        with torch.no_grad():
+            new = torch.stack([torch.as_tensor(losses[t]).detach().to(prev.device, torch.float32)
+                               .reshape(()) for t in self.tasks])
+            same = (new == prev).all()  # handed the step's own losses: defer (see module doc)
+            self._update(prev, new, ~same)
+            self.pending, self.pending_ok = prev, same
+
+    @torch.no_grad()
+    def _update(self, old: Tensor, new: Tensor, ok: Tensor) -> None:
+        delta = (old.clamp_min(0) + _EPS).log() - (new.clamp_min(0) + _EPS).log()
+        z = torch.softmax(self.xi, 0)
+        grad = z * (delta - (z * delta).sum())  # J_softmax^T delta
+        self.opt.step(self.xi, grad, ok & torch.isfinite(grad).all())
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"xi": self.xi.detach().cpu().clone(), "opt": self.opt.state_dict()}
+        for name in ("prev", "pending"):
+            x = getattr(self, name)
+            if x is not None:
+                state[name] = x.detach().cpu().clone()
+        state["pending_ok"] = bool(self.pending_ok)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        dev = self.xi.device
+        self.xi = state["xi"].to(dev, torch.float32).clone()
+        self.opt.load_state_dict(state["opt"])
+        for name in ("prev", "pending"):
+            x = state.get(name)
+            setattr(self, name, None if x is None else x.to(dev, torch.float32).clone())
+        self.pending_ok = torch.tensor(bool(state.get("pending_ok", False)), device=dev)

@@ -1,0 +1,122 @@
+"""`gradnorm`: GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+On the weight W of the last shared layer (`last_shared`), per step with every task present:
+
+    G_i   = w_i * ||grad_W L_i||                 (g_i = torch.autograd.grad(L_i, W), once per task)
+    L~_i  = L_i / L_i(0),  r_i = L~_i / mean_j L~_j
+    L_grad = sum_i | G_i - mean_j(G_j) * r_i^alpha |      (the target is a constant: detached)
+
+Because G_i = w_i * ||g_i|| is linear in w_i, dL_grad/dw_i = sign(G_i - target_i) * ||g_i|| is
+written analytically: no double backward. The task weights w (initialised to 1, as in the paper;
+`cfg.weights` is not used) are updated by their own Adam (lr `cfg.lr`), clamped to >= 1e-3 (Adam
+could otherwise push a weight through zero into gradient *ascent*) and renormalised to sum to K.
+The model gradient is one backward of sum_i w_i(t) L_i with the weights *before* the update
+(Algorithm 1 of the paper). Cost: K backwards to W (each traverses the graph from L_i down to W)
+plus one full backward.
+
+L_i(0) is the mean of the losses of the first `init_steps` = 3 steps with every task present (one
+step's loss is noisy with small, augmented batches); during those steps the running mean is used.
+
+Falls back to fixed weights (the current w, not updated; `gradnorm_active: 0` in the log) when
+`last_shared` is None (e.g. the `dual` architecture), when a task does not reach W, or when the
+batch lacks a task (partial labels: that loss is back-propagated with its current weight).
+Everything stays on the loss device; the log costs one host sync. Under gradient accumulation the
+weights are updated at every micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from medmtl.balancing._grads import gram_stats
+from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, device_of, weighted_backward
+from medmtl.config import BalancerConfig
+
+
+@BALANCERS.register("gradnorm")
+class GradNorm(Balancer):
+    name = "gradnorm"
+    init_steps = 3
+    min_weight = 1e-3
+
+    def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        super().__init__(tasks, cfg)
+        k = len(self.tasks)
+        self.alpha = float(cfg.alpha)
+        self.w = torch.ones(k)
+        self.opt = TinyAdam(k, lr=cfg.lr)
+        self.l0_sum = torch.zeros(k)
+        self.l0_count = torch.zeros(())
+        self.backward_passes = k + 1
+
+    def to(self, device: torch.device | str) -> GradNorm:
+        self.w, self.l0_sum, self.l0_count = (x.to(device) for x in (self.w, self.l0_sum, self.l0_count))
+        self.opt.to(device)
+        return self
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.w.tolist(), strict=True))
+
+    def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
+                 last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        present = self._present(losses)
+        if not present:
+            return self._log(passes=0)
+        self.to(device_of(losses))
+        k = len(self.tasks)
+        w_used = self.w.clone()
+        used = {t: w_used[i] for i, t in enumerate(self.tasks)}
+        grads: list[Tensor | None] = []
+        if (k >= 2 and len(present) == k and last_shared is not None and last_shared.requires_grad
+                and all(losses[t].requires_grad for t in self.tasks)):
+            grads = [torch.autograd.grad(losses[t] * scale, last_shared, retain_graph=True,
+                                         allow_unused=True)[0] for t in self.tasks]
+        if not grads or any(g is None for g in grads):
+            passes = weighted_backward({t: losses[t] for t in present}, used, scale)
+            log = self._log(passes=passes)
+            log["gradnorm_active"] = 0.0
+            return log
+
+        flat = torch.stack([g.detach().reshape(-1).float() for g in grads if g is not None]) / scale
+        norms, cos = gram_stats(flat @ flat.T)
+        lt = torch.stack([losses[t].detach().float() for t in self.tasks])
+        with torch.no_grad():
+            finite = torch.isfinite(lt).all() & torch.isfinite(norms).all()
+            take = finite & (self.l0_count < self.init_steps)
+            self.l0_sum = self.l0_sum + torch.where(take, lt, torch.zeros_like(lt))
+            self.l0_count = self.l0_count + take.float()
+            l0 = self.l0_sum / self.l0_count.clamp_min(1.0)
+            ratio = lt / l0.clamp_min(1e-12)
+            r = ratio / ratio.mean().clamp_min(1e-12)
+            big_g = w_used * norms
+            target = big_g.mean() * r.pow(self.alpha)
+            l_grad = (big_g - target).abs().sum()
+            grad_w = torch.sign(big_g - target) * norms
+            ok = finite & torch.isfinite(grad_w).all() & (self.l0_count > 0)
+            self.opt.step(self.w, grad_w, ok)
+            self.w.clamp_(min=self.min_weight)
+            self.w.mul_(k / self.w.sum())
+        passes = k + weighted_backward(losses, used, scale)
+        vals = torch.cat([self.w, norms, r, torch.stack([l_grad, cos])]).tolist()  # one sync
+        out = {f"weight/{t}": vals[i] for i, t in enumerate(self.tasks)}
+        out.update({f"grad_norm/{t}": vals[k + i] for i, t in enumerate(self.tasks)})
+        out.update({f"loss_ratio/{t}": vals[2 * k + i] for i, t in enumerate(self.tasks)})
+        out.update({"gradnorm_loss": vals[3 * k], "cos_last_shared": vals[3 * k + 1],
+                    "gradnorm_active": 1.0, "backward_passes": float(passes)})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.detach().cpu().clone(), "l0_sum": self.l0_sum.detach().cpu().clone(),
+                "l0_count": self.l0_count.detach().cpu().clone(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        dev = self.w.device
+        self.w = state["w"].to(dev, torch.float32).clone()
+        self.l0_sum = state["l0_sum"].to(dev, torch.float32).clone()
+        self.l0_count = state["l0_count"].to(dev, torch.float32).clone()
+        self.opt.load_state_dict(state["opt"])
