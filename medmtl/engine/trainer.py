@@ -88,6 +88,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch_acc: dict[str, float] = {}  # running sums of the epoch (plain floats)
         self._rng_at_step: dict[str, Any] | None = None
+        self._stop_requested = False
+        self._sums: dict[str, torch.Tensor] = {}
         self.train_seconds = 0.0
         if ckpt is not None:
             self._load_state(ckpt)
@@ -199,6 +201,8 @@ class Trainer:
         (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(self.run_dir / "config.yaml")
         bad_epochs = 0
+        self._stop_requested = False
+        previous = _install_sigint(self._on_sigint)
         try:
             while self.epoch < cfg.epochs:
                 row = self._train_epoch()
@@ -226,13 +230,16 @@ class Trainer:
                 if cfg.patience and bad_epochs >= cfg.patience:
                     self.console.print(f"early stop: no improvement for {bad_epochs} validations")
                     break
-        except KeyboardInterrupt:
-            if getattr(self, "_sums", None):
-                self._flush_sums(self._sums, force=True)
+        except _StopAtStep:
+            # Ctrl-C was pressed: we stopped at an optimiser-step boundary, so the saved state is
+            # exactly what an uninterrupted run had at this point and --resume replays the rest.
+            self._flush_sums(self._sums, force=True)
             self.save_last()
             self.console.print(f"interrupted: state saved to {self.run_dir / 'weights/last.pt'}; "
                                "continue with --resume")
-            raise
+            raise KeyboardInterrupt from None
+        finally:
+            _install_sigint(previous)
         self.finalize()
         return self.run_dir
 
@@ -303,6 +310,8 @@ class Trainer:
                 acc["step_seconds"] = acc.get("step_seconds", 0.0) + time.perf_counter() - step_t
                 self._flush_sums(sums)
                 self._rng_at_step = rng_state()
+                if self._stop_requested:
+                    raise _StopAtStep
             bar.advance(losses if i % 10 == 0 else None)
         bar.close()
         self._flush_sums(sums, force=True)
@@ -329,6 +338,13 @@ class Trainer:
                     "peak_mem_mb": round(peak_memory_mb(self.device), 1),
                     "skipped_batches": acc.get("skipped_batches", 0)})
         return row
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # second Ctrl-C: abort now; last.pt keeps the last epoch's state
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.console.print("Ctrl-C: finishing this step, then saving weights/last.pt "
+                           "(press again to abort without saving)")
 
     def _flush_sums(self, sums: dict[str, torch.Tensor], force: bool = False) -> None:
         """Move the device-side loss sums into epoch_acc (one host sync per flush)."""
@@ -409,6 +425,20 @@ class Trainer:
         for r in self.history:
             w.writerow({k: _fmt(v) for k, v in r.items()})
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+
+
+class _StopAtStep(Exception):
+    """Raised inside the epoch loop at a step boundary after Ctrl-C."""
+
+
+def _install_sigint(handler: Any) -> Any:
+    """Install a SIGINT handler when running in the main thread; returns the previous one."""
+    import signal
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
 
 
 def _fmt(v: Any) -> Any:
