@@ -49,12 +49,30 @@ def postprocess(
     if num_classes is None:
         num_classes = preds[0].shape[1] - 4 * reg_max
     boxes, scores = decode_predictions(preds, strides, reg_max, num_classes)
-    h_in = preds[0].shape[-2] * strides[0]
-    w_in = preds[0].shape[-1] * strides[0]
-    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w_in)
-    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h_in)
+    in_hw = (preds[0].shape[-2] * strides[0], preds[0].shape[-1] * strides[0])
+    return select_detections(boxes, scores, in_hw, conf, iou, max_det, multi_label, max_nms)
+
+
+@torch.no_grad()
+def select_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    in_hw: tuple[int, int],
+    conf: float = 0.25,
+    iou: float = 0.6,
+    max_det: int = 100,
+    multi_label: bool = False,
+    max_nms: int = MAX_NMS_CANDIDATES,
+) -> list[Tensor]:
+    """Decoded boxes (B, N, 4) + scores (B, N, nc) -> per image (K, 6) ``[x1, y1, x2, y2, score,
+    cls]`` in input pixels: clip to ``in_hw``, candidates above ``conf``, top ``max_nms``,
+    class-aware NMS, at most ``max_det`` by decreasing score. Shared by `postprocess` and the
+    predictors (PyTorch or the ONNX graph's decoded outputs)."""
+    boxes = boxes.float().clone()
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, in_hw[1])
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, in_hw[0])
     out: list[Tensor] = []
-    for bx, sc in zip(boxes, scores, strict=True):
+    for bx, sc in zip(boxes, scores.float(), strict=True):
         if multi_label:
             idx, cls = (sc > conf).nonzero(as_tuple=True)
             s = sc[idx, cls]

@@ -1,0 +1,95 @@
+"""Draw a `FrameResult` on its image with PIL: one coloured box per jet with "name score", and the
+view with its probability in the bottom-left corner; `MediaWriter` saves annotated images / mp4 clips."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from medmtl.inference.predictor import FrameResult
+
+# colour per detection class index (RGB), repeated when there are more classes
+PALETTE = [(255, 64, 64), (64, 160, 255), (255, 200, 0), (80, 220, 100), (200, 90, 255),
+           (255, 128, 0), (0, 220, 220), (255, 90, 180)]
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
+           fill: tuple[int, int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+           img_hw: tuple[int, int], above: bool = True) -> None:
+    """Text on a filled box, placed above ``xy`` (or below when it would leave the image)."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    tw, th = x1 - x0 + 4, y1 - y0 + 4
+    x = min(max(0.0, xy[0]), max(0.0, img_hw[1] - tw))
+    y = xy[1] - th if above else xy[1]
+    if y < 0:
+        y = xy[1] if above else 0
+    y = min(y, max(0.0, img_hw[0] - th))
+    draw.rectangle((x, y, x + tw, y + th), fill=fill)
+    lum = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
+    draw.text((x + 2 - x0, y + 2 - y0), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255),
+              font=font)
+
+
+def annotate(image: np.ndarray, result: FrameResult, line_width: int | None = None,
+             font_size: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> a copy with the detections and the view drawn on it."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    lw = line_width or max(1, round(side / 300))
+    font = _font(font_size or max(9, round(side / 28)))
+    im = Image.fromarray(np.ascontiguousarray(image[:, :, :3]), "RGB")
+    draw = ImageDraw.Draw(im)
+    for d in sorted(result.detections, key=lambda d: d.score):  # best on top
+        colour = PALETTE[d.cls % len(PALETTE)]
+        x1, y1, x2, y2 = d.box
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=lw)
+        _label(draw, (x1, y1), f"{d.name} {d.score:.2f}", colour, font, (h, w))
+    if result.view_probs:
+        if result.view_name is not None:
+            text = f"view {result.view_name} {result.view_probs[result.view_name]:.2f}"
+        else:
+            best = max(result.view_probs, key=lambda k: result.view_probs[k])
+            text = f"view ? ({best} {result.view_probs[best]:.2f})"
+        _label(draw, (0, h), text, (32, 32, 32), font, (h, w))  # bottom-left corner
+    return np.asarray(im)
+
+
+class MediaWriter:
+    """Annotated output of one file: an image (still) or an mp4 (clip), opened on first frame."""
+
+    def __init__(self, path: Path, clip: bool, fps: float | None) -> None:
+        self.path, self.clip, self.fps = path, clip, fps or 30.0
+        self.writer: Any = None
+        self.size: tuple[int, int] | None = None
+
+    def write(self, rgb: np.ndarray) -> None:
+        import cv2
+
+        if not self.clip:
+            Image.fromarray(rgb).save(self.path)
+            return
+        if self.writer is None:
+            self.size = (rgb.shape[1], rgb.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          self.fps, self.size)
+            if not self.writer.isOpened():
+                raise RuntimeError(f"cannot open a video writer for {self.path} (mp4v)")
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
