@@ -1,0 +1,114 @@
+"""Training throughput: images/s, ms per step and peak memory per size x architecture x balancer.
+
+Times the real training step (forward, detection + view losses, the balancer's backward(s), an
+AdamW step) on a fixed synthetic batch, so the numbers isolate the model and the balancer from
+data loading. Also prints GradNorm's (and every balancer's) overhead over `fixed`.
+
+    python benchmarks/train_speed.py --sizes n --imgsz 320 --batch 16            # CPU
+    python benchmarks/train_speed.py --sizes n,s,m --imgsz 416 --batch 64 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import time
+
+import torch
+
+from medmtl.balancing import create_balancer
+from medmtl.config import BalancerConfig, LossConfig, ModelConfig
+from medmtl.engine.utils import peak_memory_mb
+from medmtl.losses import DetectionLoss, ViewLoss
+from medmtl.models import build_model
+
+
+def fake_batch(b: int, imgsz: int, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(b, 1, 2, generator=g) * imgsz * 0.6
+    wh = imgsz * (0.1 + 0.25 * torch.rand(b, 1, 2, generator=g))
+    return {"images": torch.rand(b, 3, imgsz, imgsz, generator=g).to(device),
+            "boxes": torch.cat([xy, xy + wh], -1).to(device),
+            "box_classes": torch.randint(0, 4, (b, 1), generator=g).to(device),
+            "box_mask": torch.ones(b, 1, dtype=torch.bool, device=device),
+            "det_mask": torch.ones(b, dtype=torch.bool, device=device),
+            "view": torch.randint(0, 3, (b,), generator=g).to(device),
+            "view_mask": torch.ones(b, dtype=torch.bool, device=device)}
+
+
+def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: torch.device,
+          steps: int, warmup: int) -> dict[str, float]:
+    model = build_model(ModelConfig(arch=arch, size=size)).to(device).train()
+    det, view = DetectionLoss(4, 16, list(model.strides), LossConfig()), ViewLoss(3)
+    bal = create_balancer(model.tasks, BalancerConfig(name=balancer))
+    bal.to(device)
+    opt = torch.optim.AdamW([*model.parameters(), *bal.parameters()], lr=1e-3)
+    shared, last = model.shared_parameters(), model.last_shared_parameter()
+    b = fake_batch(batch, imgsz, device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    passes = 0
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out = model(b["images"])
+        losses = {"detect": det([p.float() for p in out["detect"]], b)[0],
+                  "classify": view(out["classify"].float(), b["view"], b["view_mask"])}
+        log = bal.backward(losses, shared, last)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bal.after_step({k: v.detach() for k, v in losses.items()})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            passes += log.get("backward_passes", 1)
+    times.sort()
+    med = times[len(times) // 2]
+    return {"ms_per_step": 1000 * med, "images_per_s": batch / med,
+            "backward_passes": passes / steps, "peak_mem_mb": peak_memory_mb(device)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="n")
+    ap.add_argument("--archs", default="shared,dual,split2")
+    ap.add_argument("--balancers", default="fixed,gradnorm,uncertainty,dwa,pcgrad,cagrad,famo")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() \
+        or platform.machine()
+    print(f"# train_speed: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, device {name}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, imgsz {a.imgsz}, "
+          f"batch {a.batch}, median of {a.steps} steps after {a.warmup} warm-up\n")
+    print("| size | arch | balancer | ms/step | images/s | backward passes | overhead vs fixed "
+          "| peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in a.sizes.split(","):
+        for arch in a.archs.split(","):
+            base = None
+            for bal in a.balancers.split(","):
+                r = bench(size, arch, bal, a.imgsz, a.batch, device, a.steps, a.warmup)
+                if bal == "fixed":
+                    base = r["ms_per_step"]
+                over = f"{100 * (r['ms_per_step'] / base - 1):+.1f} %" if base else "—"
+                print(f"| {size} | {arch} | {bal} | {r['ms_per_step']:.1f} | "
+                      f"{r['images_per_s']:.1f} | {r['backward_passes']:.0f} | {over} | "
+                      f"{r['peak_mem_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
