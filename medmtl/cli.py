@@ -300,7 +300,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, Opt(help="Output folder")] = Path("demo"),
-    methods: Annotated[str, Opt()] = "original,gradnorm,dual,detect,classify",
+    methods: Annotated[str, Opt()] = "original,fixed,gradnorm,dual,detect,classify",
     epochs: Annotated[int, Opt()] = 12,
     train_images: Annotated[int, Opt("--train")] = 240,
     val_images: Annotated[int, Opt("--val")] = 80,

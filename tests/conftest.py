@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "regurgitation" / "data.yaml"
 
@@ -31,3 +33,13 @@ def real_data() -> Path:
     if not REAL_DATA.exists():
         pytest.skip(f"real data set not found at {REAL_DATA} (it lives in ../shared/data)")
     return REAL_DATA
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only contend on a shared 2-core machine (OpenMP threads
+    waiting on a descheduled sibling can make a step 10x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -22,13 +22,7 @@ TASKS = ("detect", "classify")
 NAMES = ["cagrad", "dwa", "famo", "fixed", "gradnorm", "pcgrad", "uncertainty"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a shared machine (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Toy(nn.Module):

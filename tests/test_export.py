@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +23,7 @@ NAMES, VIEWS = ["AR", "MR", "PR", "TR"], ["A4C", "PLAX", "PSAX"]
 IMGSZ = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run as fast on one thread, and one thread does not stall when other processes
-    share the CPU (OpenMP threads waiting on a descheduled sibling)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint(path: Path, arch: str = "shared", seed: int = 0, **model_kw) -> Path:

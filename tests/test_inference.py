@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -21,14 +20,7 @@ from medmtl.models import build_model
 NAMES, VIEWS = ["AR", "MR", "PR", "TR"], ["A4C", "PLAX", "PSAX"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run as fast on one thread, and one thread does not stall when other processes
-    share the CPU (OpenMP threads waiting on a descheduled sibling)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_checkpoint(path: Path, arch: str = "shared", **model_kw) -> Path:

@@ -10,13 +10,7 @@ from torch import nn
 
 from medmtl.evaluation.interference import gradient_interference
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy() -> tuple[nn.Linear, nn.Linear, nn.Linear, torch.Tensor]:

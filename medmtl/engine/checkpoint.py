@@ -6,6 +6,7 @@ reads it and a checkpoint from a stranger cannot run code.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -34,19 +35,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Serialise in memory, then write atomically: a crash leaves the old file intact."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -145,6 +145,8 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
                 if gpu is not None:
                     free_gpus.append(gpu)
             live.update(_table(plan, t0))
+    remeasure_latency([r.run_dir for r in plan if (r.run_dir / "metrics.json").exists()],
+                      console)
     failed = [r for r in plan if r.status == "failed"]
     (out / "compare.json").write_text(json.dumps({
         "data": str(Path(data).resolve()), "methods": methods, "seeds": seeds,
@@ -160,3 +162,34 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
         paths = write_report(out)
         console.print(f"report: {paths['html']}")
     return out
+
+
+def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
+                      threads: int | None = None) -> None:
+    """Re-time every finished run's best model one after another, in this one process, so the
+    report's ms/image compare like with like (runs trained in parallel timed each other's noise).
+    Updates the `efficiency` block of each metrics.json (atomic write)."""
+    import torch
+
+    from medmtl.engine.checkpoint import atomic_write_text
+    from medmtl.engine.validate import model_from_checkpoint
+    from medmtl.evaluation.latency import measure_latency
+
+    threads = threads or torch.get_num_threads()
+    for run in run_dirs:
+        best = run / "weights" / "best.pt"
+        if not best.exists():
+            continue
+        model, cfg, _ = model_from_checkpoint(best, "cpu")
+        lat = measure_latency(model, cfg.imgsz, batch=1, device="cpu", threads=threads,
+                              warmup=3, iters=15)
+        path = run / "metrics.json"
+        m = json.loads(path.read_text())
+        eff = m.setdefault("efficiency", {})
+        eff.update({"ms_per_image": round(lat["ms_per_image"], 3),
+                    "images_per_s": round(lat["images_per_s"], 2), "latency_device": "cpu",
+                    "latency_threads": threads,
+                    "latency_context": "re-timed sequentially after all runs finished"})
+        atomic_write_text(path, json.dumps(m, indent=2))
+    if console is not None and run_dirs:
+        console.print(f"re-timed {len(run_dirs)} models sequentially on the CPU ({threads} threads)")
