@@ -153,6 +153,9 @@ def train(
     strict: Annotated[bool | None, Opt("--strict/--no-strict", help="Data warnings are errors")]
     = None,
     diag_steps: Annotated[int | None, Opt(help="Interference measurements per epoch")] = None,
+    diag_per_stage: Annotated[bool | None, Opt("--diag-per-stage/--no-diag-per-stage",
+                                               help="Also log gradient cosine per shared stage")]
+    = None,
     config: Annotated[Path | None, Opt(help="YAML with TrainConfig overrides")] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from weights/last.pt")] = False,
     progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
