@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as the trainer does
     with tempfile.TemporaryDirectory() as tmp:
         yaml_path = generate(tmp, n_train=1, n_val=a.images, imgsz=a.imgsz, seed=0)
         spec = load_data_yaml(yaml_path)

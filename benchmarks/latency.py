@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--no-cuda", action="store_true", help="skip CUDA even when available")
     ap.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
+    torch.set_flush_denormal(True)  # as the trainer does on the CPU
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:

@@ -89,11 +89,16 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as the trainer does
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() \
         or platform.machine()
     print(f"# train_speed: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, device {name}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, imgsz {a.imgsz}, "
           f"batch {a.batch}, median of {a.steps} steps after {a.warmup} warm-up\n")
+    # one untimed pass first: the process's first steps pay one-off kernel/allocator set-up that
+    # a per-config warm-up does not absorb (it made the first row look 2.6x slower)
+    bench(a.sizes.split(",")[0], "shared", "fixed", a.imgsz, a.batch, device, 4, a.warmup)
     print("| size | arch | balancer | ms/step | images/s | backward passes | overhead vs fixed "
           "| peak MB |")
     print("|---|---|---|---|---|---|---|---|")

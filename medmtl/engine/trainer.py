@@ -58,6 +58,10 @@ class Trainer:
         self.cfg = cfg
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = select_device(cfg.device)
+        if self.device.type == "cpu":
+            # denormal floats appear in gradients of small random-init models and make x86 CPU
+            # steps several times slower; flushing them to zero costs no measurable accuracy
+            torch.set_flush_denormal(True)
         self.autocast = amp_dtype(self.device, cfg.amp)
         self.channels_last = self.device.type == "cuda"
 
