@@ -81,6 +81,13 @@ class Balancer:
             raise KeyError(f"unknown task(s) {unknown}; this balancer has {self.tasks}")
         return [t for t in self.tasks if t in losses]
 
+    def _start(self, losses: Mapping[str, Tensor]) -> list[str]:
+        """The tasks present in `losses` (validated); learned state follows the losses' device."""
+        present = self._present(losses)
+        if present:
+            self.to(device_of(losses))
+        return present
+
     def _log(self, extra: Mapping[str, float] | None = None, passes: int = 1) -> dict[str, float]:
         out = {f"weight/{t}": float(w) for t, w in self.weights().items()}
         out["backward_passes"] = float(passes)

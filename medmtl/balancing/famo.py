@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, device_of, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, weighted_backward
 from medmtl.config import BalancerConfig
 
 _EPS = 1e-8
@@ -68,10 +68,9 @@ class FAMO(Balancer):
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
-        present = self._present(losses)
+        present = self._start(losses)
         if not present:
             return self._log(passes=0)
-        self.to(device_of(losses))
         idx = torch.tensor([self.tasks.index(t) for t in present], device=self.xi.device)
         z_all = torch.softmax(self.xi, 0)
         lt = torch.stack([losses[t].detach().float() for t in present])

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from medmtl.balancing._grads import gram_stats
-from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, device_of, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, weighted_backward
 from medmtl.config import BalancerConfig
 
 
@@ -64,10 +64,9 @@ class GradNorm(Balancer):
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
-        present = self._present(losses)
+        present = self._start(losses)
         if not present:
             return self._log(passes=0)
-        self.to(device_of(losses))
         k = len(self.tasks)
         w_used = self.w.clone()
         used = {t: w_used[i] for i, t in enumerate(self.tasks)}

@@ -54,10 +54,9 @@ class UncertaintyWeighting(Balancer):
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
-        present = self._present(losses)
+        present = self._start(losses)
         if not present:
             return self._log(passes=0)
-        self.to(device_of(losses))
         total = sum((torch.exp(-self.log_vars[t]) * losses[t] + self.log_vars[t] for t in present),
                     torch.zeros((), device=device_of(losses)))
         (total * scale).backward()

@@ -78,7 +78,7 @@ class Trainer:
         self.shared = list(self.model.shared_parameters())
         self.last_shared = self.model.last_shared_parameter()
         self.optimizer = self._build_optimizer()
-        self.steps_per_epoch = max(1, len(self.train_sampler_len()) // cfg.accumulate)
+        self.steps_per_epoch = max(1, self.batches_per_epoch() // cfg.accumulate)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
@@ -115,10 +115,9 @@ class Trainer:
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
                                   augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
 
-    def train_sampler_len(self) -> range:
-        n = len(self.train_set)
-        usable = n - n % self.cfg.batch if n > self.cfg.batch else n  # drop a ragged last batch
-        return range(usable // self.cfg.batch)
+    def batches_per_epoch(self) -> int:
+        n, b = len(self.train_set), self.cfg.batch
+        return n // b if n > b else 1  # a ragged last batch is dropped (BatchNorm)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -150,7 +149,8 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch + (0 if train else 7))
         return torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch, sampler=indices, collate_fn=collate,
-            num_workers=cfg.workers, pin_memory=self.device.type == "cuda", drop_last=train,
+            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+            drop_last=train and len(dataset) > cfg.batch,
             persistent_workers=False, generator=g)
 
     def epoch_order(self, epoch: int) -> list[int]:
@@ -254,12 +254,13 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)
         order = self.epoch_order(self.epoch)
-        nb = len(self.train_sampler_len())
+        nb = self.batches_per_epoch()
         start_batch = self.step_in_epoch * cfg.accumulate
         loader = self._loader(self.train_set, order[start_batch * cfg.batch: nb * cfg.batch], True)
         acc = self.epoch_acc
         sums = self._sums = {t: torch.zeros((), device=self.device) for t in tasks}
-        pending: list[dict[str, torch.Tensor]] = []  # losses of micro-steps not yet stepped
+        # (losses, backward passes) of micro-steps whose optimiser step has not happened yet
+        pending: list[tuple[dict[str, torch.Tensor], float]] = []
         diag_every = max(1, nb // cfg.diag_steps) if cfg.diag_steps > 0 else 0
         t0 = time.perf_counter()
         if self.device.type == "cuda":
@@ -295,18 +296,18 @@ class Trainer:
                         acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
             scale = float(self.scaler.get_scale()) if self.scaler else 1.0
             blog = self.balancer.backward(losses, self.shared, self.last_shared, scale)
-            pending.append({t: v.detach() for t, v in losses.items()})
+            pending.append(({t: v.detach() for t, v in losses.items()},
+                            blog.get("backward_passes", 1)))
             micro += 1
             if micro % cfg.accumulate == 0 or i + 1 == nb:
                 self._optimizer_step(micro)
                 self.balancer.after_step({t: v.detach() for t, v in losses.items()})
                 # book-keeping only for completed optimiser steps, so a resume replays exactly
-                for p in pending:
-                    for t, v in p.items():
+                for step_losses, passes in pending:
+                    for t, v in step_losses.items():
                         sums[t] += v
                         acc[f"n/loss/{t}"] = acc.get(f"n/loss/{t}", 0) + 1
-                    acc["backward_passes"] = acc.get("backward_passes", 0) + blog.get(
-                        "backward_passes", 1)
+                    acc["backward_passes"] = acc.get("backward_passes", 0) + passes
                     acc["steps"] = acc.get("steps", 0) + 1
                 pending.clear()
                 micro = 0
@@ -358,11 +359,10 @@ class Trainer:
                 v.zero_()
 
     def _optimizer_step(self, n_micro: int) -> None:
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if n_micro > 1:
-            for p in params:
+            for p in (p for g in self.optimizer.param_groups for p in g["params"]):
                 if p.grad is not None:
                     p.grad.div_(n_micro)
         if self.cfg.clip_grad > 0:
