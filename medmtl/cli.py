@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,6 +150,12 @@ def train(
     val_every: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="Early stopping patience (0 = off)")] = None,
     cache: Annotated[bool | None, Opt("--cache/--no-cache")] = None,
+    devices: Annotated[int, Opt(help="Train data-parallel in N processes (torchrun; --batch is "
+                                     "the global batch)")] = 1,
+    sync_bn: Annotated[bool | None, Opt("--sync-bn/--no-sync-bn",
+                                        help="BatchNorm statistics over all processes")] = None,
+    compile: Annotated[bool | None, Opt("--compile/--no-compile",
+                                        help="torch.compile the model (eager if it fails)")] = None,
     ema: Annotated[bool | None, Opt("--ema/--no-ema")] = None,
     amp: Annotated[bool | None, Opt("--amp/--no-amp")] = None,
     strict: Annotated[bool | None, Opt("--strict/--no-strict", help="Data warnings are errors")]
@@ -162,13 +170,39 @@ def train(
 ) -> None:
     """Train one model (single task, or joint with an architecture and a balancer)."""
     opts = dict(locals())  # first statement: exactly the options
+    from medmtl.distributed import world_size_from_env
     from medmtl.engine.trainer import train as run_train
 
     resume_, progress_ = opts.pop("resume"), opts.pop("progress")
+    n_proc = opts.pop("devices")
+    if n_proc < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--devices")
     opts["balancer_weights"] = _parse_weights(opts.pop("weights"))
-    cfg = train_config_from_options(opts)
+    cfg = train_config_from_options(opts)  # validate here, before starting processes
+    if n_proc > 1 and world_size_from_env() <= 1:
+        _launch_distributed(n_proc)
+        return
     run_dir = run_train(cfg, resume=resume_, progress=progress_)
-    _print_metrics(run_dir / "metrics.json")
+    if world_size_from_env() <= 1 or os.environ.get("RANK") == "0":
+        _print_metrics(run_dir / "metrics.json")
+
+
+def _launch_distributed(n_proc: int) -> None:
+    """Re-run this very command line under torchrun in `n_proc` processes on this machine."""
+    import subprocess
+
+    from medmtl.distributed import launch_command, strip_devices_option
+
+    args = strip_devices_option(sys.argv[1:])
+    if not args or args[0] != "train":
+        raise typer.BadParameter("--devices re-runs the `medmtl train ...` command line; from "
+                                 "Python, start torchrun yourself", param_hint="--devices")
+    cmd = launch_command(n_proc, args)
+    console.print(f"launching {n_proc} processes: torchrun --standalone "
+                  f"--nproc-per-node={n_proc} -m medmtl {' '.join(args)}")
+    rc = subprocess.call(cmd)
+    if rc:
+        raise typer.Exit(rc)
 
 
 def _print_metrics(path: Path) -> None:

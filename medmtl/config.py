@@ -110,6 +110,8 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     workers: int = 2
     cache: bool = True  # keep decoded uint8 images in memory
+    sync_bn: bool = False  # data parallel: BatchNorm statistics of the global batch
+    compile: bool = False  # torch.compile the training forward (eager if compilation fails)
     val_every: int = 1
     patience: int = 0  # early stopping on the selection metric; 0 = off
     strict: bool = False  # every data warning becomes an error

@@ -6,8 +6,10 @@ the unweighted sum would, while the shared parameters' gradients are taken out t
 returned, unscaled, as rows of a (K, P) matrix; their `.grad` is left as it was. The caller combines
 the rows and writes the result with `add_shared_grad`.
 
-Under DDP each of these backwards would trigger the reducer; gradient surgery there needs `no_sync`
-and an explicit all-reduce of the combined gradient (not handled here).
+Under data parallelism each row is averaged over the ranks (`comm`) before it is returned, so the
+surgery acts on the global per-task gradients and gives the same result on every rank. The model must
+then run under DDP's `no_sync()` (K backwards would otherwise trigger K reductions); the trainer
+averages the remaining (task-specific) gradients before the optimiser step.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from medmtl.distributed import LOCAL, Comm
+
 
 def trainable(shared: Sequence[Parameter]) -> list[Parameter]:
     return [p for p in shared if p.requires_grad]
 
 
 def per_task_backward(losses: Mapping[str, Tensor], tasks: Sequence[str],
-                      shared: Sequence[Parameter], scale: float = 1.0) -> tuple[Tensor, int]:
+                      shared: Sequence[Parameter], scale: float = 1.0, comm: Comm = LOCAL
+                      ) -> tuple[Tensor, int]:
     """Back-propagate `scale * L_t` for each task; return ((K, P) true shared gradients, passes).
 
     A task whose loss does not require grad, or that does not reach a shared parameter, gets zeros.
-    The rows are float32 whatever the parameter dtype.
+    The rows are float32 whatever the parameter dtype, averaged over ranks under `comm`.
     """
     params = list(shared)
     numel = sum(p.numel() for p in params)
@@ -52,7 +57,7 @@ def per_task_backward(losses: Mapping[str, Tensor], tasks: Sequence[str],
         for p, g in zip(params, stash, strict=True):
             p.grad = g
     grads = torch.stack([rows[t] if t in rows else torch.zeros(numel, device=device) for t in tasks])
-    return grads, len(runnable)
+    return comm.mean(grads), len(runnable)
 
 
 @torch.no_grad()

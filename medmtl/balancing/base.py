@@ -16,6 +16,10 @@ Conventions every balancer follows (docs/ARCHITECTURE.md, "Balancers"):
   them by the number of tasks in the batch (a constant factor: an lr change under SGD, almost
   nothing under Adam) so that methods and one-task batches share one scale.
 * Logged weights read 1.0 for "equal".
+* Data parallelism: `self.comm` (set by the trainer) averages over ranks whatever a balancer reads
+  from losses or gradients, so its weights are those of the global batch and equal on every rank
+  (medmtl/distributed.py). `multi_backward` balancers run several `.backward()` per step; the
+  trainer then keeps DDP's reducer out and averages the gradients itself.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from medmtl.config import BalancerConfig
+from medmtl.distributed import LOCAL, Comm
 from medmtl.registry import Registry
 
 
@@ -45,6 +50,9 @@ class Balancer:
         self.cfg = cfg
         # backward passes per full (all tasks present) step; the log dict carries the actual count
         self.backward_passes: int = 1
+        # several .backward() calls per step (gradient surgery): DDP's reducer must stay out
+        self.multi_backward: bool = False
+        self.comm: Comm = LOCAL
 
     # --- API -----------------------------------------------------------------------------------
     def parameters(self) -> list[Parameter]:

@@ -125,6 +125,7 @@ class CAGrad(Balancer):
         self.c = float(cfg.cagrad_c)
         self._w = {t: 1.0 for t in self.tasks}
         self.backward_passes = len(self.tasks)
+        self.multi_backward = True
 
     def weights(self) -> dict[str, float]:
         return dict(self._w)
@@ -139,7 +140,7 @@ class CAGrad(Balancer):
             log = self._log(passes=passes)
             log["surgery_active"] = 0.0
             return log
-        grads, passes = per_task_backward(losses, present, params, scale)
+        grads, passes = per_task_backward(losses, present, params, scale, self.comm)
         g = (grads @ grads.T).double().cpu().numpy()  # the one host sync of this balancer
         alpha, lam = cagrad_coefficients(g, self.c)
         coef = torch.tensor(alpha, dtype=grads.dtype).to(grads.device, non_blocking=True)

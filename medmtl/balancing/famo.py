@@ -73,7 +73,7 @@ class FAMO(Balancer):
             return self._log(passes=0)
         idx = torch.tensor([self.tasks.index(t) for t in present], device=self.xi.device)
         z_all = torch.softmax(self.xi, 0)
-        lt = torch.stack([losses[t].detach().float() for t in present])
+        lt = self.comm.mean(torch.stack([losses[t].detach().float() for t in present]))
         if self.pending is not None and len(present) == len(self.tasks):
             self._update(self.pending, lt, self.pending_ok)  # this batch's losses are L(new)
             self.pending = None

@@ -82,8 +82,9 @@ class GradNorm(Balancer):
             return log
 
         flat = torch.stack([g.detach().reshape(-1).float() for g in grads if g is not None]) / scale
+        flat = self.comm.mean(flat)  # global gradients and losses under data parallelism
         norms, cos = gram_stats(flat @ flat.T)
-        lt = torch.stack([losses[t].detach().float() for t in self.tasks])
+        lt = self.comm.mean(torch.stack([losses[t].detach().float() for t in self.tasks]))
         with torch.no_grad():
             finite = torch.isfinite(lt).all() & torch.isfinite(norms).all()
             take = finite & (self.l0_count < self.init_steps)

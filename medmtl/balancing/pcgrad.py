@@ -48,6 +48,7 @@ class PCGrad(Balancer):
         super().__init__(tasks, cfg)
         self.steps = 0
         self.backward_passes = len(self.tasks)
+        self.multi_backward = True
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
@@ -58,7 +59,7 @@ class PCGrad(Balancer):
             log = self._log(passes=passes)
             log["surgery_active"] = 0.0
             return log
-        grads, passes = per_task_backward(losses, present, params, scale)
+        grads, passes = per_task_backward(losses, present, params, scale, self.comm)
         gen = torch.Generator().manual_seed(self.steps)
         self.steps += 1
         proj = pcgrad_project(grads, gen)

@@ -103,8 +103,27 @@ def run_inference(
             p = logits.softmax(-1).cpu().numpy()
             for m, pi in zip(meta, p, strict=True):
                 probs[int(m["image_id"])] = pi
-    val_loss = {t: float(loss_sum[t]) / loss_n[t] for t in tasks if loss_n[t] > 0}
-    return {"detections": dets, "view_probs": probs, "val_loss": val_loss}
+    sums = {t: float(loss_sum[t]) for t in tasks}
+    val_loss = {t: sums[t] / loss_n[t] for t in tasks if loss_n[t] > 0}
+    return {"detections": dets, "view_probs": probs, "val_loss": val_loss,
+            "val_loss_parts": {t: (sums[t], loss_n[t]) for t in tasks}}
+
+
+def merge_inference(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One `run_inference` result from those of disjoint shards (data-parallel validation)."""
+    dets: dict[int, np.ndarray] = {}
+    probs: dict[int, np.ndarray] = {}
+    sums: dict[str, list[float]] = {}
+    for p in parts:
+        dets.update(p["detections"])
+        probs.update(p["view_probs"])
+        for t, (s, n) in p.get("val_loss_parts", {}).items():
+            acc = sums.setdefault(t, [0.0, 0])
+            acc[0] += s
+            acc[1] += n
+    return {"detections": dict(sorted(dets.items())), "view_probs": dict(sorted(probs.items())),
+            "val_loss": {t: s / n for t, (s, n) in sums.items() if n > 0},
+            "val_loss_parts": {t: (s, n) for t, (s, n) in sums.items()}}
 
 
 def score(

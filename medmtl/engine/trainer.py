@@ -3,10 +3,16 @@
 Resumable to the step: the sample order of an epoch is a pure function of (seed, epoch), so a run
 killed (or interrupted with Ctrl-C) and resumed from `weights/last.pt` replays exactly what an
 uninterrupted run would have done.
+
+Data parallel under torchrun (medmtl/distributed.py): `cfg.batch` is the global batch; rank r takes
+the r-th slice of every global batch of the same epoch order, so N processes train on exactly the
+batches one process would. Rank 0 alone writes the run directory; validation is sharded over the
+ranks and scored on rank 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -20,9 +26,23 @@ from rich.console import Console
 from medmtl.balancing import create_balancer
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.distributed import (
+    average_gradients,
+    cleanup,
+    convert_sync_batchnorm,
+    init_distributed,
+    world_size_from_env,
+)
 from medmtl.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from medmtl.engine.ema import ModelEMA
-from medmtl.engine.evaluate import fitness, move_targets, prepare_images, run_inference, score
+from medmtl.engine.evaluate import (
+    fitness,
+    merge_inference,
+    move_targets,
+    prepare_images,
+    run_inference,
+    score,
+)
 from medmtl.engine.progress import EpochProgress
 from medmtl.engine.utils import (
     amp_dtype,
@@ -44,9 +64,15 @@ BASE_COLUMNS = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weigh
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
                  console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        world = world_size_from_env()
+        if cfg.batch % world:
+            raise ValueError(f"--batch {cfg.batch} is the global batch and must be divisible by the "
+                             f"{world} processes")
+        self.comm, ddp_device = init_distributed(cfg.device)
+        self.is_main = self.comm.is_main
+        self.console = console or Console(stderr=True, quiet=not self.is_main)
         self.run_dir = Path(cfg.out)
-        self.progress = progress
+        self.progress = progress and self.is_main
         ckpt = None
         last = self.run_dir / "weights" / "last.pt"
         if resume:
@@ -56,8 +82,12 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run (weights/last.pt): pass "
                                   "--resume to continue it or choose another --out")
         self.cfg = cfg
+        if cfg.batch % self.comm.world_size:  # a resumed run's own config
+            raise ValueError(f"the run in {self.run_dir} has a global batch of {cfg.batch}, not "
+                             f"divisible by {self.comm.world_size} processes")
+        self.local_batch = cfg.batch // self.comm.world_size
         seed_everything(cfg.seed, cfg.deterministic)
-        self.device = select_device(cfg.device)
+        self.device = ddp_device or select_device(cfg.device)
         if self.device.type == "cpu":
             # denormal floats appear in gradients of small random-init models and make x86 CPU
             # steps several times slower; flushing them to zero costs no measurable accuracy
@@ -66,7 +96,10 @@ class Trainer:
         self.channels_last = self.device.type == "cuda"
 
         self._build_data()
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = build_model(cfg.model)
+        if cfg.sync_bn and self.comm.active:
+            self.model = convert_sync_batchnorm(self.model, self.device)
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = tuple(self.model.tasks)
@@ -74,7 +107,9 @@ class Trainer:
                                       list(self.model.strides), cfg.loss)
         self.view_loss = ViewLoss(cfg.model.num_views, cfg.loss)
         self.balancer = create_balancer(self.tasks, cfg.balancer)
+        self.balancer.comm = self.comm
         self.balancer.to(self.device)
+        self.net = self._wrap_model()
         self.shared = list(self.model.shared_parameters())
         self.last_shared = self.model.last_shared_parameter()
         self.optimizer = self._build_optimizer()
@@ -114,6 +149,30 @@ class Trainer:
                                     augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
                                   augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+        if self.comm.active and len(self.train_set) < cfg.batch:
+            raise ValueError(f"{cfg.data}: {len(self.train_set)} training images, fewer than the "
+                             f"global batch {cfg.batch}: lower --batch or --devices")
+
+    def _wrap_model(self) -> torch.nn.Module:
+        """The module the training forward runs through: DDP around the model when distributed,
+        then `torch.compile` when asked (falling back to eager if compilation fails). `_eager` is
+        the uncompiled one (DDP's `no_sync` lives there)."""
+        net: torch.nn.Module = self.model
+        self._eager = net
+        if self.comm.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # with partial labels a global batch may lack a task, leaving its head without
+            # gradients; DDP must then look for unused parameters (a graph walk per step)
+            partial = len(self.tasks) > 1 and any(
+                not (r.has_boxes and r.has_view) for r in self.train_index.records)
+            net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=partial)
+            self._eager = net
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
 
     def batches_per_epoch(self) -> int:
         n, b = len(self.train_set), self.cfg.batch
@@ -148,10 +207,19 @@ class Trainer:
         # own generator: worker seeds depend on (seed, epoch) only, never on the global RNG
         g = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch + (0 if train else 7))
         return torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch, sampler=indices, collate_fn=collate,
+            dataset, batch_size=self.local_batch, sampler=indices, collate_fn=collate,
             num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
             drop_last=train and len(dataset) > cfg.batch,
             persistent_workers=False, generator=g)
+
+    def rank_indices(self, order: list[int], first_batch: int, end_batch: int) -> list[int]:
+        """This rank's samples of global batches [first_batch, end_batch): the rank-th slice of
+        each (all of them in a single process)."""
+        b, lb, r = self.cfg.batch, self.local_batch, self.comm.rank
+        if not self.comm.active:
+            return order[first_batch * b: end_batch * b]
+        return [i for k in range(first_batch, end_batch)
+                for i in order[k * b + r * lb: k * b + (r + 1) * lb]]
 
     def epoch_order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
@@ -197,13 +265,15 @@ class Trainer:
         set_rng_state(ck["rng"])
 
     def save_last(self) -> None:
-        save_checkpoint(self._state(), self.run_dir / "weights" / "last.pt")
+        if self.is_main:
+            save_checkpoint(self._state(), self.run_dir / "weights" / "last.pt")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
         cfg = self.cfg
-        (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(self.run_dir / "config.yaml")
+        if self.is_main:
+            (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.run_dir / "config.yaml")
         bad_epochs = 0
         self._stop_requested = False
         previous = _install_sigint(self._on_sigint)
@@ -220,14 +290,16 @@ class Trainer:
                     if improved:
                         self.best_fitness, self.best_epoch = fit, self.epoch
                 self.history.append(row)
-                self._write_history()
+                if self.is_main:
+                    self._write_history()
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.epoch_acc = {}
                 self.save_last()
                 if improved:
-                    save_checkpoint(self._state(with_optimizer=False),
-                                    self.run_dir / "weights" / "best.pt")
+                    if self.is_main:
+                        save_checkpoint(self._state(with_optimizer=False),
+                                        self.run_dir / "weights" / "best.pt")
                     bad_epochs = 0
                 elif validate:
                     bad_epochs += 1
@@ -244,6 +316,7 @@ class Trainer:
             raise KeyboardInterrupt from None
         finally:
             _install_sigint(previous)
+        self.comm.barrier()  # best.pt is written before any rank reads it
         self.finalize()
         return self.run_dir
 
@@ -256,7 +329,7 @@ class Trainer:
         order = self.epoch_order(self.epoch)
         nb = self.batches_per_epoch()
         start_batch = self.step_in_epoch * cfg.accumulate
-        loader = self._loader(self.train_set, order[start_batch * cfg.batch: nb * cfg.batch], True)
+        loader = self._loader(self.train_set, self.rank_indices(order, start_batch, nb), True)
         acc = self.epoch_acc
         sums = self._sums = {t: torch.zeros((), device=self.device) for t in tasks}
         # (losses, backward passes) of micro-steps whose optimiser step has not happened yet
@@ -268,40 +341,42 @@ class Trainer:
         bar = EpochProgress(self.console, f"epoch {self.epoch + 1}/{cfg.epochs}", nb - start_batch,
                             enabled=self.progress)
         micro = 0
+        comm = self.comm
         for i, batch in enumerate(loader, start=start_batch):
             step_t = time.perf_counter()
-            images = prepare_images(batch["images"], self.device, self.channels_last)
-            tgt = move_targets(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast,
-                                enabled=self.autocast is not None):
-                out = model(images)
-            losses: dict[str, torch.Tensor] = {}
-            if "detect" in tasks and bool(batch["det_mask"].any()):
-                losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt)[0]
-            if "classify" in tasks and bool(batch["view_mask"].any()):
-                vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"])
-                if vl is not None:
-                    losses["classify"] = vl
-            if not losses:
+            # which tasks have labels in the (global) batch: every rank must run the same passes
+            has_det, has_view = comm.flags([float(batch["det_mask"].any()),
+                                            float(batch["view_mask"].any())])
+            if not ("detect" in tasks and has_det or "classify" in tasks and has_view):
                 acc["skipped_batches"] = acc.get("skipped_batches", 0) + 1
                 continue
-            if diag_every and len(losses) == 2 and self.shared and i % diag_every == 0:
-                d = gradient_interference(
-                    losses, self.shared,
-                    self.model.shared_stages() if cfg.diag_per_stage else None,
-                    scale=float(self.scaler.get_scale()) if self.scaler else 1.0)
-                for k, v in d.items():
-                    if isinstance(v, float) and math.isfinite(v):
-                        acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v
-                        acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
-            scale = float(self.scaler.get_scale()) if self.scaler else 1.0
-            blog = self.balancer.backward(losses, self.shared, self.last_shared, scale)
-            pending.append(({t: v.detach() for t, v in losses.items()},
-                            blog.get("backward_passes", 1)))
+            last_micro = (micro + 1) % cfg.accumulate == 0 or i + 1 == nb
+            # DDP reduces during the backward only on the last micro-step of a single-pass
+            # balancer; otherwise gradients are averaged once, before the optimiser step
+            sync_ctx = self._eager.no_sync() if comm.active and (
+                self.balancer.multi_backward or not last_micro) else contextlib.nullcontext()
+            with sync_ctx:
+                images = prepare_images(batch["images"], self.device, self.channels_last)
+                tgt = move_targets(batch, self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast,
+                                    enabled=self.autocast is not None):
+                    out = self._forward(images)
+                losses: dict[str, torch.Tensor] = {}
+                if "detect" in tasks and has_det:
+                    losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt,
+                                                     comm)[0]
+                if "classify" in tasks and has_view:
+                    vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"],
+                                        comm)
+                    if vl is not None:
+                        losses["classify"] = vl
+                self._backward(losses, i, diag_every, acc)
+            step_losses = self._global_losses(losses)
+            pending.append((step_losses, self._last_passes))
             micro += 1
-            if micro % cfg.accumulate == 0 or i + 1 == nb:
+            if last_micro:
                 self._optimizer_step(micro)
-                self.balancer.after_step({t: v.detach() for t, v in losses.items()})
+                self.balancer.after_step(step_losses)
                 # book-keeping only for completed optimiser steps, so a resume replays exactly
                 for step_losses, passes in pending:
                     for t, v in step_losses.items():
@@ -315,7 +390,8 @@ class Trainer:
                 acc["step_seconds"] = acc.get("step_seconds", 0.0) + time.perf_counter() - step_t
                 self._flush_sums(sums)
                 self._rng_at_step = rng_state()
-                if self._stop_requested:
+                # Ctrl-C reaches the ranks at different moments: stop when any rank has it
+                if comm.flags([float(self._stop_requested)])[0] > 0:
                     raise _StopAtStep
             bar.advance(losses if i % 10 == 0 else None)
         bar.close()
@@ -326,6 +402,7 @@ class Trainer:
                         if acc.get(f"n/loss/{t}")}
         self.balancer.on_epoch_end(epoch_losses)
         weights = self.balancer.weights()
+        spread = self._rank_spread(weights)
         row: dict[str, Any] = {"epoch": self.epoch + 1}
         for t in ("detect", "classify"):
             row[f"loss/{t}"] = epoch_losses.get(t, "")
@@ -342,7 +419,58 @@ class Trainer:
                     "backward_passes": acc.get("backward_passes", 0) / steps,
                     "peak_mem_mb": round(peak_memory_mb(self.device), 1),
                     "skipped_batches": acc.get("skipped_batches", 0)})
+        row.update(spread)
         return row
+
+    def _forward(self, images: torch.Tensor) -> Any:
+        try:
+            return self.net(images)
+        except Exception as e:
+            if not self.cfg.compile or self.net is self._eager:
+                raise
+            self.console.print(f"[yellow]torch.compile failed ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); continuing without "
+                               "it[/]")
+            self.net = self._eager
+            return self.net(images)
+
+    def _backward(self, losses: dict[str, torch.Tensor], i: int, diag_every: int,
+                  acc: dict[str, Any]) -> None:
+        """Interference diagnostics on the chosen steps, then the balancer's backward."""
+        if diag_every and len(losses) == 2 and self.shared and i % diag_every == 0:
+            d = gradient_interference(
+                losses, self.shared, self.model.shared_stages() if self.cfg.diag_per_stage else None,
+                scale=float(self.scaler.get_scale()) if self.scaler else 1.0)
+            for k, v in d.items():
+                if isinstance(v, float) and math.isfinite(v):
+                    acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v
+                    acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
+        scale = float(self.scaler.get_scale()) if self.scaler else 1.0
+        blog = self.balancer.backward(losses, self.shared, self.last_shared, scale)
+        self._last_passes = blog.get("backward_passes", 1)
+
+    def _global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Detached losses of the global batch (the ranks' mean: the normalisers are global)."""
+        if not self.comm.active:
+            return {t: v.detach() for t, v in losses.items()}
+        vals = self.comm.mean(torch.stack([v.detach().float() for v in losses.values()]))
+        return dict(zip(losses, vals.unbind(), strict=True))
+
+    def _rank_spread(self, weights: dict[str, float]) -> dict[str, float]:
+        """Distributed runs: the largest difference between ranks in task weights and in the sum
+        of the parameters (both must be 0 up to float rounding), logged in history.csv."""
+        if not self.comm.active:
+            return {}
+        with torch.no_grad():
+            psum = float(sum(p.detach().double().sum() for p in self.model.parameters()))
+        mine = ([weights.get(t, 1.0) for t in self.tasks], psum)
+        everyone = self.comm.gather(mine)
+        out: dict[str, float] = {}
+        if everyone is not None:
+            w0, p0 = everyone[0]
+            out["ddp/weight_spread"] = max(abs(a - b) for w, _ in everyone for a, b in zip(w, w0, strict=True))
+            out["ddp/param_spread"] = max(abs(p - p0) for _, p in everyone)
+        return self.comm.broadcast(out)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # second Ctrl-C: abort now; last.pt keeps the last epoch's state
@@ -359,6 +487,12 @@ class Trainer:
                 v.zero_()
 
     def _optimizer_step(self, n_micro: int) -> None:
+        if self.comm.active:
+            # the balancer's own parameters are outside DDP; gradient surgery bypassed its reducer
+            params = list(self.balancer.parameters())
+            if self.balancer.multi_backward:
+                params = [*self.model.parameters(), *params]
+            average_gradients(self.comm, params)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if n_micro > 1:
@@ -382,13 +516,20 @@ class Trainer:
         return self.ema.module if self.ema else self.model
 
     def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, Any]:
-        cfg = self.cfg
-        loader = self._loader(self.val_set, list(range(len(self.val_set))), False)
+        """Scores of the evaluation model on the val split. Distributed: each rank infers on
+        every world_size-th image, rank 0 scores the merged predictions, all ranks get the result."""
+        cfg, comm = self.cfg, self.comm
+        shard = list(range(comm.rank, len(self.val_set), comm.world_size))
+        loader = self._loader(self.val_set, shard, False)
         inf = run_inference(self.eval_model(), loader, self.device, cfg.conf_thres, cfg.iou_thres,
                             cfg.max_det, self.det_loss, self.view_loss, self.autocast,
                             self.channels_last)
-        return score(inf, self.val_index.records, self.names, self.cls_names, self.tasks,
-                     split="val", out_dir=out_dir, plots=plots)
+        parts = comm.gather(inf)
+        metrics = None
+        if parts is not None:
+            metrics = score(merge_inference(parts), self.val_index.records, self.names,
+                            self.cls_names, self.tasks, split="val", out_dir=out_dir, plots=plots)
+        return comm.broadcast(metrics)
 
     def finalize(self) -> dict[str, Any]:
         """metrics.json from the best checkpoint, with the COCO exports and plots under eval/."""
@@ -398,6 +539,8 @@ class Trainer:
             target = self.eval_model()
             target.load_state_dict(ck["ema"]["module"] if ck.get("ema") else ck["model"])
         metrics = self.validate(out_dir=self.run_dir / "eval", plots=True)
+        if not self.is_main:
+            return metrics
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz,
@@ -409,6 +552,8 @@ class Trainer:
             "best_epoch": self.best_epoch + 1, "method": self.cfg.method,
             "arch": self.cfg.model.arch, "balancer": self.cfg.balancer.name,
             "seed": self.cfg.seed, "device": str(self.device),
+            "world_size": self.comm.world_size, "global_batch": self.cfg.batch,
+            "sync_bn": bool(self.cfg.sync_bn and self.comm.active),
             "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
             else None,
         }
@@ -478,8 +623,15 @@ def _print_summary(console: Console, split: str, index: Any) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train per `cfg`, writing the run directory; returns its path."""
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    """Train per `cfg`, writing the run directory; returns its path. Under torchrun every process
+    calls this; the process group is torn down at the end."""
+    trainer = None
+    try:
+        trainer = Trainer(cfg, resume=resume, progress=progress)
+        return trainer.fit()
+    finally:
+        if trainer is not None:
+            cleanup(trainer.comm)
 
 
 __all__ = ["Trainer", "train"]

@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.ops import complete_box_iou_loss
 
 from medmtl.config import LossConfig
+from medmtl.distributed import LOCAL, Comm
 from medmtl.losses.assigner import TaskAlignedAssigner
 from medmtl.models.anchors import (
     box_to_dist,
@@ -56,16 +57,20 @@ class DetectionLoss:
             num_classes, self.cfg.assigner_topk, self.cfg.assigner_alpha, self.cfg.assigner_beta
         )
 
-    def __call__(self, preds: list[Tensor], batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(self, preds: list[Tensor], batch: dict, comm: Comm = LOCAL
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
         """preds: per-level head outputs (B, 4*reg_max + nc, H, W); batch: the collated dict.
 
         Returns (scalar loss, {"box", "dfl", "cls"}: detached scalar tensors, gains applied, that
-        sum to the loss).
+        sum to the loss). Under data parallelism (`comm`) the mean runs over the labelled images of
+        the *global* batch, so the average of the ranks' losses is the global batch's loss; every
+        rank must then call it (a rank without labelled images returns a graph-connected zero).
         """
         with torch.autocast(device_type=preds[0].device.type, enabled=False):
-            return self._loss([p.float() for p in preds], batch)
+            return self._loss([p.float() for p in preds], batch, comm)
 
-    def _loss(self, preds: list[Tensor], batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    def _loss(self, preds: list[Tensor], batch: dict, comm: Comm = LOCAL
+              ) -> tuple[Tensor, dict[str, Tensor]]:
         device = preds[0].device
         r = self.reg_max
         box_dist, cls_logits = flatten_predictions(preds, r, self.nc)  # (B,N,4R), (B,N,nc)
@@ -105,7 +110,8 @@ class DetectionLoss:
         dfl = (dfl * weight).sum(1) / tss
 
         # mean over images with detection labels (exact zero, graph-connected, when none)
-        img_w = det_mask.float() / det_mask.sum().clamp(min=1)
+        labelled = comm.sum(det_mask.sum().float()).clamp(min=1) / comm.world_size
+        img_w = det_mask.float() / labelled
         parts = {
             "box": (box * img_w).sum() * self.cfg.box,
             "dfl": (dfl * img_w).sum() * self.cfg.dfl,

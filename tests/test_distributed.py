@@ -1,0 +1,171 @@
+"""Data parallelism: torchrun with gloo on the CPU gives the single-process run's weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from medmtl.distributed import Comm, launch_command, strip_devices_option
+from medmtl.engine.trainer import Trainer
+
+HERE = Path(__file__).resolve().parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", *args]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def partial_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 train / 6 val images at 64 px; three train images lack a view label and one lacks boxes,
+    so some rank slices hold no label of a task (the global batch still does)."""
+    from medmtl.data.synth import generate
+
+    yaml_path = generate(tmp_path_factory.mktemp("ddp"), n_train=8, n_val=6, imgsz=64, seed=3)
+    labels = sorted((yaml_path.parent / "train" / "labels").glob("*.txt"))
+    for p in labels[:3]:  # drop the view line (the last line: a one-hot vector)
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        p.write_text("\n".join(lines[:-1]) + "\n")
+    lines = [ln for ln in labels[3].read_text().splitlines() if ln.strip()]
+    labels[3].write_text(lines[-1] + "\n")  # view only: no boxes
+    return yaml_path
+
+
+def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) -> None:
+    """fixed, gradnorm and pcgrad: after one step of the same global batch (8 images), the model
+    trained by 2 gloo processes (4 images each) equals the single-process model, and the task
+    weights are identical on both ranks and equal to the single process's."""
+    worker = str(HERE / "ddp_one_step.py")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir()
+    ddp.mkdir()
+    r = subprocess.run([sys.executable, worker, str(partial_data), str(single)], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
+    _torchrun(2, worker, str(partial_data), str(ddp))
+    for name in ("fixed", "gradnorm", "pcgrad"):
+        ref = torch.load(single / f"{name}.rank0.pt", weights_only=True)
+        ranks = [torch.load(ddp / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
+        assert ref["world_size"] == 1 and ranks[0]["world_size"] == 2
+        moved = 0.0
+        for k, v in ref["model"].items():
+            if not v.dtype.is_floating_point:
+                assert torch.equal(v, ranks[0]["model"][k]), (name, k)
+                continue
+            for rk in ranks:  # same weights (and BN running statistics) as one process
+                torch.testing.assert_close(rk["model"][k], v, rtol=1e-4, atol=1e-6,
+                                           msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
+            moved = max(moved, float((v - ref["before"][k]).abs().max()))
+        assert moved > 1e-3, name  # the step did move the model: equality is not vacuous
+        # task weights: identical across ranks, equal to the single-process ones
+        assert ranks[0]["weights"] == ranks[1]["weights"], name
+        for t, w in ref["weights"].items():
+            assert ranks[0]["weights"][t] == pytest.approx(w, rel=1e-5), (name, t)
+        # the step's losses are the global batch's
+        for col in ("loss/detect", "loss/classify"):
+            assert ranks[0]["row"][col] == pytest.approx(ref["row"][col], rel=1e-5), (name, col)
+        assert ranks[0]["row"]["ddp/weight_spread"] == 0.0
+        assert ranks[0]["row"]["ddp/param_spread"] < 1e-6
+    gn = torch.load(single / "gradnorm.rank0.pt", weights_only=True)
+    assert gn["weights"]["detect"] != pytest.approx(1.0, abs=1e-6)  # GradNorm did move them
+
+def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
+    """`medmtl train --devices 2`: rank 0 writes the run directory once; the sharded validation
+    gathered on rank 0 scores like `medmtl val` on the same checkpoint in one process."""
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "medmtl", "train", "--data", str(partial_data), "--out", str(out),
+         "--method", "gradnorm", "--epochs", "2", "--imgsz", "64", "--batch", "4",
+         "--workers", "0", "--no-progress", "--devices", "2"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    assert "launching 2 processes" in r.stdout + r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["world_size"] == 2 and m["training"]["global_batch"] == 4
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 2  # one writer: no duplicated rows
+    for row in rows:
+        assert float(row["ddp/weight_spread"]) == 0.0
+        assert float(row["ddp/param_spread"]) < 1e-6
+    v = subprocess.run([sys.executable, "-m", "medmtl", "val", "--weights",
+                        str(out / "weights" / "best.pt"), "--data", str(partial_data),
+                        "--out", str(tmp_path / "val"), "--device", "cpu"],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert v.returncode == 0, v.stderr[-4000:]
+    mv = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    for k in ("map50", "map50_95"):
+        assert m["detection"][k] == pytest.approx(mv["detection"][k], abs=1e-6)
+    assert m["classification"]["accuracy"] == pytest.approx(mv["classification"]["accuracy"])
+    assert len(json.loads((out / "eval" / "predictions.json").read_text())) == \
+        len(json.loads((tmp_path / "val" / "predictions.json").read_text()))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_rank_slices_partition_each_global_batch(world: int) -> None:
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(0)).tolist()
+    got = []
+    for rank in range(world):
+        fake = SimpleNamespace(cfg=SimpleNamespace(batch=8), local_batch=8 // world,
+                               comm=Comm(world, rank))
+        got.append(Trainer.rank_indices(fake, order, 1, 3))  # global batches 1 and 2
+    for k in range(2):  # each global batch is split over the ranks, in rank order
+        lb = 8 // world
+        merged = [i for r in range(world) for i in got[r][k * lb:(k + 1) * lb]]
+        assert merged == order[(k + 1) * 8:(k + 2) * 8]
+
+
+def test_global_batch_must_divide(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
+                                  tmp_path: Path) -> None:
+    from medmtl.config import build_config
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    cfg = build_config("fixed", {"data": str(synth_tiny), "batch": 8, "out": str(tmp_path / "r")})
+    with pytest.raises(ValueError, match="global batch and must be divisible by the 3 processes"):
+        Trainer(cfg)
+
+
+def test_launch_command_strips_devices() -> None:
+    argv = ["train", "--data", "d.yaml", "--devices", "2", "--batch", "8", "--devices=4"]
+    assert strip_devices_option(argv) == ["train", "--data", "d.yaml", "--batch", "8"]
+    cmd = launch_command(2, ["train", "--data", "d.yaml"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                       "medmtl", "train", "--data", "d.yaml"]
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
+                                             tmp_path: Path, one_thread: None) -> None:
+    """--compile where compilation fails: a warning, then the eager model trains on."""
+    from medmtl.config import build_config
+
+    def broken_compile(model: torch.nn.Module, **_: object) -> object:
+        def run(*a: object, **k: object) -> object:
+            raise RuntimeError("inductor: no working C++ compiler (simulated)")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = build_config("fixed", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64, "batch": 32,
+                                 "workers": 0, "compile": True, "out": str(tmp_path / "r")})
+    t = Trainer(cfg, progress=False)
+    with t.console.capture() as cap:
+        row = t._train_epoch()
+    assert "torch.compile failed (RuntimeError: inductor: no working C++ compiler" in cap.get()
+    assert t.net is t.model and row["loss/detect"] > 0 and t.step_in_epoch == 3
