@@ -303,18 +303,27 @@ def compare(
                                           "for)")] = None,
     baseline: Annotated[str | None, Opt(help="Method the report compares against")] = None,
     out: Annotated[Path, Opt(help="Comparison folder")] = Path("runs/compare"),
+    shard: Annotated[str | None, Opt(help="Run only part I of N of the grid (job arrays): I/N; "
+                                          "then `medmtl report DIR --retime`")] = None,
 ) -> None:
     """Train every method x seed with the same data, budget and evaluation, then write the report."""
-    from medmtl.engine.compare import run_compare
+    from medmtl.engine.compare import parse_shard, run_compare
 
+    try:
+        part = parse_shard(shard) if shard else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over: dict[str, Any] = {"epochs": epochs}
     over.update({k: v for k, v in {"imgsz": imgsz, "batch": batch, "lr": lr, "workers": workers,
                                    "device": device}.items() if v is not None})
     if size:
         over["model"] = {"size": size}
     run_compare(data, _csv(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
-                report=False)
-    _report(out, baseline)
+                report=False, shard=part)
+    if part is None:
+        _report(out, baseline)
+    else:
+        console.print(f"shard {shard} done; when every shard is: medmtl report {out} --retime")
 
 
 def _report(folder: Path, baseline: str | None) -> None:
@@ -329,8 +338,15 @@ def _report(folder: Path, baseline: str | None) -> None:
 def report(
     folder: Annotated[Path, typer.Argument(help="A compare folder (holding runs/)")],
     baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
+    retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
+                                     "trained on different machines)")] = False,
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
+    if retime:
+        from medmtl.engine.compare import remeasure_latency
+
+        runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
+        remeasure_latency(runs, console)
     _report(folder, baseline)
 
 

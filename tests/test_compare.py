@@ -43,3 +43,30 @@ def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_pat
             assert re.search(rf"\|\s*{method}\s*\|.*{re.escape(shown)}", md), (method, shown)
             assert shown in html
     assert "src=\"data:image/png;base64," in html
+
+
+def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path: Path) -> None:
+    """Job-array workflow: `compare --shard 0/2` and `--shard 1/2` run disjoint halves of the grid
+    into one folder; `report --retime` re-times every model and reports both."""
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    out = tmp_path / "cmp"
+    common = ["compare", "--data", str(synth_tiny), "--methods", "fixed,dual", "--seeds", "1",
+              "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out)]
+    runner = CliRunner()
+    r0 = runner.invoke(app, [*common, "--shard", "0/2"])
+    assert r0.exit_code == 0, r0.output
+    assert [p.name for p in (out / "runs").iterdir() if p.is_dir()] == ["fixed-s0"]
+    assert not (out / "report.md").exists()  # a shard does not report a partial grid
+    r1 = runner.invoke(app, [*common, "--shard", "1/2"])
+    assert r1.exit_code == 0, r1.output
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
+    rr = runner.invoke(app, ["report", str(out), "--retime"])
+    assert rr.exit_code == 0, rr.output
+    assert "re-timed 2 models" in rr.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"fixed", "dual"}
+    bad = runner.invoke(app, [*common, "--shard", "2/2"])
+    assert bad.exit_code != 0 and "expected I/N with 0 <= I < N" in bad.output

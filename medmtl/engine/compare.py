@@ -3,6 +3,10 @@
 Each run is a `medmtl train` subprocess writing `DIR/runs/<method>-s<seed>/`; finished runs
 (metrics.json present) are not redone, killed runs resume from their last.pt, and runs go in
 parallel where the machine has room (one per GPU, or CPU cores split between runs).
+
+On a cluster, `shard=(i, n)` runs only the i-th of n interleaved parts of the method x seed grid
+(e.g. one part per job-array task, all writing to one shared folder); `medmtl report DIR --retime`
+then re-times every model on one machine and writes the report over all parts.
 """
 
 from __future__ import annotations
@@ -108,14 +112,31 @@ def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
     r.status = "running"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (0 <= I < N) -> (I, N)."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. "
+                         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    return shard
+
+
 def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path,
                 overrides: dict[str, Any] | None = None, jobs: int | None = None,
-                console: Console | None = None, report: bool = True) -> Path:
+                console: Console | None = None, report: bool = True,
+                shard: tuple[int, int] | None = None) -> Path:
     console = console or Console(stderr=True)
     out = Path(out)
     cfg_dir = out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_runs(data, methods, seeds, out, overrides)
+    if shard is not None:
+        plan = plan[shard[0]::shard[1]]
+        console.print(f"shard {shard[0]}/{shard[1]}: {', '.join(r.name for r in plan) or 'nothing'}")
     todo = [r for r in plan if r.status != "finished"]
     n_jobs, threads, gpus = _resources(len(todo) or 1, jobs)
     console.print(f"{len(plan)} runs ({len(plan) - len(todo)} already finished); "
@@ -148,7 +169,8 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
     remeasure_latency([r.run_dir for r in plan if (r.run_dir / "metrics.json").exists()],
                       console)
     failed = [r for r in plan if r.status == "failed"]
-    (out / "compare.json").write_text(json.dumps({
+    summary = "compare.json" if shard is None else f"compare.shard{shard[0]}of{shard[1]}.json"
+    (out / summary).write_text(json.dumps({
         "data": str(Path(data).resolve()), "methods": methods, "seeds": seeds,
         "seconds": round(time.perf_counter() - t0, 1),
         "runs": {r.name: {"status": r.status, "returncode": r.returncode} for r in plan}},
