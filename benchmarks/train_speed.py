@@ -1,11 +1,17 @@
 """Training throughput: images/s, ms per step and peak memory per size x architecture x balancer.
 
-Times the real training step (forward, detection + view losses, the balancer's backward(s), an
-AdamW step) on a fixed synthetic batch, so the numbers isolate the model and the balancer from
-data loading. Also prints GradNorm's (and every balancer's) overhead over `fixed`.
+Step mode (default) times the real training step (forward, detection + view losses, the balancer's
+backward(s), an AdamW step) on a fixed synthetic batch, so the numbers isolate the model and the
+balancer from data loading. Also prints GradNorm's (and every balancer's) overhead over `fixed`.
 
-    python benchmarks/train_speed.py --sizes n --imgsz 320 --batch 16            # CPU
+Epoch mode (`--data`) runs the real trainer (data loader with its workers and augmentation, EMA,
+the whole step) for `--epochs` epochs per architecture x balancer and prints measured seconds per
+training epoch (median over the epochs after the first), images/s, and the seconds of one
+validation pass (inference + COCO scoring).
+
+    python benchmarks/train_speed.py --sizes n --imgsz 320 --batch 16            # CPU, step mode
     python benchmarks/train_speed.py --sizes n,s,m --imgsz 416 --batch 64 --device cuda
+    python benchmarks/train_speed.py --data data.yaml --imgsz 416 --batch 64 --epochs 3 --workers 12
 """
 
 from __future__ import annotations
@@ -38,12 +44,17 @@ def fake_batch(b: int, imgsz: int, device: torch.device) -> dict[str, torch.Tens
 
 
 def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: torch.device,
-          steps: int, warmup: int) -> dict[str, float]:
+          steps: int, warmup: int, compile_: bool = False) -> dict[str, float]:
     model = build_model(ModelConfig(arch=arch, size=size)).to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # as the trainer does
+    net = torch.compile(model) if compile_ else model
     det, view = DetectionLoss(4, 16, list(model.strides), LossConfig()), ViewLoss(3)
     bal = create_balancer(model.tasks, BalancerConfig(name=balancer))
     bal.to(device)
-    opt = torch.optim.AdamW([*model.parameters(), *bal.parameters()], lr=1e-3)
+    bal.detailed_log = False  # as the trainer: no per-step host sync for the log
+    opt = torch.optim.AdamW([*model.parameters(), *bal.parameters()], lr=1e-3,
+                            fused=device.type == "cuda")
     shared, last = model.shared_parameters(), model.last_shared_parameter()
     b = fake_batch(batch, imgsz, device)
     amp = torch.bfloat16 if device.type == "cuda" else None
@@ -56,7 +67,7 @@ def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: t
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out = model(b["images"])
+            out = net(b["images"])
         losses = {"detect": det([p.float() for p in out["detect"]], b)[0],
                   "classify": view(out["classify"].float(), b["view"], b["view_mask"])}
         log = bal.backward(losses, shared, last)
@@ -74,6 +85,62 @@ def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: t
             "backward_passes": passes / steps, "peak_mem_mb": peak_memory_mb(device)}
 
 
+def bench_epochs(data: str, size: str, arch: str, balancer: str, imgsz: int, batch: int,
+                 device: str, epochs: int, workers: int, compile_: bool) -> dict[str, float]:
+    """Seconds per real training epoch and per validation pass, through the trainer."""
+    import tempfile
+
+    from medmtl.config import build_config
+    from medmtl.engine.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = build_config("fixed", {
+            "data": data, "out": f"{tmp}/run", "epochs": epochs, "imgsz": imgsz, "batch": batch,
+            "device": device, "workers": workers, "compile": compile_,
+            "model": {"arch": arch, "size": size}, "balancer": {"name": balancer}})
+        from rich.console import Console
+
+        t = Trainer(cfg, progress=False, console=Console(quiet=True))
+        secs = []
+        for _ in range(epochs):
+            row = t._train_epoch()
+            secs.append(float(row["seconds"]))
+            t.epoch += 1
+            t.step_in_epoch = 0
+            t.epoch_acc = {}
+        t0 = time.perf_counter()
+        t.validate()
+        val = time.perf_counter() - t0
+        n = t.batches_per_epoch() * batch
+        peak = max(float(row["peak_mem_mb"]), 0.0)
+    later = sorted(secs[1:] or secs)
+    med = later[len(later) // 2]
+    return {"s_per_epoch": med, "first_epoch_s": secs[0], "images_per_s": n / med,
+            "val_s": val, "peak_mem_mb": peak, "images": n}
+
+
+def main_epochs(a: argparse.Namespace) -> None:
+    print(f"# train_speed --data: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"device {a.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"imgsz {a.imgsz}, batch {a.batch}, workers {a.workers}, {a.epochs} epochs each, "
+          f"compile {a.compile}\n")
+    print("| size | arch | balancer | s/epoch | first epoch s | images/s | val s | "
+          "overhead vs fixed | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in a.sizes.split(","):
+        for arch in a.archs.split(","):
+            base = None
+            for bal in a.balancers.split(","):
+                r = bench_epochs(a.data, size, arch, bal, a.imgsz, a.batch, a.device, a.epochs,
+                                 a.workers, a.compile)
+                if bal == "fixed":
+                    base = r["s_per_epoch"]
+                over = f"{100 * (r['s_per_epoch'] / base - 1):+.1f} %" if base else "—"
+                print(f"| {size} | {arch} | {bal} | {r['s_per_epoch']:.2f} | "
+                      f"{r['first_epoch_s']:.2f} | {r['images_per_s']:.1f} | {r['val_s']:.2f} | "
+                      f"{over} | {r['peak_mem_mb']:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="n")
@@ -85,9 +152,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--data", default="", help="dataset YAML: epoch mode through the trainer")
+    ap.add_argument("--epochs", type=int, default=3, help="epoch mode: epochs per configuration")
+    ap.add_argument("--workers", type=int, default=2, help="epoch mode: loader workers")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.data:
+        main_epochs(a)
+        return
     device = torch.device(a.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the trainer does
@@ -98,7 +172,8 @@ def main() -> None:
           f"batch {a.batch}, median of {a.steps} steps after {a.warmup} warm-up\n")
     # one untimed pass first: the process's first steps pay one-off kernel/allocator set-up that
     # a per-config warm-up does not absorb (it made the first row look 2.6x slower)
-    bench(a.sizes.split(",")[0], "shared", "fixed", a.imgsz, a.batch, device, 4, a.warmup)
+    bench(a.sizes.split(",")[0], "shared", "fixed", a.imgsz, a.batch, device, 4, a.warmup,
+          a.compile)
     print("| size | arch | balancer | ms/step | images/s | backward passes | overhead vs fixed "
           "| peak MB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -106,7 +181,8 @@ def main() -> None:
         for arch in a.archs.split(","):
             base = None
             for bal in a.balancers.split(","):
-                r = bench(size, arch, bal, a.imgsz, a.batch, device, a.steps, a.warmup)
+                r = bench(size, arch, bal, a.imgsz, a.batch, device, a.steps, a.warmup,
+                          a.compile)
                 if bal == "fixed":
                     base = r["ms_per_step"]
                 over = f"{100 * (r['ms_per_step'] / base - 1):+.1f} %" if base else "—"

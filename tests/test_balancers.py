@@ -381,3 +381,27 @@ def test_famo_own_losses_defer_to_next_batch() -> None:
         loss = {"detect": loss["detect"] * 0.9, "classify": loss["classify"] * 0.99}
     w = b.weights()
     assert w["classify"] > 1.0 > w["detect"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quiet_log_changes_nothing_but_the_log(name: str) -> None:
+    """detailed_log=False (the trainer's setting: no per-step host sync for the log) gives the
+    same gradients and weights and returns only the pass count (+ cheap host-side flags)."""
+    torch.manual_seed(0)
+    x, y = make_data()
+    m1, b1 = Toy(), make(name)
+    m2, b2 = copy.deepcopy(m1), copy.deepcopy(b1)
+    b2.detailed_log = False
+    for _ in range(3):
+        for m in (m1, m2):
+            m.zero_grad(set_to_none=True)
+        step(b1, m1, x, y)
+        log2 = step(b2, m2, x, y)
+        b1.after_step(loss_floats(m1, x, y))
+        b2.after_step(loss_floats(m2, x, y))
+    g1, g2 = grads_of(m1), grads_of(m2)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], rtol=0, atol=0)
+    assert b1.weights() == b2.weights()
+    assert log2["backward_passes"] == b2.backward_passes
+    assert not any(k.startswith(("weight/", "grad_norm/")) for k in log2), log2

@@ -151,21 +151,47 @@ def test_launch_command_strips_devices() -> None:
                        "medmtl", "train", "--data", "d.yaml"]
 
 
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        raise RuntimeError("compiled backward with donated buffers (simulated)")
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
-                                             tmp_path: Path, one_thread: None) -> None:
-    """--compile where compilation fails: a warning, then the eager model trains on."""
+                                             tmp_path: Path, one_thread: None, where: str) -> None:
+    """--compile where compilation fails, in the forward or in GradNorm's first backward: a
+    warning, and the run trains on eager to exactly the weights of a run without --compile
+    (gradients and balancer state of the failed attempt are rolled back)."""
     from medmtl.config import build_config
 
     def broken_compile(model: torch.nn.Module, **_: object) -> object:
-        def run(*a: object, **k: object) -> object:
-            raise RuntimeError("inductor: no working C++ compiler (simulated)")
+        def run(x: torch.Tensor) -> object:
+            if where == "forward":
+                raise RuntimeError("inductor: no working C++ compiler (simulated)")
+            out = model(x)
+            return {k: [_FailingBackward.apply(t) for t in v] if isinstance(v, list)
+                    else _FailingBackward.apply(v) for k, v in out.items()}
         return run
 
+    def make(compile_: bool, name: str) -> Trainer:
+        cfg = build_config("gradnorm", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64,
+                                        "batch": 32, "workers": 0, "compile": compile_,
+                                        "deterministic": True, "out": str(tmp_path / name)})
+        return Trainer(cfg, progress=False)
+
+    ref = make(False, "eager")
+    ref._train_epoch()
     monkeypatch.setattr(torch, "compile", broken_compile)
-    cfg = build_config("fixed", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64, "batch": 32,
-                                 "workers": 0, "compile": True, "out": str(tmp_path / "r")})
-    t = Trainer(cfg, progress=False)
+    t = make(True, "compiled")
     with t.console.capture() as cap:
         row = t._train_epoch()
-    assert "torch.compile failed (RuntimeError: inductor: no working C++ compiler" in cap.get()
+    assert "torch.compile failed (RuntimeError: " in cap.get()
     assert t.net is t.model and row["loss/detect"] > 0 and t.step_in_epoch == 3
+    assert t.balancer.weights() == ref.balancer.weights()
+    for k, v in ref.model.state_dict().items():
+        torch.testing.assert_close(t.model.state_dict()[k], v, rtol=0, atol=0, msg=k)

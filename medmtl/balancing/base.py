@@ -53,6 +53,10 @@ class Balancer:
         # several .backward() calls per step (gradient surgery): DDP's reducer must stay out
         self.multi_backward: bool = False
         self.comm: Comm = LOCAL
+        # False: `backward` returns only {"backward_passes": n}, sparing the host sync of reading
+        # weights and statistics off the device at every step (the trainer reads `weights()` once
+        # per epoch)
+        self.detailed_log: bool = True
 
     # --- API -----------------------------------------------------------------------------------
     def parameters(self) -> list[Parameter]:
@@ -97,6 +101,8 @@ class Balancer:
         return present
 
     def _log(self, extra: Mapping[str, float] | None = None, passes: int = 1) -> dict[str, float]:
+        if not self.detailed_log:
+            return {"backward_passes": float(passes)}
         out = {f"weight/{t}": float(w) for t, w in self.weights().items()}
         out["backward_passes"] = float(passes)
         if extra:

@@ -84,6 +84,8 @@ class FAMO(Balancer):
                                    {t: gw[i] for i, t in enumerate(present)}, scale)
         self.prev = lt if len(present) == len(self.tasks) else None
         k = len(self.tasks)
+        if not self.detailed_log:
+            return self._log(passes=passes)
         vals = torch.cat([z_all * k, gw]).tolist()  # one host sync for the log
         out = {f"weight/{t}": vals[i] for i, t in enumerate(self.tasks)}
         out.update({f"grad_weight/{t}": vals[k + i] for i, t in enumerate(present)})

@@ -102,6 +102,8 @@ class GradNorm(Balancer):
             self.w.clamp_(min=self.min_weight)
             self.w.mul_(k / self.w.sum())
         passes = k + weighted_backward(losses, used, scale)
+        if not self.detailed_log:
+            return self._log(passes=passes)
         vals = torch.cat([self.w, norms, r, torch.stack([l_grad, cos])]).tolist()  # one sync
         out = {f"weight/{t}": vals[i] for i, t in enumerate(self.tasks)}
         out.update({f"grad_norm/{t}": vals[k + i] for i, t in enumerate(self.tasks)})

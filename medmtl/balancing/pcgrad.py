@@ -67,6 +67,8 @@ class PCGrad(Balancer):
         gram = grads @ grads.T
         norms, cos = gram_stats(gram)
         conflict = (gram < 0).float().sum() / max(len(present) * (len(present) - 1), 1)
+        if not self.detailed_log:
+            return self._log(passes=passes)
         vals = torch.cat([norms, torch.stack([cos, conflict])]).tolist()  # one host sync
         extra = {f"grad_norm/{t}": vals[i] for i, t in enumerate(present)}
         extra.update({"cos": vals[-2], "conflict": vals[-1], "surgery_active": 1.0})

@@ -61,6 +61,8 @@ class UncertaintyWeighting(Balancer):
                     torch.zeros((), device=device_of(losses)))
         (total * scale).backward()
         s = torch.stack([self.log_vars[t].detach() for t in self.tasks])
+        if not self.detailed_log:
+            return self._log(passes=1)
         vals = torch.cat([torch.exp(-s), s]).tolist()  # one host sync for the log
         k = len(self.tasks)
         out = {f"weight/{t}": vals[i] for i, t in enumerate(self.tasks)}

@@ -24,14 +24,20 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """ema = d * ema + (1 - d) * model for float tensors (one fused lerp per device and dtype,
+        not one kernel per tensor: a small model on a GPU is launch-bound); others are copied."""
         self.updates += 1
         d = self._decay()
         msd = model.state_dict()
+        ema, new = [], []
         for k, v in self.module.state_dict().items():
             if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+                ema.append(v)
+                new.append(msd[k].detach())
             else:
                 v.copy_(msd[k])
+        if ema:
+            torch._foreach_lerp_(ema, new, 1.0 - d)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}

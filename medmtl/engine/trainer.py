@@ -13,6 +13,7 @@ ranks and scored on rank 0.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -96,6 +97,7 @@ class Trainer:
         self.channels_last = self.device.type == "cuda"
 
         self._build_data()
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
         self.model = build_model(cfg.model)
         if cfg.sync_bn and self.comm.active:
             self.model = convert_sync_batchnorm(self.model, self.device)
@@ -108,6 +110,7 @@ class Trainer:
         self.view_loss = ViewLoss(cfg.model.num_views, cfg.loss)
         self.balancer = create_balancer(self.tasks, cfg.balancer)
         self.balancer.comm = self.comm
+        self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads
         self.balancer.to(self.device)
         self.net = self._wrap_model()
         self.shared = list(self.model.shared_parameters())
@@ -170,7 +173,15 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=partial)
             self._eager = net
+        self._compile_checked = False
         if self.cfg.compile:
+            try:  # balancers and diagnostics back-propagate with retain_graph=True, which
+                # compiled backwards with donated buffers refuse
+                import torch._functorch.config as functorch_config
+
+                functorch_config.donated_buffer = False
+            except (ImportError, AttributeError):  # pragma: no cover - older/newer torch
+                pass
             net = torch.compile(net)
         return net
 
@@ -203,14 +214,23 @@ class Trainer:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def _loader(self, dataset: MTLDataset, indices: list[int], train: bool) -> torch.utils.data.DataLoader:
+        """One DataLoader per split for the whole run, so worker processes start once (not once
+        per epoch); each epoch only swaps the sampler's index list. Augmentation draws from
+        (seed, epoch, index) through the dataset's shared epoch, never from worker seeds."""
         cfg = self.cfg
-        # own generator: worker seeds depend on (seed, epoch) only, never on the global RNG
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch + (0 if train else 7))
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=self.local_batch, sampler=indices, collate_fn=collate,
-            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-            drop_last=train and len(dataset) > cfg.batch,
-            persistent_workers=False, generator=g)
+        key = "train" if train else "val"
+        loader = self._loaders.get(key)
+        if loader is None:
+            sampler = _IndexSampler()
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=self.local_batch, sampler=sampler, collate_fn=collate,
+                num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                drop_last=train and len(dataset) > cfg.batch,
+                persistent_workers=cfg.workers > 0,
+                generator=torch.Generator().manual_seed(cfg.seed * 100003 + (0 if train else 7)))
+            self._loaders[key] = loader
+        loader.sampler.indices = list(indices)
+        return loader
 
     def rank_indices(self, order: list[int], first_batch: int, end_batch: int) -> list[int]:
         """This rank's samples of global batches [first_batch, end_batch): the rank-th slice of
@@ -356,21 +376,8 @@ class Trainer:
             sync_ctx = self._eager.no_sync() if comm.active and (
                 self.balancer.multi_backward or not last_micro) else contextlib.nullcontext()
             with sync_ctx:
-                images = prepare_images(batch["images"], self.device, self.channels_last)
-                tgt = move_targets(batch, self.device)
-                with torch.autocast(self.device.type, dtype=self.autocast,
-                                    enabled=self.autocast is not None):
-                    out = self._forward(images)
-                losses: dict[str, torch.Tensor] = {}
-                if "detect" in tasks and has_det:
-                    losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt,
-                                                     comm)[0]
-                if "classify" in tasks and has_view:
-                    vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"],
-                                        comm)
-                    if vl is not None:
-                        losses["classify"] = vl
-                self._backward(losses, i, diag_every, acc)
+                losses = self._guarded_micro_step(batch, bool(has_det), bool(has_view), i,
+                                                  diag_every, acc)
             step_losses = self._global_losses(losses)
             pending.append((step_losses, self._last_passes))
             micro += 1
@@ -422,17 +429,52 @@ class Trainer:
         row.update(spread)
         return row
 
-    def _forward(self, images: torch.Tensor) -> Any:
+    def _micro_step(self, batch: dict[str, Any], has_det: bool, has_view: bool, i: int,
+                    diag_every: int, acc: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward, the task losses present in the (global) batch, diagnostics, backward."""
+        tasks, comm = self.tasks, self.comm
+        images = prepare_images(batch["images"], self.device, self.channels_last)
+        tgt = move_targets(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast,
+                            enabled=self.autocast is not None):
+            out = self.net(images)
+        losses: dict[str, torch.Tensor] = {}
+        if "detect" in tasks and has_det:
+            losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt, comm)[0]
+        if "classify" in tasks and has_view:
+            vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"], comm)
+            if vl is not None:
+                losses["classify"] = vl
+        self._backward(losses, i, diag_every, acc)
+        return losses
+
+    def _guarded_micro_step(self, batch: dict[str, Any], has_det: bool, has_view: bool, i: int,
+                            diag_every: int, acc: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The first compiled micro-step runs guarded: if compilation (of the forward or of a
+        backward) fails, gradients, buffers (BatchNorm statistics) and balancer state are restored
+        and training goes on eager."""
+        if self.net is self._eager or self._compile_checked:
+            return self._micro_step(batch, has_det, has_view, i, diag_every, acc)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        bal_state = copy.deepcopy(self.balancer.state_dict())
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
         try:
-            return self.net(images)
+            losses = self._micro_step(batch, has_det, has_view, i, diag_every, acc)
         except Exception as e:
-            if not self.cfg.compile or self.net is self._eager:
-                raise
-            self.console.print(f"[yellow]torch.compile failed ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}); continuing without "
-                               "it[/]")
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self.console.print(f"[yellow]torch.compile failed ({type(e).__name__}: {msg}); "
+                               "continuing without it[/]")
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            self.balancer.load_state_dict(bal_state)
             self.net = self._eager
-            return self.net(images)
+            return self._micro_step(batch, has_det, has_view, i, diag_every, acc)
+        self._compile_checked = True
+        return losses
 
     def _backward(self, losses: dict[str, torch.Tensor], i: int, diag_every: int,
                   acc: dict[str, Any]) -> None:
@@ -574,6 +616,19 @@ class Trainer:
         for r in self.history:
             w.writerow({k: _fmt(v) for k, v in r.items()})
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+
+
+class _IndexSampler(torch.utils.data.Sampler[int]):
+    """A sampler whose index list the trainer replaces before each pass (persistent workers)."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Any:
+        return iter(list(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class _StopAtStep(Exception):
