@@ -209,6 +209,9 @@ def test_view_loss_mask_smoothing_weights() -> None:
     ref = F.cross_entropy(logits[mask], view[mask], weight=torch.tensor([1.0, 2.0, 0.5]),
                           label_smoothing=0.1)
     torch.testing.assert_close(out, ref)
+    # the trainer's sync-free path (presence known on the host) is the same weighted mean
+    for c, r in ((LossConfig(), F.cross_entropy(logits[mask], view[mask])), (cfg, ref)):
+        torch.testing.assert_close(ViewLoss(3, c)(logits, view, mask, present=True), r)
     assert ViewLoss(3, cfg)(logits, view, torch.zeros(6, dtype=torch.bool)) is None
     with pytest.raises(ValueError):
         ViewLoss(4, cfg)

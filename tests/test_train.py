@@ -118,10 +118,13 @@ def _tiny_cfg(data: Path, out: Path, method: str = "gradnorm") -> object:
                                  "val_every": 2, "seed": 3})
 
 
-@pytest.mark.parametrize("method", ["gradnorm", "pcgrad"])
+@pytest.mark.parametrize(("method", "sig"), [("gradnorm", signal.SIGINT),
+                                             ("pcgrad", signal.SIGTERM)])
 def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
-                                                     method: str) -> None:
+                                                     method: str, sig: int) -> None:
+    """A real Ctrl-C (SIGINT), or a scheduler's SIGTERM, stops at a step boundary and saves;
+    --resume then ends with the uninterrupted run's exact weights."""
     full = Trainer(_tiny_cfg(synth_tiny, tmp_path / "full", method), progress=False)
     full.fit()
 
@@ -130,8 +133,8 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
 
     def flaky(self: Trainer, n_micro: int) -> None:
         calls["n"] += 1
-        if calls["n"] == 7:  # epoch 2 (6 steps per epoch), mid-step: a real Ctrl-C (SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+        if calls["n"] == 7:  # epoch 2 (6 steps per epoch), mid-step: a real signal
+            os.kill(os.getpid(), sig)
         real_step(self, n_micro)
 
     monkeypatch.setattr(Trainer, "_optimizer_step", flaky)

@@ -296,7 +296,7 @@ class Trainer:
             cfg.to_yaml(self.run_dir / "config.yaml")
         bad_epochs = 0
         self._stop_requested = False
-        previous = _install_sigint(self._on_sigint)
+        previous = _install_stop_handlers(self._on_sigint)
         try:
             while self.epoch < cfg.epochs:
                 row = self._train_epoch()
@@ -335,7 +335,7 @@ class Trainer:
                                "continue with --resume")
             raise KeyboardInterrupt from None
         finally:
-            _install_sigint(previous)
+            _restore_handlers(previous)
         self.comm.barrier()  # best.pt is written before any rank reads it
         self.finalize()
         return self.run_dir
@@ -442,7 +442,8 @@ class Trainer:
         if "detect" in tasks and has_det:
             losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt, comm)[0]
         if "classify" in tasks and has_view:
-            vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"], comm)
+            vl = self.view_loss(out["classify"].float(), tgt["view"], tgt["view_mask"], comm,
+                                present=True)
             if vl is not None:
                 losses["classify"] = vl
         self._backward(losses, i, diag_every, acc)
@@ -515,11 +516,17 @@ class Trainer:
         return self.comm.broadcast(out)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop_requested:  # second Ctrl-C: abort now; last.pt keeps the last epoch's state
+        """Ctrl-C (SIGINT), or SIGTERM from a job scheduler or torchrun: stop at the next step
+        boundary and save last.pt; a second signal aborts at once (last.pt keeps the previous
+        save, intact: checkpoints are written atomically)."""
+        if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
-        self.console.print("Ctrl-C: finishing this step, then saving weights/last.pt "
-                           "(press again to abort without saving)")
+        import signal
+
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.console.print(f"{name}: finishing this step, then saving weights/last.pt "
+                           "(signal again to abort without saving)")
 
     def _flush_sums(self, sums: dict[str, torch.Tensor], force: bool = False) -> None:
         """Move the device-side loss sums into epoch_acc (one host sync per flush)."""
@@ -635,14 +642,21 @@ class _StopAtStep(Exception):
     """Raised inside the epoch loop at a step boundary after Ctrl-C."""
 
 
-def _install_sigint(handler: Any) -> Any:
-    """Install a SIGINT handler when running in the main thread; returns the previous one."""
+def _install_stop_handlers(handler: Any) -> dict[int, Any]:
+    """Install `handler` for SIGINT and SIGTERM (main thread only); returns the previous ones."""
     import signal
     import threading
 
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {int(sig): signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    import signal
+
+    for sig, h in previous.items():
+        signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
 def _fmt(v: Any) -> Any:

@@ -29,10 +29,12 @@ class ViewLoss:
         self.weight = torch.tensor(w, dtype=torch.float32) if w is not None else None
         self._weight_on: dict[torch.device, Tensor] = {}  # per-device copy, made once
 
-    def __call__(self, logits: Tensor, view: Tensor, view_mask: Tensor, comm: Comm = LOCAL
-                 ) -> Tensor | None:
+    def __call__(self, logits: Tensor, view: Tensor, view_mask: Tensor, comm: Comm = LOCAL,
+                 present: bool = False) -> Tensor | None:
+        """`present=True`: the caller knows (on the host) that the batch has view labels; the
+        loss is then computed without boolean indexing, i.e. without a device-to-host sync."""
         mask = view_mask.to(device=logits.device, dtype=torch.bool)
-        if comm.active:
+        if comm.active or present:
             return self._global_mean(logits, view, mask, comm)
         if not bool(mask.any()):  # the one host sync: None must be decided on the host
             return None
