@@ -24,6 +24,7 @@ import time
 import torch
 
 from medmtl.balancing import create_balancer
+from medmtl.balancing.base import TaskSplit
 from medmtl.config import BalancerConfig, LossConfig, ModelConfig
 from medmtl.engine.utils import peak_memory_mb
 from medmtl.losses import DetectionLoss, ViewLoss
@@ -56,6 +57,10 @@ def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: t
     opt = torch.optim.AdamW([*model.parameters(), *bal.parameters()], lr=1e-3,
                             fused=device.type == "cuda")
     shared, last = model.shared_parameters(), model.last_shared_parameter()
+    task_params = None
+    if bal.uses_split and model.shared_boundary_valid() and not compile_:  # as the trainer
+        model.expose_shared = True
+        task_params = {t: model.task_parameters(t) for t in model.tasks}
     b = fake_batch(batch, imgsz, device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
@@ -68,9 +73,11 @@ def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: t
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = net(b["images"])
+        feats = model.take_shared_features()
+        kw = {"split": TaskSplit(list(feats), task_params)} if feats is not None else {}
         losses = {"detect": det([p.float() for p in out["detect"]], b)[0],
                   "classify": view(out["classify"].float(), b["view"], b["view_mask"])}
-        log = bal.backward(losses, shared, last)
+        log = bal.backward(losses, shared, last, **kw)
         opt.step()
         opt.zero_grad(set_to_none=True)
         bal.after_step({k: v.detach() for k, v in losses.items()})

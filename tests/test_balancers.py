@@ -405,3 +405,50 @@ def test_quiet_log_changes_nothing_but_the_log(name: str) -> None:
     assert b1.weights() == b2.weights()
     assert log2["backward_passes"] == b2.backward_passes
     assert not any(k.startswith(("weight/", "grad_norm/")) for k in log2), log2
+
+
+@pytest.mark.parametrize("arch", ["shared", "split2"])
+@pytest.mark.parametrize("scale", [1.0, 1024.0])
+def test_gradnorm_fast_path_equals_plain_path(arch: str, scale: float) -> None:
+    """GradNorm through the trunk's output features (each head back-propagated once) gives the
+    gradients and task weights of the plain path (autograd.grad to W, then a full backward)."""
+    from medmtl.balancing.base import TaskSplit
+    from medmtl.config import LossConfig, ModelConfig
+    from medmtl.losses import DetectionLoss, ViewLoss
+    from medmtl.models import build_model
+
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(arch=arch, size="n")).train()
+    fast = copy.deepcopy(plain)
+    fast.expose_shared = True
+    assert fast.shared_boundary_valid()
+    det, view = DetectionLoss(4, 16, list(plain.strides), LossConfig()), ViewLoss(3)
+    g = torch.Generator().manual_seed(1)
+    b = 4
+    xy = torch.rand(b, 1, 2, generator=g) * 30
+    batch = {"boxes": torch.cat([xy, xy + 20], -1), "box_classes": torch.randint(0, 4, (b, 1), generator=g),
+             "box_mask": torch.ones(b, 1, dtype=torch.bool), "det_mask": torch.ones(b, dtype=torch.bool),
+             "view": torch.randint(0, 3, (b,), generator=g), "view_mask": torch.ones(b, dtype=torch.bool)}
+    balancers = [make("gradnorm"), make("gradnorm")]
+    task_params = {t: fast.task_parameters(t) for t in fast.tasks}
+    for _ in range(2):  # the second step uses the weights the first one learned
+        x = torch.rand(b, 3, 64, 64, generator=g)
+        logs = []
+        for model, bal in zip((plain, fast), balancers, strict=True):
+            model.zero_grad(set_to_none=True)
+            out = model(x)
+            feats = model.take_shared_features()
+            assert (feats is not None) == (model is fast)
+            losses = {"detect": det(out["detect"], batch)[0],
+                      "classify": view(out["classify"], batch["view"], batch["view_mask"])}
+            split = TaskSplit(list(feats), task_params) if feats is not None else None
+            logs.append(bal.backward(losses, model.shared_parameters(),
+                                     model.last_shared_parameter(), scale=scale, split=split))
+        assert logs[0]["gradnorm_active"] == logs[1]["gradnorm_active"] == 1.0
+        assert balancers[0].weights() == pytest.approx(balancers[1].weights(), rel=1e-5)
+        for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6 * scale,
+                                           msg=lambda m, n=name: f"{n}: {m}")
+    assert balancers[1].weights()["detect"] != pytest.approx(1.0, abs=1e-6)

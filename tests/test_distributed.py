@@ -164,9 +164,10 @@ class _FailingBackward(torch.autograd.Function):
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
                                              tmp_path: Path, one_thread: None, where: str) -> None:
-    """--compile where compilation fails, in the forward or in GradNorm's first backward: a
-    warning, and the run trains on eager to exactly the weights of a run without --compile
-    (gradients and balancer state of the failed attempt are rolled back)."""
+    """--compile where compilation fails, in the forward or in PCGrad's first (retain_graph)
+    backward: a warning, and the run trains on eager to exactly the weights of a run without
+    --compile (gradients, BatchNorm statistics and balancer state of the failed attempt are
+    rolled back)."""
     from medmtl.config import build_config
 
     def broken_compile(model: torch.nn.Module, **_: object) -> object:
@@ -179,7 +180,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
         return run
 
     def make(compile_: bool, name: str) -> Trainer:
-        cfg = build_config("gradnorm", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64,
+        cfg = build_config("pcgrad", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64,
                                         "batch": 32, "workers": 0, "compile": compile_,
                                         "deterministic": True, "out": str(tmp_path / name)})
         return Trainer(cfg, progress=False)

@@ -25,6 +25,7 @@ Conventions every balancer follows (docs/ARCHITECTURE.md, "Balancers"):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,8 +37,22 @@ from medmtl.distributed import LOCAL, Comm
 from medmtl.registry import Registry
 
 
+@dataclass
+class TaskSplit:
+    """Where the shared graph ends: `boundary` holds the tensors through which every task branch
+    consumes the shared parameters (the trunk's output features), `task_params` each task's own
+    parameters. A balancer given one can back-propagate each task's branch once and the shared
+    trunk once (GradNorm's fast path) instead of traversing the branches twice."""
+
+    boundary: list[Tensor]
+    task_params: dict[str, list[Parameter]] = field(default_factory=dict)
+
+
 class Balancer:
     """Base class; subclasses implement `backward` and usually `weights`."""
+
+    # whether `backward` accepts a `split: TaskSplit | None` keyword (the trainer passes it then)
+    uses_split = False
 
     name = "base"
 

@@ -14,6 +14,14 @@ The model gradient is one backward of sum_i w_i(t) L_i with the weights *before*
 (Algorithm 1 of the paper). Cost: K backwards to W (each traverses the graph from L_i down to W)
 plus one full backward.
 
+Fast path, when the trainer hands a `TaskSplit` (architectures whose shared part is the trunk:
+`shared`, `split<k>`): each task's branch is back-propagated once, to the trunk's output features z
+and to the task's own parameters (whose gradients, times w_i, are written directly);
+grad_W L_i = (dz/dW)^T dL_i/dz costs only the few layers between W and z; then the trunk gets one
+backward of sum_i w_i dL_i/dz. Same gradients as the plain path (tested), at about the cost of
+`fixed` instead of `fixed` plus a second traversal of the heads. The model gradient then does not
+come from one `.backward()`, so under DDP this balancer is `multi_backward`.
+
 L_i(0) is the mean of the losses of the first `init_steps` = 3 steps with every task present (one
 step's loss is noisy with small, augmented batches); during those steps the running mean is used.
 
@@ -34,7 +42,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from medmtl.balancing._grads import gram_stats
-from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, TaskSplit, TinyAdam, weighted_backward
 from medmtl.config import BalancerConfig
 
 
@@ -53,6 +61,9 @@ class GradNorm(Balancer):
         self.l0_sum = torch.zeros(k)
         self.l0_count = torch.zeros(())
         self.backward_passes = k + 1
+        self.uses_split = True
+        # the fast path writes task-parameter gradients directly: DDP's reducer must stay out
+        self.multi_backward = True
 
     def to(self, device: torch.device | str) -> GradNorm:
         self.w, self.l0_sum, self.l0_count = (x.to(device) for x in (self.w, self.l0_sum, self.l0_count))
@@ -63,7 +74,8 @@ class GradNorm(Balancer):
         return dict(zip(self.tasks, self.w.tolist(), strict=True))
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
-                 last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+                 last_shared: Parameter | None = None, scale: float = 1.0,
+                 split: TaskSplit | None = None) -> dict[str, float]:
         present = self._start(losses)
         if not present:
             return self._log(passes=0)
@@ -71,10 +83,14 @@ class GradNorm(Balancer):
         w_used = self.w.clone()
         used = {t: w_used[i] for i, t in enumerate(self.tasks)}
         grads: list[Tensor | None] = []
+        branch: dict[str, tuple[list[Tensor | None], list[tuple[Parameter, Tensor]]]] = {}
         if (k >= 2 and len(present) == k and last_shared is not None and last_shared.requires_grad
                 and all(losses[t].requires_grad for t in self.tasks)):
-            grads = [torch.autograd.grad(losses[t] * scale, last_shared, retain_graph=True,
-                                         allow_unused=True)[0] for t in self.tasks]
+            if split is not None and split.boundary:
+                grads, branch = self._branch_grads(losses, last_shared, scale, split)
+            else:
+                grads = [torch.autograd.grad(losses[t] * scale, last_shared, retain_graph=True,
+                                             allow_unused=True)[0] for t in self.tasks]
         if not grads or any(g is None for g in grads):
             passes = weighted_backward({t: losses[t] for t in present}, used, scale)
             log = self._log(passes=passes)
@@ -101,7 +117,10 @@ class GradNorm(Balancer):
             self.opt.step(self.w, grad_w, ok)
             self.w.clamp_(min=self.min_weight)
             self.w.mul_(k / self.w.sum())
-        passes = k + weighted_backward(losses, used, scale)
+        if branch:
+            passes = k + self._backward_branches(branch, w_used, split)
+        else:
+            passes = k + weighted_backward(losses, used, scale)
         if not self.detailed_log:
             return self._log(passes=passes)
         vals = torch.cat([self.w, norms, r, torch.stack([l_grad, cos])]).tolist()  # one sync
@@ -111,6 +130,54 @@ class GradNorm(Balancer):
         out.update({"gradnorm_loss": vals[3 * k], "cos_last_shared": vals[3 * k + 1],
                     "gradnorm_active": 1.0, "backward_passes": float(passes)})
         return out
+
+    def _branch_grads(self, losses: dict[str, Tensor], last_shared: Parameter, scale: float,
+                      split: TaskSplit) -> tuple[list[Tensor | None], dict[str, Any]]:
+        """Per task: d(scale L_i)/dz for the boundary tensors z and d(scale L_i)/dtheta_i for its own
+        parameters (one traversal of its branch), and grad_W(scale L_i) from dL_i/dz."""
+        z = [t for t in split.boundary if t.requires_grad]
+        grads: list[Tensor | None] = []
+        branch: dict[str, Any] = {}
+        for t in self.tasks:
+            own = [p for p in split.task_params.get(t, []) if p.requires_grad]
+            g = torch.autograd.grad(losses[t] * scale, [*z, *own], retain_graph=True,
+                                    allow_unused=True)
+            gz, gp = list(g[:len(z)]), [(p, gi) for p, gi in zip(own, g[len(z):], strict=True)
+                                        if gi is not None]
+            used_z = [(zi, gi) for zi, gi in zip(z, gz, strict=True) if gi is not None]
+            gw = None
+            if used_z:
+                gw = torch.autograd.grad([zi for zi, _ in used_z], last_shared,
+                                         grad_outputs=[gi for _, gi in used_z],
+                                         retain_graph=True, allow_unused=True)[0]
+            grads.append(gw)
+            branch[t] = (gz, gp)
+        return grads, branch
+
+    @staticmethod
+    def _backward_branches(branch: dict[str, Any], w_used: Tensor, split: TaskSplit | None) -> int:
+        """.grad += w_i * grad of each task's own parameters; one trunk backward of sum w_i dL_i/dz."""
+        assert split is not None
+        z = [t for t in split.boundary if t.requires_grad]
+        total: list[Tensor | None] = [None] * len(z)
+        with torch.no_grad():
+            for i, (gz, gp) in enumerate(branch.values()):
+                w = w_used[i]
+                for p, g in gp:
+                    g = (w * g).to(p.dtype)
+                    if p.grad is None:
+                        p.grad = g
+                    else:
+                        p.grad.add_(g)
+                for j, g in enumerate(gz):
+                    if g is not None:
+                        wg = (w * g).to(g.dtype)
+                        total[j] = wg if total[j] is None else total[j] + wg
+        pairs = [(zi, g) for zi, g in zip(z, total, strict=True) if g is not None]
+        if not pairs:
+            return 0
+        torch.autograd.backward([zi for zi, _ in pairs], grad_tensors=[g for _, g in pairs])
+        return 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"w": self.w.detach().cpu().clone(), "l0_sum": self.l0_sum.detach().cpu().clone(),

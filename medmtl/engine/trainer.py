@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 
 from medmtl.balancing import create_balancer
+from medmtl.balancing.base import TaskSplit
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.distributed import (
@@ -111,6 +112,12 @@ class Trainer:
         self.balancer = create_balancer(self.tasks, cfg.balancer)
         self.balancer.comm = self.comm
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads
+        # GradNorm's fast path: the model hands out the trunk's output features
+        self._task_params = None
+        # (not under torch.compile: one compiled graph hides the features' gradients)
+        if self.balancer.uses_split and self.model.shared_boundary_valid() and not cfg.compile:
+            self.model.expose_shared = True
+            self._task_params = {t: self.model.task_parameters(t) for t in self.tasks}
         self.balancer.to(self.device)
         self.net = self._wrap_model()
         self.shared = list(self.model.shared_parameters())
@@ -438,6 +445,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.autocast,
                             enabled=self.autocast is not None):
             out = self.net(images)
+        shared_features = self.model.take_shared_features()
+        split = None if shared_features is None or self._task_params is None else \
+            TaskSplit(list(shared_features), self._task_params)
         losses: dict[str, torch.Tensor] = {}
         if "detect" in tasks and has_det:
             losses["detect"] = self.det_loss([p.float() for p in out["detect"]], tgt, comm)[0]
@@ -446,7 +456,7 @@ class Trainer:
                                 present=True)
             if vl is not None:
                 losses["classify"] = vl
-        self._backward(losses, i, diag_every, acc)
+        self._backward(losses, i, diag_every, acc, split)
         return losses
 
     def _guarded_micro_step(self, batch: dict[str, Any], has_det: bool, has_view: bool, i: int,
@@ -478,7 +488,7 @@ class Trainer:
         return losses
 
     def _backward(self, losses: dict[str, torch.Tensor], i: int, diag_every: int,
-                  acc: dict[str, Any]) -> None:
+                  acc: dict[str, Any], split: TaskSplit | None = None) -> None:
         """Interference diagnostics on the chosen steps, then the balancer's backward."""
         if diag_every and len(losses) == 2 and self.shared and i % diag_every == 0:
             d = gradient_interference(
@@ -489,7 +499,8 @@ class Trainer:
                     acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v
                     acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
         scale = float(self.scaler.get_scale()) if self.scaler else 1.0
-        blog = self.balancer.backward(losses, self.shared, self.last_shared, scale)
+        kw = {"split": split} if self.balancer.uses_split else {}
+        blog = self.balancer.backward(losses, self.shared, self.last_shared, scale, **kw)
         self._last_passes = blog.get("backward_passes", 1)
 
     def _global_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

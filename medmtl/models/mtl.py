@@ -84,6 +84,12 @@ class MultiTaskModel(nn.Module):
         self.num_classes, self.num_views, self.reg_max = cfg.num_classes, cfg.num_views, cfg.reg_max
         self.view_source, self.detach_view, self.size = cfg.view_source, detach_view, cfg.size
         self.trunk, self.det_body, self.cls_body = trunk, det_body, cls_body
+        # with expose_shared, a training forward leaves the trunk's output features (as the task
+        # branches consumed them) in `shared_features`, for balancers that back-propagate the
+        # branches and the trunk separately; the consumer takes them (`take_shared_features`).
+        # An attribute, not an output: wrappers such as DDP may replace output tensors.
+        self.expose_shared = False
+        self.shared_features: list[Tensor] | None = None
         ref = next(b for b in (trunk, det_body, cls_body) if b is not None)
         self.out_indices = list(ref.out_indices)
         self.backbone_name = ref.name
@@ -121,6 +127,16 @@ class MultiTaskModel(nn.Module):
         feats: dict[int, Tensor] = {}
         h = self.trunk.run(x, feats) if self.trunk is not None else x
         out: dict[str, Tensor | list[Tensor]] = {}
+        if self.expose_shared and self.training and self.shared_boundary_valid():
+            # the branches consume aliases of the trunk's outputs: d(loss)/d(alias) is then the
+            # gradient through the branches only, not also through later trunk stages (c4, c5
+            # are computed from c3), and one backward from the aliases covers the whole trunk
+            alias: dict[int, Tensor] = {}
+            for t in [*feats.values(), h]:
+                alias.setdefault(id(t), t.view_as(t))
+            feats = {i: alias[id(t)] for i, t in feats.items()}
+            h = alias[id(h)]
+            self.shared_features = list(alias.values())
         levels: list[Tensor] = []
         if self.neck is not None and self.detect_head is not None:
             det_feats = dict(feats)
@@ -137,6 +153,17 @@ class MultiTaskModel(nn.Module):
                 v = h
             out["classify"] = self.classify_head(v.detach() if self.detach_view else v)
         return out
+
+    def take_shared_features(self) -> list[Tensor] | None:
+        feats, self.shared_features = self.shared_features, None
+        return feats
+
+    def shared_boundary_valid(self) -> bool:
+        """True when the shared parameters are exactly the trunk's and the task branches consume
+        the trunk only through its output features and its last output (shared, split<k>), so
+        that those tensors separate the shared graph from the task-specific ones."""
+        return (self.trunk is not None and len(self.tasks) == 2 and self.view_level is None
+                and not self.detach_view)
 
     # --- parameter groups ------------------------------------------------------------------------
     def task_reach(self, task: str) -> list[nn.Parameter]:
