@@ -5,11 +5,15 @@
 #   2. the target run: joint `shared` (fixed weights), size n, 416 px, all 1042 training images,
 #      100 epochs with validation every epoch; wall-clock seconds, and its metrics.json
 #
-# Usage (from the repo root, the data copied into a git-ignored folder that travels with `carry`):
-#   DATA=data/regurgitation/data.yaml OUT=/tmp/out bash benchmarks/gpu_session.sh
+# Usage (from the repo root, the data copied into .data/ (git-ignored), named in the device tool's carry):
+#   DATA=.data/regurgitation/data.yaml OUT=/tmp/out bash benchmarks/gpu_session.sh
 # A dry run of the same commands on a CPU, small:
 #   DEVICE=cpu EPOCHS=1 IMGSZ=64 BATCH=8 STEP_IMGSZ=64 STEP_BATCH=4 DATA=... OUT=/tmp/o bash benchmarks/gpu_session.sh
+# The device image (2026-11) has torch, timm, typer, rich, opencv and matplotlib but not pydantic
+# (+ pydantic-core, annotated-types, typing-inspection) nor faster-coco-eval: those travel as wheels
+# in .whl/, installed to /tmp/site and put on PYTHONPATH (see the device tool's README).
 set -euo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # medmtl from this checkout, uninstalled
 DATA=${DATA:?set DATA to the dataset YAML}
 OUT=${OUT:?set OUT to an output folder}
 DEVICE=${DEVICE:-cuda}

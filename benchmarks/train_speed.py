@@ -20,13 +20,14 @@ import argparse
 import datetime as dt
 import platform
 import time
+from typing import Any
 
 import torch
 
 from medmtl.balancing import create_balancer
 from medmtl.balancing.base import TaskSplit
 from medmtl.config import BalancerConfig, LossConfig, ModelConfig
-from medmtl.engine.utils import peak_memory_mb
+from medmtl.engine.utils import compile_module, peak_memory_mb
 from medmtl.losses import DetectionLoss, ViewLoss
 from medmtl.models import build_model
 
@@ -49,7 +50,7 @@ def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: t
     model = build_model(ModelConfig(arch=arch, size=size)).to(device).train()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # as the trainer does
-    net = torch.compile(model) if compile_ else model
+    net = compile_module(model) if compile_ else model  # as the trainer does
     det, view = DetectionLoss(4, 16, list(model.strides), LossConfig()), ViewLoss(3)
     bal = create_balancer(model.tasks, BalancerConfig(name=balancer))
     bal.to(device)
@@ -131,21 +132,30 @@ def main_epochs(a: argparse.Namespace) -> None:
           f"device {a.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"imgsz {a.imgsz}, batch {a.batch}, workers {a.workers}, {a.epochs} epochs each, "
           f"compile {a.compile}\n")
-    print("| size | arch | balancer | s/epoch | first epoch s | images/s | val s | "
-          "overhead vs fixed | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print_grid(a, lambda size, arch, bal: bench_epochs(
+        a.data, size, arch, bal, a.imgsz, a.batch, a.device, a.epochs, a.workers, a.compile),
+        "s_per_epoch", [("s/epoch", "s_per_epoch", ".2f"), ("first epoch s", "first_epoch_s", ".2f"),
+                        ("images/s", "images_per_s", ".1f"), ("val s", "val_s", ".2f")])
+
+
+def print_grid(a: argparse.Namespace, measure: Any, key: str,
+               cols: list[tuple[str, str, str]]) -> None:
+    """A markdown row per size x arch x balancer: `cols` (header, result key, format), then the
+    overhead of `key` over the arch's `fixed` row and the peak memory."""
+    print("| size | arch | balancer | " + " | ".join(c[0] for c in cols)
+          + " | overhead vs fixed | peak MB |")
+    print("|---" * (len(cols) + 5) + "|")
     for size in a.sizes.split(","):
         for arch in a.archs.split(","):
             base = None
             for bal in a.balancers.split(","):
-                r = bench_epochs(a.data, size, arch, bal, a.imgsz, a.batch, a.device, a.epochs,
-                                 a.workers, a.compile)
+                r = measure(size, arch, bal)
                 if bal == "fixed":
-                    base = r["s_per_epoch"]
-                over = f"{100 * (r['s_per_epoch'] / base - 1):+.1f} %" if base else "—"
-                print(f"| {size} | {arch} | {bal} | {r['s_per_epoch']:.2f} | "
-                      f"{r['first_epoch_s']:.2f} | {r['images_per_s']:.1f} | {r['val_s']:.2f} | "
-                      f"{over} | {r['peak_mem_mb']:.0f} |", flush=True)
+                    base = r[key]
+                over = f"{100 * (r[key] / base - 1):+.1f} %" if base else "—"
+                vals = " | ".join(format(r[k], f) for _, k, f in cols)
+                print(f"| {size} | {arch} | {bal} | {vals} | {over} | {r['peak_mem_mb']:.0f} |",
+                      flush=True)
 
 
 def main() -> None:
@@ -181,21 +191,10 @@ def main() -> None:
     # a per-config warm-up does not absorb (it made the first row look 2.6x slower)
     bench(a.sizes.split(",")[0], "shared", "fixed", a.imgsz, a.batch, device, 4, a.warmup,
           a.compile)
-    print("| size | arch | balancer | ms/step | images/s | backward passes | overhead vs fixed "
-          "| peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size in a.sizes.split(","):
-        for arch in a.archs.split(","):
-            base = None
-            for bal in a.balancers.split(","):
-                r = bench(size, arch, bal, a.imgsz, a.batch, device, a.steps, a.warmup,
-                          a.compile)
-                if bal == "fixed":
-                    base = r["ms_per_step"]
-                over = f"{100 * (r['ms_per_step'] / base - 1):+.1f} %" if base else "—"
-                print(f"| {size} | {arch} | {bal} | {r['ms_per_step']:.1f} | "
-                      f"{r['images_per_s']:.1f} | {r['backward_passes']:.0f} | {over} | "
-                      f"{r['peak_mem_mb']:.0f} |", flush=True)
+    print_grid(a, lambda size, arch, bal: bench(size, arch, bal, a.imgsz, a.batch, device,
+                                                 a.steps, a.warmup, a.compile),
+               "ms_per_step", [("ms/step", "ms_per_step", ".1f"), ("images/s", "images_per_s", ".1f"),
+                               ("backward passes", "backward_passes", ".0f")])
 
 
 if __name__ == "__main__":

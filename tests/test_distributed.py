@@ -164,10 +164,10 @@ class _FailingBackward(torch.autograd.Function):
 @pytest.mark.parametrize("where", ["forward", "backward"])
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
                                              tmp_path: Path, one_thread: None, where: str) -> None:
-    """--compile where compilation fails, in the forward or in PCGrad's first (retain_graph)
-    backward: a warning, and the run trains on eager to exactly the weights of a run without
-    --compile (gradients, BatchNorm statistics and balancer state of the failed attempt are
-    rolled back)."""
+    """--compile where compilation fails, in the forward or in the first backward (the
+    interference diagnostics' retain_graph pass): a warning, and the run trains on eager to
+    exactly the weights of a run without --compile (gradients, BatchNorm statistics and balancer
+    state of the failed attempt are rolled back)."""
     from medmtl.config import build_config
 
     def broken_compile(model: torch.nn.Module, **_: object) -> object:
@@ -180,7 +180,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
         return run
 
     def make(compile_: bool, name: str) -> Trainer:
-        cfg = build_config("pcgrad", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64,
+        cfg = build_config("uncertainty", {"data": str(synth_tiny), "epochs": 1, "imgsz": 64,
                                         "batch": 32, "workers": 0, "compile": compile_,
                                         "deterministic": True, "out": str(tmp_path / name)})
         return Trainer(cfg, progress=False)
@@ -193,6 +193,20 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
         row = t._train_epoch()
     assert "torch.compile failed (RuntimeError: " in cap.get()
     assert t.net is t.model and row["loss/detect"] > 0 and t.step_in_epoch == 3
-    assert t.balancer.weights() == ref.balancer.weights()
+    assert t.balancer.weights() == ref.balancer.weights()  # learned log-variances included
     for k, v in ref.model.state_dict().items():
         torch.testing.assert_close(t.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_compile_is_ignored_for_multi_pass_balancers(synth_tiny: Path, tmp_path: Path) -> None:
+    from medmtl.config import build_config
+
+    cfg = build_config("gradnorm", {"data": str(synth_tiny), "imgsz": 64, "workers": 0,
+                                    "compile": True, "out": str(tmp_path / "r")})
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    t = Trainer(cfg, progress=False, console=console)
+    assert t.net is t.model
+    assert "--compile ignored: gradnorm runs 3 backward passes per step" in console.export_text()
+

@@ -48,6 +48,7 @@ from medmtl.engine.evaluate import (
 from medmtl.engine.progress import EpochProgress
 from medmtl.engine.utils import (
     amp_dtype,
+    compile_module,
     peak_memory_mb,
     rng_state,
     seed_everything,
@@ -114,8 +115,7 @@ class Trainer:
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads
         # GradNorm's fast path: the model hands out the trunk's output features
         self._task_params = None
-        # (not under torch.compile: one compiled graph hides the features' gradients)
-        if self.balancer.uses_split and self.model.shared_boundary_valid() and not cfg.compile:
+        if self.balancer.uses_split and self.model.shared_boundary_valid():
             self.model.expose_shared = True
             self._task_params = {t: self.model.task_parameters(t) for t in self.tasks}
         self.balancer.to(self.device)
@@ -181,15 +181,15 @@ class Trainer:
                 find_unused_parameters=partial)
             self._eager = net
         self._compile_checked = False
-        if self.cfg.compile:
-            try:  # balancers and diagnostics back-propagate with retain_graph=True, which
-                # compiled backwards with donated buffers refuse
-                import torch._functorch.config as functorch_config
-
-                functorch_config.donated_buffer = False
-            except (ImportError, AttributeError):  # pragma: no cover - older/newer torch
-                pass
-            net = torch.compile(net)
+        if self.cfg.compile and self.balancer.backward_passes > 1:
+            # a compiled model is one autograd node: every partial or per-task backward
+            # recomputes the whole model's backward (measured: GradNorm 2.8x, PCGrad 1.4x slower
+            # per step than eager on the CPU, docs/benchmarks.md)
+            self.console.print(f"[yellow]--compile ignored: {self.balancer.name} runs "
+                               f"{self.balancer.backward_passes} backward passes per step, each "
+                               "of which would recompute the whole compiled model[/]")
+        elif self.cfg.compile:
+            net = compile_module(net)
         return net
 
     def batches_per_epoch(self) -> int:

@@ -87,3 +87,17 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def compile_module(module: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile(module)` with donated buffers off: the balancers and the interference
+    diagnostics back-propagate with retain_graph=True, which compiled backwards with donated
+    buffers refuse ("...requires create_graph=False and retain_graph=False")."""
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
+    except (ImportError, AttributeError):  # pragma: no cover - older/newer torch
+        pass
+    return torch.compile(module)
+
