@@ -18,7 +18,7 @@ from medmtl.config import build_config
 from medmtl.distributed import cleanup
 from medmtl.engine.trainer import Trainer
 
-BALANCERS = ("fixed", "gradnorm", "pcgrad")
+BALANCERS = ("fixed", "gradnorm", "pcgrad", "uncertainty", "dwa", "cagrad", "famo")
 
 
 def main(data: str, out: str) -> None:

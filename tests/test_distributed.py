@@ -51,9 +51,10 @@ def partial_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) -> None:
-    """fixed, gradnorm and pcgrad: after one step of the same global batch (8 images), the model
-    trained by 2 gloo processes (4 images each) equals the single-process model, and the task
-    weights are identical on both ranks and equal to the single process's."""
+    """fixed, gradnorm, pcgrad (and uncertainty, dwa, cagrad, famo): after one step of the same
+    global batch (8 images), the model trained by 2 gloo processes (4 images each) equals the
+    single-process model, and the task weights are identical on both ranks and equal to the
+    single process's."""
     worker = str(HERE / "ddp_one_step.py")
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     single.mkdir()
@@ -62,7 +63,9 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-6000:]
     _torchrun(2, worker, str(partial_data), str(ddp))
-    for name in ("fixed", "gradnorm", "pcgrad"):
+    from ddp_one_step import BALANCERS
+
+    for name in BALANCERS:
         ref = torch.load(single / f"{name}.rank0.pt", weights_only=True)
         ranks = [torch.load(ddp / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
         assert ref["world_size"] == 1 and ranks[0]["world_size"] == 2
@@ -85,8 +88,9 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
             assert ranks[0]["row"][col] == pytest.approx(ref["row"][col], rel=1e-5), (name, col)
         assert ranks[0]["row"]["ddp/weight_spread"] == 0.0
         assert ranks[0]["row"]["ddp/param_spread"] < 1e-6
-    gn = torch.load(single / "gradnorm.rank0.pt", weights_only=True)
-    assert gn["weights"]["detect"] != pytest.approx(1.0, abs=1e-6)  # GradNorm did move them
+    for name in ("gradnorm", "uncertainty"):  # learned weights did move in the step
+        moved = torch.load(single / f"{name}.rank0.pt", weights_only=True)["weights"]
+        assert moved["detect"] != pytest.approx(1.0, abs=1e-6), name
 
 def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
     """`medmtl train --devices 2`: rank 0 writes the run directory once; the sharded validation
