@@ -19,10 +19,11 @@ run with the same global batch (up to float rounding; tested with gloo on the CP
   (timm's SyncBatchNorm on CUDA, keeping its fused activations; on the CPU a gloo-capable version
   written here, whose statistics are all-reduced through a differentiable all-reduce).
 
-Single-pass balancers (fixed, uncertainty, dwa, gradnorm, famo) let DDP's reducer average gradients
-during the backward (communication overlapped with compute). The gradient-surgery balancers
-(pcgrad, cagrad) run K backward passes per step; for them the model runs under `no_sync()` and the
-trainer averages all gradients once, just before the optimiser step.
+Single-pass balancers (fixed, uncertainty, dwa, famo) let DDP's reducer average gradients during
+the backward (communication overlapped with compute). Balancers that back-propagate in several
+passes (pcgrad and cagrad, one per task; gradnorm, whose fast path writes the heads' gradients
+itself) set `multi_backward`: the model then runs under `no_sync()` and the trainer averages all
+gradients once, just before the optimiser step.
 """
 
 from __future__ import annotations
