@@ -11,7 +11,15 @@
 #   DEVICE=cpu EPOCHS=1 IMGSZ=64 BATCH=8 STEP_IMGSZ=64 STEP_BATCH=4 DATA=... OUT=/tmp/o bash benchmarks/gpu_session.sh
 # The device image (2026-11) has torch, timm, typer, rich, opencv and matplotlib but not pydantic
 # (+ pydantic-core, annotated-types, typing-inspection) nor faster-coco-eval: those travel as wheels
-# in .whl/, installed to /tmp/site and put on PYTHONPATH (see the device tool's README).
+# in .whl/ (git-ignored), fetched here with
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+#     faster-coco-eval==1.8.0
+# and on the device, with carry [".data", ".whl"]:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && \
+#     DATA=.data/regurgitation/data.yaml OUT=$OUT bash benchmarks/gpu_session.sh
 set -euo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # medmtl from this checkout, uninstalled
 DATA=${DATA:?set DATA to the dataset YAML}
