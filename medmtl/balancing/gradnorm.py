@@ -84,10 +84,12 @@ class GradNorm(Balancer):
         used = {t: w_used[i] for i, t in enumerate(self.tasks)}
         grads: list[Tensor | None] = []
         branch: dict[str, tuple[list[Tensor | None], list[tuple[Parameter, Tensor]]]] = {}
+        z = [t for t in split.boundary if t.requires_grad] if split is not None else []
         if (k >= 2 and len(present) == k and last_shared is not None and last_shared.requires_grad
                 and all(losses[t].requires_grad for t in self.tasks)):
-            if split is not None and split.boundary:
-                grads, branch = self._branch_grads(losses, last_shared, scale, split)
+            if split is not None and z:
+                grads, branch = self._branch_grads(losses, last_shared, scale, z,
+                                                   split.task_params)
             else:
                 grads = [torch.autograd.grad(losses[t] * scale, last_shared, retain_graph=True,
                                              allow_unused=True)[0] for t in self.tasks]
@@ -118,7 +120,7 @@ class GradNorm(Balancer):
             self.w.clamp_(min=self.min_weight)
             self.w.mul_(k / self.w.sum())
         if branch:
-            passes = k + self._backward_branches(branch, w_used, split)
+            passes = k + self._backward_branches(branch, w_used, z)
         else:
             passes = k + weighted_backward(losses, used, scale)
         if not self.detailed_log:
@@ -132,14 +134,14 @@ class GradNorm(Balancer):
         return out
 
     def _branch_grads(self, losses: dict[str, Tensor], last_shared: Parameter, scale: float,
-                      split: TaskSplit) -> tuple[list[Tensor | None], dict[str, Any]]:
+                      z: list[Tensor], task_params: Mapping[str, Sequence[Parameter]]
+                      ) -> tuple[list[Tensor | None], dict[str, Any]]:
         """Per task: d(scale L_i)/dz for the boundary tensors z and d(scale L_i)/dtheta_i for its own
         parameters (one traversal of its branch), and grad_W(scale L_i) from dL_i/dz."""
-        z = [t for t in split.boundary if t.requires_grad]
         grads: list[Tensor | None] = []
         branch: dict[str, Any] = {}
         for t in self.tasks:
-            own = [p for p in split.task_params.get(t, []) if p.requires_grad]
+            own = [p for p in task_params.get(t, []) if p.requires_grad]
             g = torch.autograd.grad(losses[t] * scale, [*z, *own], retain_graph=True,
                                     allow_unused=True)
             gz, gp = list(g[:len(z)]), [(p, gi) for p, gi in zip(own, g[len(z):], strict=True)
@@ -155,10 +157,8 @@ class GradNorm(Balancer):
         return grads, branch
 
     @staticmethod
-    def _backward_branches(branch: dict[str, Any], w_used: Tensor, split: TaskSplit | None) -> int:
+    def _backward_branches(branch: dict[str, Any], w_used: Tensor, z: list[Tensor]) -> int:
         """.grad += w_i * grad of each task's own parameters; one trunk backward of sum w_i dL_i/dz."""
-        assert split is not None
-        z = [t for t in split.boundary if t.requires_grad]
         total: list[Tensor | None] = [None] * len(z)
         with torch.no_grad():
             for i, (gz, gp) in enumerate(branch.values()):

@@ -67,15 +67,7 @@ BASE_COLUMNS = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weigh
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
                  console: Console | None = None) -> None:
-        world = world_size_from_env()
-        if cfg.batch % world:
-            raise ValueError(f"--batch {cfg.batch} is the global batch and must be divisible by the "
-                             f"{world} processes")
-        self.comm, ddp_device = init_distributed(cfg.device)
-        self.is_main = self.comm.is_main
-        self.console = console or Console(stderr=True, quiet=not self.is_main)
         self.run_dir = Path(cfg.out)
-        self.progress = progress and self.is_main
         ckpt = None
         last = self.run_dir / "weights" / "last.pt"
         if resume:
@@ -85,9 +77,14 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run (weights/last.pt): pass "
                                   "--resume to continue it or choose another --out")
         self.cfg = cfg
-        if cfg.batch % self.comm.world_size:  # a resumed run's own config
-            raise ValueError(f"the run in {self.run_dir} has a global batch of {cfg.batch}, not "
-                             f"divisible by {self.comm.world_size} processes")
+        world = world_size_from_env()  # checked before joining the process group
+        if cfg.batch % world:
+            raise ValueError(f"--batch {cfg.batch} is the global batch and must be divisible by the "
+                             f"{world} processes")
+        self.comm, ddp_device = init_distributed(cfg.device)
+        self.is_main = self.comm.is_main
+        self.console = console or Console(stderr=True, quiet=not self.is_main)
+        self.progress = progress and self.is_main
         self.local_batch = cfg.batch // self.comm.world_size
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = ddp_device or select_device(cfg.device)
