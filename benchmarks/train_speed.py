@@ -98,8 +98,8 @@ def bench_epochs(data: str, size: str, arch: str, balancer: str, imgsz: int, bat
     """Seconds per real training epoch and per validation pass, through the trainer."""
     import tempfile
 
-    from medmtl.config import build_config
     from medmtl.engine.trainer import Trainer
+    from medmtl.methods import build_config
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config("fixed", {

@@ -1,6 +1,10 @@
 """Every hyper-parameter in one validated object (YOLOX style): sizes and methods are variants of it.
 
-`TrainConfig` is what `medmtl train` resolves and writes to `<run>/config.yaml`.
+`TrainConfig` is what `medmtl train` resolves and writes to `<run>/config.yaml`. It is also the one
+source of the `train` and `compare` options (medmtl/cli/options.py): each field's description is
+its help text, `panel` its group in `--help`, `flag` its flag where that is not `--<field-name>`,
+and `cli=False` keeps it off the command line. Ranges are checked here, so a bad value fails in one
+line before any work starts.
 """
 
 from __future__ import annotations
@@ -14,21 +18,37 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 TASKS = ("detect", "classify")
 
 
+def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | None = None,
+        cli: bool = True, **constraints: Any) -> Any:
+    """A config field with its command-line metadata (see the module docstring)."""
+    extra: dict[str, Any] = {"cli": cli}
+    if panel:
+        extra["panel"] = panel
+    if flag:
+        extra["flag"] = flag
+    kw: dict[str, Any] = {"default_factory": default} if callable(default) else {"default": default}
+    return Field(**kw, description=help, json_schema_extra=extra, **constraints)
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    arch: str = "shared"  # shared | dual | detach | split<k> (e.g. split2); single-task: "single"
-    tasks: tuple[str, ...] = TASKS
-    size: Literal["n", "s", "m"] = "n"
-    backbone: str | None = None  # any timm model name; None -> the size's default CSP-Darknet
-    pretrained: bool = False
-    num_classes: int = 4  # detection classes (names)
-    num_views: int = 3  # image-level classes (cls_names)
-    reg_max: int = 16
-    # where the view head reads from: "backbone" (last stage, stride 32) or a neck output
-    # "neck8" | "neck16" | "neck32" ("neck8" reproduces the earlier public attempt)
-    view_source: str = "backbone"
-    view_dropout: float = 0.0
+    arch: str = opt("shared", "Architecture: shared | dual | detach | split<k> (e.g. split2) | "
+                    "single, or a registered plug-in", panel="Method")
+    tasks: tuple[str, ...] = opt(TASKS, cli=False)  # set by --task / the preset
+    size: Literal["n", "s", "m"] = opt("n", "Model size", panel="Model")
+    backbone: str | None = opt(None, "Any timm model name (default: the size's CSP-Darknet)",
+                               panel="Model")
+    pretrained: bool = opt(False, "Start from pretrained backbone weights (needs the internet "
+                           "once)", panel="Model")
+    num_classes: int = opt(4, cli=False, ge=1)  # detection classes (names), from the data
+    num_views: int = opt(3, cli=False, ge=1)  # image-level classes (cls_names), from the data
+    reg_max: int = opt(16, "DFL bins per box side", panel="Model", ge=1)
+    # "neck8" reproduces the earlier public attempt
+    view_source: str = opt("backbone", "Where the view head reads: backbone (last stage) | neck8 "
+                           "| neck16 | neck32", panel="Method")
+    view_dropout: float = opt(0.0, "Dropout before the view head's classifier", panel="Model",
+                              ge=0, lt=1)
 
     @field_validator("tasks")
     @classmethod
@@ -46,80 +66,103 @@ class ModelConfig(BaseModel):
         return v
 
 
+_LOSS = "Loss"
+
+
 class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    box: float = 7.5  # CIoU term gain inside the detection loss
-    dfl: float = 1.5
-    cls: float = 0.5  # BCE term gain inside the detection loss
-    label_smoothing: float = 0.0  # view cross-entropy
-    view_class_weights: list[float] | None = None
-    assigner_topk: int = 10
-    assigner_alpha: float = 0.5
-    assigner_beta: float = 6.0
+    box: float = opt(7.5, "CIoU term gain inside the detection loss", panel=_LOSS, ge=0)
+    dfl: float = opt(1.5, "DFL term gain inside the detection loss", panel=_LOSS, ge=0)
+    cls: float = opt(0.5, "BCE class term gain inside the detection loss", panel=_LOSS, ge=0)
+    label_smoothing: float = opt(0.0, "View cross-entropy label smoothing", panel=_LOSS, ge=0,
+                                 lt=1)
+    view_class_weights: list[float] | None = opt(None, "View cross-entropy class weights, "
+                                                 "comma-separated in cls_names order",
+                                                 panel=_LOSS)
+    assigner_topk: int = opt(10, "Task-aligned assigner: candidates per box", panel=_LOSS, ge=1)
+    assigner_alpha: float = opt(0.5, "Task-aligned assigner: score exponent", panel=_LOSS, ge=0)
+    assigner_beta: float = opt(6.0, "Task-aligned assigner: IoU exponent", panel=_LOSS, ge=0)
 
 
 class BalancerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """`name` and `weights`; every other key is an option of the named balancer, declared and
+    validated by the balancer's own `Options` model (medmtl/balancing/), e.g. GradNorm's `alpha`.
+    `medmtl.balancing.resolve_config` fills their defaults; config.yaml records them resolved."""
 
-    name: str = "fixed"  # see medmtl.balancing.BALANCERS
-    weights: dict[str, float] = Field(default_factory=lambda: {"detect": 1.0, "classify": 1.0})
-    alpha: float = 1.5  # GradNorm asymmetry
-    lr: float = 0.025  # learning rate of balancers that learn weights with their own optimiser
-    temperature: float = 2.0  # DWA
-    cagrad_c: float = 0.4
-    famo_gamma: float = 0.01  # FAMO weight decay of the logits
+    model_config = ConfigDict(extra="allow")
+
+    name: str = opt("fixed", "Task balancer (overrides the preset's)", panel="Method",
+                    flag="--balancer")
+    weights: dict[str, float] = opt(lambda: {"detect": 1.0, "classify": 1.0},
+                                    "Fixed task weights, e.g. detect=1,classify=0.1",
+                                    panel="Method", flag="--weights")
+
+
+_AUG = "Augmentation"
 
 
 class AugmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scale: float = 0.25  # random scale in [1 - scale, 1 + scale]
-    translate: float = 0.1  # fraction of imgsz
-    hsv_h: float = 0.0  # hue shifts change Doppler colour semantics; off by default
-    hsv_s: float = 0.4
-    hsv_v: float = 0.3
-    brightness: float = 0.2
-    contrast: float = 0.2
-    fliplr: float = 0.0  # OFF: swaps the sides of the heart (mitral <-> tricuspid)
-    mosaic: float = 0.0
+    scale: float = opt(0.25, "Random scale in [1 - scale, 1 + scale]", panel=_AUG, ge=0, lt=1)
+    translate: float = opt(0.1, "Random translation, fraction of imgsz", panel=_AUG, ge=0, le=1)
+    # hue shifts change Doppler colour semantics; off by default
+    hsv_h: float = opt(0.0, "Hue jitter (changes Doppler colour meaning: keep 0)", panel=_AUG,
+                       ge=0, le=1)
+    hsv_s: float = opt(0.4, "Saturation jitter", panel=_AUG, ge=0, le=1)
+    hsv_v: float = opt(0.3, "Value jitter", panel=_AUG, ge=0, le=1)
+    brightness: float = opt(0.2, "Brightness jitter", panel=_AUG, ge=0, le=1)
+    contrast: float = opt(0.2, "Contrast jitter", panel=_AUG, ge=0, le=1)
+    # OFF: swaps the sides of the heart (mitral <-> tricuspid)
+    fliplr: float = opt(0.0, "Left-right flip probability (swaps the sides of the heart: keep 0)",
+                        panel=_AUG, ge=0, le=1)
+    mosaic: float = opt(0.0, "Mosaic probability", panel=_AUG, ge=0, le=1)
+
+
+_DATA, _OPTIM, _RUN = "Data", "Optimisation", "Run"
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: str = ""
-    out: str = "runs/exp"
-    method: str | None = None  # preset name that filled model/balancer, for the record
-    epochs: int = 30
-    imgsz: int = 320
-    batch: int = 16
-    accumulate: int = 1
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.937
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
-    ema: bool = True
-    ema_decay: float = 0.999
-    amp: bool = True  # only acts on CUDA: bf16 where supported, else fp16 + GradScaler
-    clip_grad: float = 10.0
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    workers: int = 2
-    cache: bool = True  # keep decoded uint8 images in memory
-    sync_bn: bool = False  # data parallel: BatchNorm statistics of the global batch
-    compile: bool = False  # torch.compile the training forward (eager if compilation fails)
-    val_every: int = 1
-    patience: int = 0  # early stopping on the selection metric; 0 = off
-    strict: bool = False  # every data warning becomes an error
-    diag_steps: int = 2  # gradient-interference measurement steps per epoch (shared models)
-    diag_per_stage: bool = False
-    conf_thres: float = 0.001  # evaluation NMS settings
-    iou_thres: float = 0.6
-    max_det: int = 100
+    data: str = opt("", "Dataset YAML", panel=_DATA)
+    out: str = opt("runs/exp", "Run directory", panel=_RUN)
+    method: str | None = opt(None, cli=False)  # preset name that filled model/balancer
+    epochs: int = opt(30, "Training epochs", panel=_OPTIM, ge=0)
+    imgsz: int = opt(320, "Square training and evaluation image side (a multiple of 32)",
+                     panel=_DATA, ge=32, multiple_of=32)
+    batch: int = opt(16, "Global batch size", panel=_OPTIM, ge=1)
+    accumulate: int = opt(1, "Gradient accumulation steps", panel=_OPTIM, ge=1)
+    optimizer: Literal["sgd", "adamw"] = opt("adamw", "Optimiser", panel=_OPTIM)
+    lr: float = opt(2e-3, "Peak learning rate", panel=_OPTIM, gt=0, allow_inf_nan=False)
+    momentum: float = opt(0.937, "SGD momentum / AdamW beta1", panel=_OPTIM, ge=0, lt=1)
+    weight_decay: float = opt(5e-4, "Weight decay", panel=_OPTIM, ge=0)
+    warmup_epochs: float = opt(1.0, "Linear warm-up epochs", panel=_OPTIM, ge=0)
+    min_lr_ratio: float = opt(0.05, "Cosine floor as a fraction of --lr", panel=_OPTIM, ge=0,
+                              le=1)
+    ema: bool = opt(True, "Evaluate an exponential moving average of the weights", panel=_OPTIM)
+    ema_decay: float = opt(0.999, "EMA decay", panel=_OPTIM, gt=0, lt=1)
+    amp: bool = opt(True, "Mixed precision (CUDA only: bf16 where supported, else fp16)",
+                    panel=_OPTIM)
+    clip_grad: float = opt(10.0, "Gradient norm clip (0 = off)", panel=_OPTIM, ge=0)
+    seed: int = opt(0, "Random seed", panel=_RUN, ge=0)
+    deterministic: bool = opt(False, "Deterministic kernels (slower)", panel=_RUN)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:1 | mps", panel=_RUN)
+    workers: int = opt(2, "Data loader worker processes", panel=_DATA, ge=0)
+    cache: bool = opt(True, "Keep decoded images in memory", panel=_DATA)
+    sync_bn: bool = opt(False, "Data parallel: BatchNorm statistics over all processes",
+                        panel=_RUN)
+    compile: bool = opt(False, "torch.compile the model (eager if it fails)", panel=_RUN)
+    val_every: int = opt(1, "Validate every N epochs", panel=_RUN, ge=1)
+    patience: int = opt(0, "Early stopping patience in validations (0 = off)", panel=_OPTIM, ge=0)
+    strict: bool = opt(False, "Data warnings are errors", panel=_DATA)
+    diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
+    diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
+    conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
+                            le=1)
+    iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)
+    max_det: int = opt(100, "Evaluation: detections kept per image", panel=_RUN, ge=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
@@ -133,42 +176,10 @@ class TrainConfig(BaseModel):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
-# --- method presets ---------------------------------------------------------------------------
-# A preset only sets model.arch / model.view_source / balancer.*; everything else is shared so that
-# methods are compared on the same data, budget and evaluation.
-PRESETS: dict[str, dict[str, Any]] = {
-    "original": {"model": {"arch": "shared", "view_source": "neck8"},
-                 "balancer": {"name": "fixed", "weights": {"detect": 1.0, "classify": 0.1}}},
-    "fixed": {"model": {"arch": "shared"}, "balancer": {"name": "fixed"}},
-    "gradnorm": {"model": {"arch": "shared"}, "balancer": {"name": "gradnorm"}},
-    "uncertainty": {"model": {"arch": "shared"}, "balancer": {"name": "uncertainty"}},
-    "dwa": {"model": {"arch": "shared"}, "balancer": {"name": "dwa"}},
-    "pcgrad": {"model": {"arch": "shared"}, "balancer": {"name": "pcgrad"}},
-    "cagrad": {"model": {"arch": "shared"}, "balancer": {"name": "cagrad"}},
-    "famo": {"model": {"arch": "shared"}, "balancer": {"name": "famo"}},
-    "dual": {"model": {"arch": "dual"}, "balancer": {"name": "fixed"}},
-    "split2": {"model": {"arch": "split2"}, "balancer": {"name": "fixed"}},
-    "detach": {"model": {"arch": "detach"}, "balancer": {"name": "fixed"}},
-    "detect": {"model": {"arch": "single", "tasks": ["detect"]}, "balancer": {"name": "fixed"}},
-    "classify": {"model": {"arch": "single", "tasks": ["classify"]}, "balancer": {"name": "fixed"}},
-}
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `over`, nested dicts merged key by key."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
     return out
-
-
-def build_config(method: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- preset(method) <- overrides (nested dicts), validated."""
-    data: dict[str, Any] = TrainConfig().model_dump()
-    if method is not None:
-        if method not in PRESETS:
-            raise KeyError(f"unknown method {method!r}; known: {', '.join(PRESETS)}")
-        data = _merge(data, PRESETS[method])
-        data["method"] = method
-    if overrides:
-        data = _merge(data, overrides)
-    return TrainConfig.model_validate(data)

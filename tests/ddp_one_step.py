@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from medmtl.config import build_config
 from medmtl.distributed import cleanup
 from medmtl.engine.trainer import Trainer
+from medmtl.methods import build_config
 
 BALANCERS = ("fixed", "gradnorm", "pcgrad", "uncertainty", "dwa", "cagrad", "famo")
 

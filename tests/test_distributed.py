@@ -139,7 +139,7 @@ def test_rank_slices_partition_each_global_batch(world: int) -> None:
 
 def test_global_batch_must_divide(monkeypatch: pytest.MonkeyPatch, synth_tiny: Path,
                                   tmp_path: Path) -> None:
-    from medmtl.config import build_config
+    from medmtl.methods import build_config
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     cfg = build_config("fixed", {"data": str(synth_tiny), "batch": 8, "out": str(tmp_path / "r")})
@@ -172,7 +172,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
     interference diagnostics' retain_graph pass): a warning, and the run trains on eager to
     exactly the weights of a run without --compile (gradients, BatchNorm statistics and balancer
     state of the failed attempt are rolled back)."""
-    from medmtl.config import build_config
+    from medmtl.methods import build_config
 
     def broken_compile(model: torch.nn.Module, **_: object) -> object:
         def run(x: torch.Tensor) -> object:
@@ -203,7 +203,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
 
 
 def test_compile_is_ignored_for_multi_pass_balancers(synth_tiny: Path, tmp_path: Path) -> None:
-    from medmtl.config import build_config
+    from medmtl.methods import build_config
 
     cfg = build_config("gradnorm", {"data": str(synth_tiny), "imgsz": 64, "workers": 0,
                                     "compile": True, "out": str(tmp_path / "r")})

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from medmtl.balancing import BALANCERS
-from medmtl.config import build_config
 from medmtl.engine.trainer import Trainer
+from medmtl.methods import build_config
 
 
 def _cfg(data: Path, out: Path, arch: str, balancer: str, epochs: int = 6) -> object:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medmtl.config import build_config
 from medmtl.engine.trainer import Trainer, train
+from medmtl.methods import build_config
 
 
 def _history(run: Path) -> list[dict[str, str]]:

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -48,8 +49,22 @@ class TaskSplit:
     task_params: dict[str, list[Parameter]] = field(default_factory=dict)
 
 
+class BalancerOptions(BaseModel):
+    """A balancer's own hyper-parameters. A balancer with options subclasses this, declares its
+    fields with defaults, range constraints and a `description` (the CLI help), and sets it as its
+    `Options`. They live flat in the `balancer:` block of config.yaml, next to `name` and `weights`.
+    `medmtl train` gets a flag per field: `--<balancer>-<field>` (underscores as dashes), or the
+    flag named by `json_schema_extra={"flag": "--alpha"}`. A `validation_alias` (AliasChoices)
+    adds short names, e.g. CAGrad's `cagrad_c` also reads as `c`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class Balancer:
-    """Base class; subclasses implement `backward` and usually `weights`."""
+    """Base class; subclasses implement `backward` and usually `weights`, set `name`, declare
+    their `Options` and register with `@BALANCERS.register(name)`."""
+
+    Options: ClassVar[type[BalancerOptions]] = BalancerOptions
 
     # whether `backward` accepts a `split: TaskSplit | None` keyword (the trainer passes it then)
     uses_split = False
@@ -63,6 +78,9 @@ class Balancer:
             raise ValueError(f"duplicate task names: {list(tasks)}")
         self.tasks: list[str] = list(tasks)
         self.cfg = cfg
+        # this balancer's validated options (defaults filled; the options of other balancers,
+        # which configs written before the options were per balancer carry, are left out)
+        self.opts = parse_options(type(self), cfg.model_extra or {}, strict=False)
         # backward passes per full (all tasks present) step; the log dict carries the actual count
         self.backward_passes: int = 1
         # several .backward() calls per step (gradient surgery): DDP's reducer must stay out
@@ -189,3 +207,45 @@ class TinyAdam:
 
 
 BALANCERS: Registry[Balancer] = Registry("balancer")
+
+
+def option_keys(options: type[BalancerOptions]) -> dict[str, str]:
+    """Every key that sets a field of `options` (its name and aliases) -> the field name."""
+    keys: dict[str, str] = {}
+    for fname, f in options.model_fields.items():
+        keys[fname] = fname
+        alias = f.validation_alias
+        for a in getattr(alias, "choices", [alias] if isinstance(alias, str) else []):
+            if isinstance(a, str):
+                keys[a] = fname
+    return keys
+
+
+def parse_options(cls: type[Balancer], given: Mapping[str, Any], strict: bool = True,
+                  ) -> BalancerOptions:
+    """`cls.Options` from the flat option keys of a `balancer:` block. A key of another registered
+    balancer is an error when `strict`, else ignored (configs written before options were per
+    balancer hold every balancer's defaults); a key no balancer knows is always an error."""
+    own = option_keys(cls.Options)
+    mine = {k: v for k, v in given.items() if k in own}
+    rest = [k for k in given if k not in own]
+    foreign = {k: n for n in BALANCERS.names() for k in option_keys(_options_of(n))}
+    unknown = [k for k in rest if strict or k not in foreign]
+    if unknown:
+        k = unknown[0]
+        known = ", ".join(sorted(cls.Options.model_fields)) or "none"
+        where = f" (an option of {foreign[k]})" if k in foreign else ""
+        raise ValueError(f"balancer {cls.name!r} has no option {k!r}{where}; its options: {known}")
+    return cls.Options.model_validate(mine)
+
+
+def _options_of(name: str) -> type[BalancerOptions]:
+    return getattr(BALANCERS.get(name), "Options", BalancerOptions)
+
+
+def resolve_config(cfg: BalancerConfig, strict: bool = False) -> BalancerConfig:
+    """`cfg` with exactly its balancer's options, validated and with their defaults filled: what
+    config.yaml records. Raises KeyError for an unknown balancer, ValueError for a bad option."""
+    cls = BALANCERS.get(cfg.name)
+    opts = parse_options(cls, cfg.model_extra or {}, strict=strict)
+    return BalancerConfig(name=cfg.name, weights=dict(cfg.weights), **opts.model_dump())

@@ -2,7 +2,7 @@
 
 With g_i the task gradients on the shared parameters and g0 = mean_i g_i, CAGrad picks the update d
 that maximises the worst local improvement min_i <g_i, d> within the ball ||d - g0|| <= c ||g0||
-(c = `cfg.cagrad_c`). Its dual is a problem over the simplex of task weights w:
+(c = option `cagrad_c`, also read as `c`). Its dual is a problem over the simplex of task weights w:
 
     min_w  F(w) = <g_w, g0> + sqrt(phi) ||g_w||,    g_w = sum_i w_i g_i,   phi = c^2 ||g0||^2
 
@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import AliasChoices, Field
 from torch import Tensor
 from torch.nn import Parameter
 
 from medmtl.balancing._grads import add_shared_grad, per_task_backward, trainable
-from medmtl.balancing.base import BALANCERS, Balancer, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, weighted_backward
 from medmtl.config import BalancerConfig
 
 
@@ -114,15 +115,21 @@ def cagrad_coefficients(g: np.ndarray, c: float) -> tuple[list[float], float]:
     return alpha, lam
 
 
+class CAGradOptions(BalancerOptions):
+    cagrad_c: float = Field(0.4, ge=0, description="CAGrad's c: radius of the ball around the "
+                            "average gradient (0: the average gradient)",
+                            validation_alias=AliasChoices("cagrad_c", "c"),
+                            json_schema_extra={"flag": "--cagrad-c"})
+
+
 @BALANCERS.register("cagrad")
 class CAGrad(Balancer):
     name = "cagrad"
+    Options = CAGradOptions
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
-        if cfg.cagrad_c < 0:
-            raise ValueError("cagrad_c must be >= 0")
-        self.c = float(cfg.cagrad_c)
+        self.c = float(self.opts.cagrad_c)
         self._w = {t: 1.0 for t in self.tasks}
         self.backward_passes = len(self.tasks)
         self.multi_backward = True

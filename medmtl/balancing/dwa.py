@@ -4,7 +4,7 @@ Attention", CVPR 2019).
     r_i(t-1) = L_i(t-1) / L_i(t-2)          (average training loss of the two previous epochs)
     w_i(t)   = K * exp(r_i(t-1) / T) / sum_j exp(r_j(t-1) / T)
 
-with K the number of tasks and T = `cfg.temperature`; w_i = 1 for the first two epochs (no two
+with K the number of tasks and T = option `temperature`; w_i = 1 for the first two epochs (no two
 previous epochs yet). `on_epoch_end(epoch_losses)` appends the epoch's averages and recomputes the
 weights for the next epoch. A task missing from either of the last two epochs (no labels), or with a
 non-positive / non-finite average, gets ratio 1. One backward pass per step.
@@ -16,10 +16,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import Field
 from torch import Tensor
 from torch.nn import Parameter
 
-from medmtl.balancing.base import BALANCERS, Balancer, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, weighted_backward
 from medmtl.config import BalancerConfig
 
 
@@ -37,15 +38,19 @@ def dwa_weights(prev: Mapping[str, float], prev2: Mapping[str, float], tasks: Se
     return {t: len(tasks) * x / s for t, x in zip(tasks, e, strict=True)}
 
 
+class DWAOptions(BalancerOptions):
+    temperature: float = Field(2.0, gt=0, description="DWA temperature T (larger: weights "
+                               "closer to equal)", json_schema_extra={"flag": "--dwa-temperature"})
+
+
 @BALANCERS.register("dwa")
 class DynamicWeightAverage(Balancer):
     name = "dwa"
+    Options = DWAOptions
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
-        if cfg.temperature <= 0:
-            raise ValueError("dwa needs temperature > 0")
-        self.temperature = float(cfg.temperature)
+        self.temperature = float(self.opts.temperature)
         self.history: list[dict[str, float]] = []  # the last two epochs' average losses
         self._w = {t: 1.0 for t in self.tasks}
 

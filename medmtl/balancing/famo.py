@@ -11,7 +11,7 @@ With one task in the batch this reduces to that loss with weight 1.
 After the optimiser step, `after_step(new_losses)` updates the logits with the paper's rule: with
 delta_i = log L_i(old) - log L_i(new) (old = the losses of the last `backward`), the gradient of xi is
 J_softmax(xi)^T delta = z * (delta - <z, delta>) (analytic, no autograd), stepped by its own Adam
-(lr `cfg.lr`, coupled weight decay `cfg.famo_gamma`, as in the authors' code). A task whose loss fell
+(options `lr` and coupled weight decay `famo_gamma`, as in the authors' code). A task whose loss fell
 less than the others gains weight. The paper evaluates L(new) on the *same* batch with the updated
 model (one extra forward, no backward); passing the next batch's losses is a cheaper, noisier
 approximation. If `after_step` is handed the step's *own* losses (exactly equal to those of the last
@@ -30,24 +30,33 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from pydantic import AliasChoices, Field
 from torch import Tensor
 from torch.nn import Parameter
 
-from medmtl.balancing.base import BALANCERS, Balancer, TinyAdam, weighted_backward
+from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, TinyAdam, weighted_backward
 from medmtl.config import BalancerConfig
 
 _EPS = 1e-8
 
 
+class FAMOOptions(BalancerOptions):
+    lr: float = Field(0.025, gt=0, description="Learning rate of FAMO's task logits")
+    famo_gamma: float = Field(0.01, ge=0, description="FAMO's weight decay of the task logits",
+                              validation_alias=AliasChoices("famo_gamma", "gamma"),
+                              json_schema_extra={"flag": "--famo-gamma"})
+
+
 @BALANCERS.register("famo")
 class FAMO(Balancer):
     name = "famo"
+    Options = FAMOOptions
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
         k = len(self.tasks)
         self.xi = torch.zeros(k)
-        self.opt = TinyAdam(k, lr=cfg.lr, weight_decay=cfg.famo_gamma)
+        self.opt = TinyAdam(k, lr=self.opts.lr, weight_decay=self.opts.famo_gamma)
         self.prev: Tensor | None = None  # detached losses (every task) of the last backward
         self.pending: Tensor | None = None  # old losses of a deferred update (next-batch variant)
         self.pending_ok = torch.zeros((), dtype=torch.bool)

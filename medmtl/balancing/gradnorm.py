@@ -8,7 +8,7 @@ On the weight W of the last shared layer (`last_shared`), per step with every ta
 
 Because G_i = w_i * ||g_i|| is linear in w_i, dL_grad/dw_i = sign(G_i - target_i) * ||g_i|| is
 written analytically: no double backward. The task weights w (initialised to 1, as in the paper;
-`cfg.weights` is not used) are updated by their own Adam (lr `cfg.lr`), clamped to >= 1e-3 (Adam
+`cfg.weights` is not used) are updated by their own Adam (option `lr`), clamped to >= 1e-3 (Adam
 could otherwise push a weight through zero into gradient *ascent*) and renormalised to sum to K.
 The model gradient is one backward of sum_i w_i(t) L_i with the weights *before* the update
 (Algorithm 1 of the paper). Cost: K backwards to W (each traverses the graph from L_i down to W)
@@ -38,26 +38,42 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.nn import Parameter
 
 from medmtl.balancing._grads import gram_stats
-from medmtl.balancing.base import BALANCERS, Balancer, TaskSplit, TinyAdam, weighted_backward
+from medmtl.balancing.base import (
+    BALANCERS,
+    Balancer,
+    BalancerOptions,
+    TaskSplit,
+    TinyAdam,
+    weighted_backward,
+)
 from medmtl.config import BalancerConfig
+
+
+class GradNormOptions(BalancerOptions):
+    alpha: float = Field(1.5, ge=0, description="GradNorm asymmetry alpha (0: equal gradient "
+                         "norms; larger pulls harder towards slow tasks)",
+                         json_schema_extra={"flag": "--alpha"})
+    lr: float = Field(0.025, gt=0, description="Learning rate of GradNorm's task weights")
 
 
 @BALANCERS.register("gradnorm")
 class GradNorm(Balancer):
     name = "gradnorm"
+    Options = GradNormOptions
     init_steps = 3
     min_weight = 1e-3
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
         k = len(self.tasks)
-        self.alpha = float(cfg.alpha)
+        self.alpha = float(self.opts.alpha)
         self.w = torch.ones(k)
-        self.opt = TinyAdam(k, lr=cfg.lr)
+        self.opt = TinyAdam(k, lr=self.opts.lr)
         self.l0_sum = torch.zeros(k)
         self.l0_count = torch.zeros(())
         self.backward_passes = k + 1

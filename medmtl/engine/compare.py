@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from medmtl.config import PRESETS, TrainConfig, build_config
+from medmtl.config import TrainConfig
+from medmtl.methods import build_config, method_names
 
 
 @dataclass
@@ -42,9 +43,10 @@ class PlannedRun:
 
 def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
               overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
-    unknown = [m for m in methods if m not in PRESETS]
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise KeyError(f"unknown method(s) {unknown}; known: {', '.join(PRESETS)}")
+        raise KeyError(f"unknown method(s) {unknown}; known: {', '.join(known)}")
     plan = []
     for m in methods:
         for s in seeds:

@@ -143,9 +143,9 @@ def is_joint(runs: Sequence[Run], method: str) -> bool:
 
 def method_order(methods: Sequence[str]) -> list[str]:
     """The presets' order (original, fixed, ..., detect, classify), unknown names after."""
-    from medmtl.config import PRESETS
+    from medmtl.methods import method_names
 
-    known = list(PRESETS)
+    known = method_names()
     return sorted(set(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
 
 

@@ -1,0 +1,36 @@
+"""The typer application and what every command module shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Joint detection + view classification, and honest comparisons of "
+                       "gradient-interference remedies.")
+console = Console()
+err = Console(stderr=True)
+
+Opt = typer.Option
+
+
+def print_metrics(path: Path) -> None:
+    m = json.loads(path.read_text())
+    parts = []
+    if m.get("detection"):
+        d = m["detection"]
+        parts.append(f"mAP@0.5 {d['map50']:.3f}  mAP@0.5:0.95 {d['map50_95']:.3f}  "
+                     f"P {d['precision']:.3f}  R {d['recall']:.3f}")
+    if m.get("classification"):
+        c = m["classification"]
+        parts.append(f"view accuracy {c['accuracy']:.3f}  macro-F1 {c['macro_f1']:.3f}")
+    console.print(f"[bold]{m['split']}[/] ({m['images']} images): " + " | ".join(parts))
+    console.print(f"wrote {path}")
+
+
+
+def csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]

@@ -1,0 +1,70 @@
+"""Deployment commands: val, predict, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from medmtl.cli.app import Opt, app, console, print_metrics
+
+
+@app.command()
+def val(
+    weights: Annotated[Path, Opt(help="Checkpoint (.pt)")],
+    data: Annotated[Path, Opt(help="Dataset YAML")],
+    split: Annotated[str, Opt(help="val | test | train")] = "val",
+    out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
+    imgsz: Annotated[int | None, Opt()] = None,
+    batch: Annotated[int, Opt()] = 16,
+    conf: Annotated[float | None, Opt(help="Score threshold before NMS")] = None,
+    iou: Annotated[float | None, Opt(help="NMS IoU")] = None,
+    device: Annotated[str, Opt()] = "auto",
+    workers: Annotated[int, Opt()] = 2,
+) -> None:
+    """Evaluate a checkpoint: metrics.json, predictions.json and ground_truth.json (COCO)."""
+    from medmtl.engine.validate import validate_checkpoint
+
+    validate_checkpoint(weights, data, split, out, imgsz=imgsz, batch=batch, conf=conf, iou=iou,
+                        device=device, workers=workers)
+    print_metrics(out / "metrics.json")
+
+
+@app.command()
+def predict(
+    weights: Annotated[Path, Opt(help="Checkpoint (.pt) or exported graph (.onnx)")],
+    source: Annotated[str, Opt(help="Image, folder, glob, video (mp4/avi) or DICOM file")],
+    out: Annotated[Path, Opt(help="Output folder")] = Path("runs/predict"),
+    conf: Annotated[float, Opt(help="Box score threshold")] = 0.25,
+    iou: Annotated[float, Opt(help="NMS IoU")] = 0.6,
+    max_det: Annotated[int, Opt()] = 100,
+    imgsz: Annotated[int | None, Opt()] = None,
+    device: Annotated[str, Opt()] = "auto",
+    save_media: Annotated[bool, Opt("--save-media/--no-save-media",
+                                    help="Write annotated images / videos")] = True,
+    view_min_prob: Annotated[float, Opt(help="Below this view probability the view is "
+                                             "reported as uncertain")] = 0.0,
+) -> None:
+    """Detect jets and name the view on images, folders, globs, videos or DICOM cines."""
+    from medmtl.inference.predictor import predict_command
+
+    summary = predict_command(weights, source, out, conf=conf, iou=iou, max_det=max_det,
+                              imgsz=imgsz, device=device, save_media=save_media,
+                              view_min_prob=view_min_prob)
+    console.print(f"{summary.get('frames', 0)} frames; wrote {out}")
+
+
+@app.command()
+def export(
+    weights: Annotated[Path, Opt(help="Checkpoint (.pt)")],
+    format: Annotated[str, Opt(help="onnx")] = "onnx",
+    out: Annotated[Path | None, Opt(help="Output path (default: WEIGHTS with .onnx)")] = None,
+    dynamic: Annotated[bool, Opt(help="Dynamic batch and image size")] = False,
+    half: Annotated[bool, Opt(help="fp16 weights (needs CUDA)")] = False,
+    opset: Annotated[int, Opt()] = 17,
+    imgsz: Annotated[int | None, Opt()] = None,
+) -> None:
+    """Export to ONNX: boxes and scores before NMS, plus view logits; checked against PyTorch."""
+    from medmtl.inference.export import export_command
+
+    export_command(weights, format=format, out=out, dynamic=dynamic, half=half, opset=opset,
+                   imgsz=imgsz)

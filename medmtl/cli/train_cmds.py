@@ -1,0 +1,203 @@
+"""Training commands: train, compare, report, demo. The options of `train` and `compare` that set
+configuration values are generated from the config models (medmtl/cli/options.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from medmtl.cli.app import Opt, app, console, csv_list, print_metrics
+from medmtl.cli.options import (
+    check_balancer_options,
+    config_options,
+    config_overrides,
+    one_line,
+    with_config_options,
+)
+from medmtl.config import TrainConfig
+
+TRAIN_OPTIONS = config_options()
+# compare varies the method per run (--methods) and owns --out (the comparison folder) and seeds
+COMPARE_OPTIONS = config_options(exclude_panels=("Method",), exclude=("--out", "--seed"))
+_RUN, _METHOD = "Run", "Method"
+
+
+def build_train_config(method: str | None, task: str | None, config: Path | None,
+                       values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of `medmtl train`'s options: defaults <- preset <- --config YAML <- flags.
+    Bad values fail here, in one line naming the flag, before any work starts."""
+    import yaml
+
+    from medmtl.balancing import resolve_config
+    from medmtl.config import merge_dicts
+    from medmtl.methods import build_config
+
+    if task:
+        if task not in ("detect", "classify"):
+            raise typer.BadParameter("--task must be detect or classify", param_hint="--task")
+        if method:
+            raise typer.BadParameter("give --task or --method, not both")
+        method = task
+    over: dict[str, Any] = yaml.safe_load(config.read_text()) or {} if config else {}
+    flags, balancer_flags = config_overrides(values, TRAIN_OPTIONS)
+    over = merge_dicts(over, flags)
+    try:
+        cfg = build_config(method or "fixed", over)
+        check_balancer_options(balancer_flags, cfg.balancer.name)
+        cfg.balancer = resolve_config(cfg.balancer, strict=True)
+    except ValidationError as e:
+        raise one_line(e, TRAIN_OPTIONS) from None
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    return cfg
+
+
+@app.command()
+@with_config_options(TRAIN_OPTIONS)
+def train(
+    task: Annotated[str | None, Opt(help="Single-task reference: detect | classify",
+                                    rich_help_panel=_METHOD)] = None,
+    method: Annotated[str | None, Opt(help="Preset: original, fixed, gradnorm, uncertainty, dwa, "
+                                           "pcgrad, cagrad, famo, dual, split2, detach (any "
+                                           "registered balancer too) \\[default: fixed]",
+                                      rich_help_panel=_METHOD)] = None,
+    devices: Annotated[int, Opt(help="Train data-parallel in N processes (torchrun; --batch is "
+                                     "the global batch)", rich_help_panel=_RUN)] = 1,
+    config: Annotated[Path | None, Opt(help="YAML with TrainConfig overrides (flags win)",
+                                       rich_help_panel=_RUN)] = None,
+    resume: Annotated[bool, Opt(help="Continue the run in --out from weights/last.pt",
+                                rich_help_panel=_RUN)] = False,
+    progress: Annotated[bool, Opt("--progress/--no-progress", rich_help_panel=_RUN)] = True,
+    **config_values: Any,
+) -> None:
+    """Train one model (single task, or joint with an architecture and a balancer)."""
+    from medmtl.distributed import world_size_from_env
+    from medmtl.engine.trainer import train as run_train
+
+    if config_values.get("data") is None:
+        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    if devices < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--devices")
+    cfg = build_train_config(method, task, config, config_values)
+    if devices > 1 and world_size_from_env() <= 1:
+        _launch_distributed(devices)
+        return
+    run_dir = run_train(cfg, resume=resume, progress=progress)
+    if world_size_from_env() <= 1 or os.environ.get("RANK") == "0":
+        print_metrics(run_dir / "metrics.json")
+
+
+def _launch_distributed(n_proc: int) -> None:
+    """Re-run this very command line under torchrun in `n_proc` processes on this machine."""
+    import subprocess
+
+    from medmtl.distributed import launch_command, strip_devices_option
+
+    args = strip_devices_option(sys.argv[1:])
+    if not args or args[0] != "train":
+        raise typer.BadParameter("--devices re-runs the `medmtl train ...` command line; from "
+                                 "Python, start torchrun yourself", param_hint="--devices")
+    cmd = launch_command(n_proc, args)
+    console.print(f"launching {n_proc} processes: torchrun --standalone "
+                  f"--nproc-per-node={n_proc} -m medmtl {' '.join(args)}")
+    rc = subprocess.call(cmd)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@app.command()
+@with_config_options(COMPARE_OPTIONS)
+def compare(
+    methods: Annotated[str, Opt(help="Comma-separated presets; add detect,classify for the "
+                                     "single-task references (needed for delta-m)",
+                                rich_help_panel=_METHOD)]
+    = "original,fixed,gradnorm,dual,detect,classify",
+    seeds: Annotated[int, Opt(help="Seeds per method (0..N-1)", rich_help_panel=_RUN)] = 3,
+    jobs: Annotated[int | None, Opt(help="Runs in parallel (default: what the machine has room "
+                                          "for)", rich_help_panel=_RUN)] = None,
+    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+                                        rich_help_panel=_METHOD)] = None,
+    out: Annotated[Path, Opt(help="Comparison folder", rich_help_panel=_RUN)]
+    = Path("runs/compare"),
+    shard: Annotated[str | None, Opt(help="Run only part I of N of the grid (job arrays): I/N; "
+                                          "then `medmtl report DIR --retime`",
+                                     rich_help_panel=_RUN)] = None,
+    **config_values: Any,
+) -> None:
+    """Train every method x seed with the same data, budget and evaluation, then write the report."""
+    from medmtl.engine.compare import parse_shard, run_compare
+
+    data = config_values.pop("data", None)
+    if data is None:
+        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    try:
+        part = parse_shard(shard) if shard else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
+    over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    try:
+        run_compare(data, csv_list(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
+                    report=False, shard=part)
+    except ValidationError as e:
+        raise one_line(e, COMPARE_OPTIONS) from None
+    if part is None:
+        _report(out, baseline)
+    else:
+        console.print(f"shard {shard} done; when every shard is: medmtl report {out} --retime")
+
+
+def _report(folder: Path, baseline: str | None) -> None:
+    from medmtl.report import write_report
+
+    paths = write_report(folder, baseline=baseline)
+    for k, v in paths.items():
+        console.print(f"{k}: {v}")
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A compare folder (holding runs/)")],
+    baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
+    retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
+                                     "trained on different machines)")] = False,
+) -> None:
+    """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
+    if retime:
+        from medmtl.engine.compare import remeasure_latency
+
+        runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
+        remeasure_latency(runs, console)
+    _report(folder, baseline)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, Opt(help="Output folder")] = Path("demo"),
+    methods: Annotated[str, Opt()] = "original,fixed,gradnorm,dual,detect,classify",
+    epochs: Annotated[int, Opt()] = 12,
+    train_images: Annotated[int, Opt("--train")] = 240,
+    val_images: Annotated[int, Opt("--val")] = 80,
+    imgsz: Annotated[int, Opt()] = 128,
+    jobs: Annotated[int | None, Opt()] = None,
+) -> None:
+    """Synthetic data -> compare (one seed, size n) -> report; prints the path of report.html."""
+    import time
+
+    from medmtl.data.synth import generate
+    from medmtl.engine.compare import run_compare
+    from medmtl.report import write_report
+
+    t0 = time.perf_counter()
+    data_yaml = generate(out / "data", n_train=train_images, n_val=val_images, imgsz=imgsz, seed=0)
+    over: dict[str, Any] = {"epochs": epochs, "imgsz": imgsz, "batch": 16, "workers": 0,
+                            "model": {"size": "n"}}
+    run_compare(str(data_yaml), csv_list(methods), [0], out / "compare", overrides=over, jobs=jobs,
+                report=False)
+    paths = write_report(out / "compare")
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    console.print(str(Path(paths["html"]).resolve()))
