@@ -98,6 +98,7 @@ def bench_epochs(data: str, size: str, arch: str, balancer: str, imgsz: int, bat
     """Seconds per real training epoch and per validation pass, through the trainer."""
     import tempfile
 
+    from medmtl.engine.loop import train_one_epoch
     from medmtl.engine.trainer import Trainer
     from medmtl.methods import build_config
 
@@ -111,15 +112,15 @@ def bench_epochs(data: str, size: str, arch: str, balancer: str, imgsz: int, bat
         t = Trainer(cfg, progress=False, console=Console(quiet=True))
         secs = []
         for _ in range(epochs):
-            row = t._train_epoch()
+            row = train_one_epoch(t)
             secs.append(float(row["seconds"]))
-            t.epoch += 1
-            t.step_in_epoch = 0
-            t.epoch_acc = {}
+            t.state.epoch += 1
+            t.state.step_in_epoch = 0
+            t.state.epoch_acc = {}
         t0 = time.perf_counter()
         t.validate()
         val = time.perf_counter() - t0
-        n = t.batches_per_epoch() * batch
+        n = t.data.batches_per_epoch() * batch
         peak = float(row["peak_mem_mb"])
     later = sorted(secs[1:] or secs)
     med = later[len(later) // 2]

@@ -22,6 +22,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (tests that register a plug-in of their own clean up with this)."""
+        self._items.pop(name, None)
+
     def get(self, name: str) -> Callable[..., T]:
         try:
             return self._items[name]

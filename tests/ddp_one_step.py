@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from medmtl.distributed import cleanup
+from medmtl.engine.loop import train_one_epoch
 from medmtl.engine.trainer import Trainer
 from medmtl.methods import build_config
 
@@ -33,8 +34,8 @@ def main(data: str, out: str) -> None:
         t = Trainer(cfg, progress=False)
         comm = t.comm
         before = {k: v.clone() for k, v in t.model.state_dict().items()}
-        row = t._train_epoch()
-        assert t.step_in_epoch == 1, t.step_in_epoch
+        row = train_one_epoch(t)
+        assert t.state.step_in_epoch == 1, t.state.step_in_epoch
         torch.save({"model": t.model.state_dict(), "before": before, "weights": t.balancer.weights(),
                     "balancer": t.balancer.state_dict(), "row": row,
                     "world_size": comm.world_size},

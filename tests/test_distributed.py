@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from medmtl.distributed import Comm, launch_command, strip_devices_option
+from medmtl.engine.data_setup import RunData
+from medmtl.engine.loop import train_one_epoch
 from medmtl.engine.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -130,7 +132,7 @@ def test_rank_slices_partition_each_global_batch(world: int) -> None:
     for rank in range(world):
         fake = SimpleNamespace(cfg=SimpleNamespace(batch=8), local_batch=8 // world,
                                comm=Comm(world, rank))
-        got.append(Trainer.rank_indices(fake, order, 1, 3))  # global batches 1 and 2
+        got.append(RunData.rank_indices(fake, order, 1, 3))  # global batches 1 and 2
     for k in range(2):  # each global batch is split over the ranks, in rank order
         lb = 8 // world
         merged = [i for r in range(world) for i in got[r][k * lb:(k + 1) * lb]]
@@ -190,13 +192,13 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, sy
         return Trainer(cfg, progress=False)
 
     ref = make(False, "eager")
-    ref._train_epoch()
+    train_one_epoch(ref)
     monkeypatch.setattr(torch, "compile", broken_compile)
     t = make(True, "compiled")
     with t.console.capture() as cap:
-        row = t._train_epoch()
+        row = train_one_epoch(t)
     assert "torch.compile failed (RuntimeError: " in cap.get()
-    assert t.net is t.model and row["loss/detect"] > 0 and t.step_in_epoch == 3
+    assert t.net is t.model and row["loss/detect"] > 0 and t.state.step_in_epoch == 3
     assert t.balancer.weights() == ref.balancer.weights()  # learned log-variances included
     for k, v in ref.model.state_dict().items():
         torch.testing.assert_close(t.model.state_dict()[k], v, rtol=0, atol=0, msg=k)

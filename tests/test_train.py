@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medmtl.engine.loop import train_one_epoch
 from medmtl.engine.trainer import Trainer, train
 from medmtl.methods import build_config
 
@@ -145,7 +146,7 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
         Trainer(_tiny_cfg(synth_tiny, tmp_path / "cut", method), progress=False)
     resumed = Trainer(_tiny_cfg(synth_tiny, tmp_path / "cut", method), resume=True,
                       progress=False)
-    assert (resumed.epoch, resumed.step_in_epoch) == (1, 1)
+    assert (resumed.state.epoch, resumed.state.step_in_epoch) == (1, 1)
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
@@ -185,11 +186,11 @@ def test_persistent_workers_give_the_main_process_batches(synth_tiny: Path, tmp_
                                      "deterministic": True, "ema": False, "diag_steps": 0})
         t = Trainer(cfg, progress=False)
         for _ in range(2):
-            t._train_epoch()
-            t.epoch += 1
-            t.step_in_epoch = 0
+            train_one_epoch(t)
+            t.state.epoch += 1
+            t.state.step_in_epoch = 0
         if w:
-            loader = t._loaders["train"]
+            loader = t.data._loaders["train"]
             assert loader.persistent_workers and loader._iterator is not None  # reused
         states.append(t.model.state_dict())
     for k, v in states[0].items():

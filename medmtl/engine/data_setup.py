@@ -1,0 +1,116 @@
+"""The training run's data: the two splits, their datasets, and persistent loaders whose sample
+order is a pure function of (seed, epoch), sliced per rank under data parallelism."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from medmtl.config import TrainConfig
+from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.distributed import Comm
+
+
+class RunData:
+    """Scans train and val (printing their summaries and problems), builds the datasets, and
+    hands out one DataLoader per split for the whole run, so worker processes start once (not once
+    per epoch); each pass only swaps the sampler's index list. Augmentation draws from
+    (seed, epoch, index) through the dataset's shared epoch, never from worker seeds."""
+
+    def __init__(self, cfg: TrainConfig, comm: Comm, device: torch.device, console: Console) -> None:
+        self.cfg, self.comm, self.device = cfg, comm, device
+        spec = load_data_yaml(cfg.data)
+        self.names, self.cls_names = list(spec.names), list(spec.cls_names)
+        self.train_index = scan_split(spec, "train", strict=cfg.strict)
+        self.val_index = scan_split(spec, "val", strict=cfg.strict)
+        for name, idx in (("train", self.train_index), ("val", self.val_index)):
+            print_summary(console, name, idx)
+        self.train_set = MTLDataset(self.train_index.records, cfg.imgsz, train=True,
+                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+        self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
+                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+        if comm.active and len(self.train_set) < cfg.batch:
+            raise ValueError(f"{cfg.data}: {len(self.train_set)} training images, fewer than the "
+                             f"global batch {cfg.batch}: lower --batch or --devices")
+        self.local_batch = cfg.batch // comm.world_size
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+
+    def partial_labels(self) -> bool:
+        """Whether some training image lacks boxes or a view label."""
+        return any(not (r.has_boxes and r.has_view) for r in self.train_index.records)
+
+    def batches_per_epoch(self) -> int:
+        n, b = len(self.train_set), self.cfg.batch
+        return n // b if n > b else 1  # a ragged last batch is dropped (BatchNorm)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        return torch.randperm(len(self.train_set), generator=g).tolist()
+
+    def rank_indices(self, order: list[int], first_batch: int, end_batch: int) -> list[int]:
+        """This rank's samples of global batches [first_batch, end_batch): the rank-th slice of
+        each (all of them in a single process)."""
+        b, lb, r = self.cfg.batch, self.local_batch, self.comm.rank
+        if not self.comm.active:
+            return order[first_batch * b: end_batch * b]
+        return [i for k in range(first_batch, end_batch)
+                for i in order[k * b + r * lb: k * b + (r + 1) * lb]]
+
+    def train_loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
+        """The rest of `epoch` from global batch `start_batch` on (mid-epoch resume)."""
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        order = self.epoch_order(epoch)
+        indices = self.rank_indices(order, start_batch, self.batches_per_epoch())
+        return self._loader(self.train_set, indices, True)
+
+    def val_loader(self) -> torch.utils.data.DataLoader:
+        """This rank's shard of the val split: every world_size-th image."""
+        comm = self.comm
+        return self._loader(self.val_set, list(range(comm.rank, len(self.val_set),
+                                                     comm.world_size)), False)
+
+    def _loader(self, dataset: MTLDataset, indices: list[int], train: bool,
+                ) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        key = "train" if train else "val"
+        loader = self._loaders.get(key)
+        if loader is None:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=self.local_batch, sampler=_IndexSampler(), collate_fn=collate,
+                num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                drop_last=train and len(dataset) > cfg.batch,
+                persistent_workers=cfg.workers > 0,
+                generator=torch.Generator().manual_seed(cfg.seed * 100003 + (0 if train else 7)))
+            self._loaders[key] = loader
+        loader.sampler.indices = list(indices)
+        return loader
+
+
+class _IndexSampler(torch.utils.data.Sampler[int]):
+    """A sampler whose index list is replaced before each pass (persistent workers)."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Any:
+        return iter(list(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def print_summary(console: Console, split: str, index: Any) -> None:
+    s = index.summary
+    console.print(f"[bold]{split}[/]: " + ", ".join(f"{k} {v}" for k, v in s.items()
+                                                    if not isinstance(v, dict)))
+    problems = getattr(index, "problems", [])
+    if problems:
+        from medmtl.data import format_problems
+
+        console.print(format_problems(problems, limit=10))
+
+
+__all__ = ["RunData", "print_summary"]

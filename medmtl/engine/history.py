@@ -1,0 +1,54 @@
+"""history.csv: one row per epoch (the run-directory contract in docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from medmtl.engine.checkpoint import atomic_write_text
+
+BASE_COLUMNS = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weight/classify",
+                "grad_cos", "grad_norm_ratio", "lr", "seconds", "step_ms", "backward_passes",
+                "peak_mem_mb"]
+
+
+def val_columns(m: dict[str, Any]) -> dict[str, Any]:
+    """The `val/...` columns of a validation's metrics."""
+    row: dict[str, Any] = {}
+    det = m.get("detection")
+    if det:
+        for k in ("map50", "map50_95", "precision", "recall", "f1"):
+            row[f"val/{k}"] = det[k]
+    cls = m.get("classification")
+    if cls:
+        row["val/accuracy"] = cls["accuracy"]
+        row["val/macro_f1"] = cls["macro_f1"]
+    for t, v in (m.get("val_loss") or {}).items():
+        row[f"val/loss/{t}"] = v
+    return row
+
+
+def write_history(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """The base columns first, then every other column in order of first appearance."""
+    cols = list(BASE_COLUMNS)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, restval="")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+__all__ = ["BASE_COLUMNS", "val_columns", "write_history"]

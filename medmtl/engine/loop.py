@@ -1,0 +1,232 @@
+"""One training epoch and one evaluation pass (DETR's engine.py): `train_one_epoch` and `evaluate`.
+
+Both take the `Trainer` (medmtl/engine/trainer.py) as `t`: its components (model, criterion,
+balancer, optimiser, data) and its `RunState`. A step: forward, the criterion's per-task losses of
+the tasks labelled in the (global) batch, interference diagnostics on chosen steps, the balancer's
+backward; after `accumulate` micro-steps, the optimiser step. Book-keeping is done only for
+completed optimiser steps, so a resume replays exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmtl.balancing.base import TaskSplit
+from medmtl.engine.evaluate import (
+    merge_inference,
+    move_targets,
+    prepare_images,
+    run_inference,
+    score,
+)
+from medmtl.engine.progress import EpochProgress
+from medmtl.engine.run_state import StopAtStep
+from medmtl.engine.utils import peak_memory_mb
+from medmtl.evaluation.interference import gradient_interference
+
+
+def train_one_epoch(t: Any) -> dict[str, Any]:
+    """Train the rest of epoch `t.state.epoch`; returns its history row (without val columns)."""
+    cfg, st, comm, tasks = t.cfg, t.state, t.comm, t.tasks
+    t.model.train()
+    nb = t.data.batches_per_epoch()
+    start_batch = st.step_in_epoch * cfg.accumulate
+    loader = t.data.train_loader(st.epoch, start_batch)
+    acc = st.epoch_acc
+    sums = t.loss_sums = {k: torch.zeros((), device=t.device) for k in tasks}
+    # (losses, backward passes) of micro-steps whose optimiser step has not happened yet
+    pending: list[tuple[dict[str, torch.Tensor], float]] = []
+    diag_every = max(1, nb // cfg.diag_steps) if cfg.diag_steps > 0 else 0
+    t0 = time.perf_counter()
+    if t.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.device)
+    bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{cfg.epochs}", nb - start_batch,
+                        enabled=t.progress)
+    micro = 0
+    for i, batch in enumerate(loader, start=start_batch):
+        step_t = time.perf_counter()
+        # which tasks have labels in the (global) batch: every rank must run the same passes
+        has_det, has_view = comm.flags([float(batch["det_mask"].any()),
+                                        float(batch["view_mask"].any())])
+        present = {"detect": bool(has_det), "classify": bool(has_view)}
+        if not any(present[k] for k in tasks):
+            acc["skipped_batches"] = acc.get("skipped_batches", 0) + 1
+            continue
+        last_micro = (micro + 1) % cfg.accumulate == 0 or i + 1 == nb
+        # DDP reduces during the backward only on the last micro-step of a single-pass
+        # balancer; otherwise gradients are averaged once, before the optimiser step
+        sync_ctx = t.eager.no_sync() if comm.active and (
+            t.balancer.multi_backward or not last_micro) else contextlib.nullcontext()
+        with sync_ctx:
+            losses, passes = guarded_micro_step(t, batch, present, i, diag_every, acc)
+        step_losses = global_losses(comm, losses)
+        pending.append((step_losses, passes))
+        micro += 1
+        if last_micro:
+            t._optimizer_step(micro)
+            t.balancer.after_step(step_losses)
+            for step_losses, passes in pending:
+                for k, v in step_losses.items():
+                    sums[k] += v
+                    acc[f"n/loss/{k}"] = acc.get(f"n/loss/{k}", 0) + 1
+                acc["backward_passes"] = acc.get("backward_passes", 0) + passes
+                acc["steps"] = acc.get("steps", 0) + 1
+            pending.clear()
+            micro = 0
+            st.step_in_epoch += 1
+            acc["step_seconds"] = acc.get("step_seconds", 0.0) + time.perf_counter() - step_t
+            flush_sums(t, sums)
+            st.mark_step()
+            # Ctrl-C reaches the ranks at different moments: stop when any rank has it
+            if comm.flags([float(t.stop.requested)])[0] > 0:
+                raise StopAtStep
+        bar.advance(losses if i % 10 == 0 else None)
+    bar.close()
+    flush_sums(t, sums, force=True)
+    seconds = time.perf_counter() - t0
+    st.train_seconds += seconds
+    return _epoch_row(t, acc, seconds)
+
+
+def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
+    tasks = t.tasks
+    epoch_losses = {k: acc[f"sum/loss/{k}"] / acc[f"n/loss/{k}"] for k in tasks
+                    if acc.get(f"n/loss/{k}")}
+    t.balancer.on_epoch_end(epoch_losses)
+    weights = t.balancer.weights()
+    row: dict[str, Any] = {"epoch": t.state.epoch + 1}
+    for k in ("detect", "classify"):
+        row[f"loss/{k}"] = epoch_losses.get(k, "")
+        row[f"weight/{k}"] = weights.get(k, 1.0) if k in tasks else ""
+    for k in ("grad_cos", "grad_norm_ratio"):
+        n = acc.get(f"n/{k}", 0)
+        row[k] = acc[f"sum/{k}"] / n if n else ""
+    for k in [k for k in acc if k.startswith("n/grad_cos/")]:
+        stage = k[len("n/"):]
+        row[stage] = acc[f"sum/{stage}"] / acc[k]
+    steps = max(1, acc.get("steps", 0))
+    row.update({"lr": t.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                "step_ms": round(1000 * acc.get("step_seconds", 0.0) / steps, 2),
+                "backward_passes": acc.get("backward_passes", 0) / steps,
+                "peak_mem_mb": round(peak_memory_mb(t.device), 1),
+                "skipped_batches": acc.get("skipped_batches", 0)})
+    row.update(rank_spread(t, weights))
+    return row
+
+
+def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, diag_every: int,
+               acc: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
+    """Forward, the criterion's task losses, diagnostics, the balancer's backward. Returns the
+    losses and the backward passes run."""
+    images = prepare_images(batch["images"], t.device, t.channels_last)
+    tgt = move_targets(batch, t.device)
+    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
+        out = t.net(images)
+    shared_features = t.model.take_shared_features()
+    split = None if shared_features is None or t.task_params is None else \
+        TaskSplit(list(shared_features), t.task_params)
+    losses = t.criterion(out, tgt, present, t.comm)
+    scale = float(t.scaler.get_scale()) if t.scaler else 1.0
+    if diag_every and len(losses) == 2 and t.shared and i % diag_every == 0:
+        d = gradient_interference(
+            losses, t.shared, t.model.shared_stages() if t.cfg.diag_per_stage else None,
+            scale=scale)
+        for k, v in d.items():
+            if isinstance(v, float) and math.isfinite(v):
+                acc[f"sum/{k}"] = acc.get(f"sum/{k}", 0.0) + v
+                acc[f"n/{k}"] = acc.get(f"n/{k}", 0) + 1
+    kw = {"split": split} if t.balancer.uses_split else {}
+    blog = t.balancer.backward(losses, t.shared, t.last_shared, scale, **kw)
+    return losses, blog.get("backward_passes", 1)
+
+
+def guarded_micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int,
+                       diag_every: int, acc: dict[str, Any],
+                       ) -> tuple[dict[str, torch.Tensor], float]:
+    """The first compiled micro-step runs guarded: if compilation (of the forward or of a
+    backward) fails, gradients, buffers (BatchNorm statistics) and balancer state are restored
+    and training goes on eager."""
+    if t.net is t.eager or t.compile_checked:
+        return micro_step(t, batch, present, i, diag_every, acc)
+    params = [p for g in t.optimizer.param_groups for p in g["params"]]
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    bal_state = copy.deepcopy(t.balancer.state_dict())
+    buffers = [(b, b.clone()) for b in t.model.buffers()]
+    try:
+        out = micro_step(t, batch, present, i, diag_every, acc)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        t.console.print(f"[yellow]torch.compile failed ({type(e).__name__}: {msg}); "
+                        "continuing without it[/]")
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        t.balancer.load_state_dict(bal_state)
+        t.net = t.eager
+        return micro_step(t, batch, present, i, diag_every, acc)
+    t.compile_checked = True
+    return out
+
+
+def global_losses(comm: Any, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached losses of the global batch (the ranks' mean: the normalisers are global)."""
+    if not comm.active:
+        return {k: v.detach() for k, v in losses.items()}
+    vals = comm.mean(torch.stack([v.detach().float() for v in losses.values()]))
+    return dict(zip(losses, vals.unbind(), strict=True))
+
+
+def flush_sums(t: Any, sums: dict[str, torch.Tensor], force: bool = False) -> None:
+    """Move the device-side loss sums into the epoch's running sums (one host sync per flush)."""
+    acc = t.state.epoch_acc
+    for k, v in sums.items():
+        if force or t.device.type == "cpu" or t.state.step_in_epoch % 50 == 0:
+            acc[f"sum/loss/{k}"] = acc.get(f"sum/loss/{k}", 0.0) + float(v)
+            v.zero_()
+
+
+def rank_spread(t: Any, weights: dict[str, float]) -> dict[str, float]:
+    """Distributed runs: the largest difference between ranks in task weights and in the sum of
+    the parameters (both must be 0 up to float rounding), logged in history.csv."""
+    comm = t.comm
+    if not comm.active:
+        return {}
+    with torch.no_grad():
+        psum = float(sum(p.detach().double().sum() for p in t.model.parameters()))
+    mine = ([weights.get(k, 1.0) for k in t.tasks], psum)
+    everyone = comm.gather(mine)
+    out: dict[str, float] = {}
+    if everyone is not None:
+        w0, p0 = everyone[0]
+        out["ddp/weight_spread"] = max(abs(a - b) for w, _ in everyone
+                                       for a, b in zip(w, w0, strict=True))
+        out["ddp/param_spread"] = max(abs(p - p0) for _, p in everyone)
+    return comm.broadcast(out)
+
+
+def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None,
+             plots: bool = False) -> dict[str, Any]:
+    """Scores of `model` on the val split. Distributed: each rank infers on every world_size-th
+    image, rank 0 scores the merged predictions, every rank gets the result."""
+    cfg, comm = t.cfg, t.comm
+    inf = run_inference(model, t.data.val_loader(), t.device, cfg.conf_thres, cfg.iou_thres,
+                        cfg.max_det, t.criterion.detect, t.criterion.view, t.autocast,
+                        t.channels_last)
+    parts = comm.gather(inf)
+    metrics = None
+    if parts is not None:
+        metrics = score(merge_inference(parts), t.data.val_index.records, t.names, t.cls_names,
+                        t.tasks, split="val", out_dir=out_dir, plots=plots)
+    return comm.broadcast(metrics)
+
+
+__all__ = ["evaluate", "global_losses", "micro_step", "train_one_epoch"]

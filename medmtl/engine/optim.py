@@ -1,0 +1,74 @@
+"""Optimiser, learning-rate schedule and the optimiser step (unscale, accumulation average, clip,
+step, schedule, EMA)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from medmtl.config import TrainConfig
+from medmtl.distributed import Comm, average_gradients
+
+
+def build_optimizer(model: torch.nn.Module, extra: list[torch.nn.Parameter], cfg: TrainConfig,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on weights (ndim > 1) only; `extra` (a balancer's own parameters) undecayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **fused)
+
+
+class WarmupCosine:
+    """LambdaLR factor: linear warm-up over `warmup_epochs`, then cosine down to `min_lr_ratio`."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> None:
+        self.warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+        self.total, self.floor = total_steps, cfg.min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = (step - self.warm) / max(1, self.total - self.warm)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: Any, ema: Any, balancer: Any, comm: Comm, n_micro: int,
+                   clip_grad: float) -> None:
+    if comm.active:
+        # the balancer's own parameters are outside DDP; gradient surgery bypassed its reducer
+        params = list(balancer.parameters())
+        if balancer.multi_backward:
+            params = [*model.parameters(), *params]
+        average_gradients(comm, params)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if n_micro > 1:
+        for p in (p for g in optimizer.param_groups for p in g["params"]):
+            if p.grad is not None:
+                p.grad.div_(n_micro)
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    if ema:
+        ema.update(model)
+
+
+__all__ = ["WarmupCosine", "build_optimizer", "optimizer_step"]
