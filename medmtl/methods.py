@@ -1,16 +1,24 @@
-"""Methods: the named presets that `--method` and `compare --methods` take, and `build_config`.
+"""Methods: the named presets that `--method` and `compare --methods` take, method specs, and
+`build_config`.
 
 A preset only sets model.arch / model.view_source / balancer.*; everything else is shared so that
 methods are compared on the same data, budget and evaluation. Every registered balancer is also a
 preset of its own (a shared backbone with that balancer), so a balancer plug-in needs no entry here.
+
+A *spec* names any configuration: `arch:balancer[:key=value,...]`, e.g. `split2:gradnorm:alpha=0.5`,
+`shared:cagrad:c=0.4`, `shared:fixed:w_classify=0.3`. Its keys are the balancer's options, a task
+weight `w_<task>` (the balancer's `weights`) and `lr`; an unknown key fails in one line that lists
+the keys the spec takes. The spec string is the run's method (config.yaml's `method`), so reports
+group and label runs by it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from medmtl.balancing import BALANCERS, resolve_config
-from medmtl.config import TrainConfig, merge_dicts
+from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
+from medmtl.config import TASKS, TrainConfig, merge_dicts
 
 PRESETS: dict[str, dict[str, Any]] = {
     "original": {"model": {"arch": "shared", "view_source": "neck8"},
@@ -42,15 +50,79 @@ def method_names() -> list[str]:
     return list(presets())
 
 
+def is_spec(method: str) -> bool:
+    return ":" in method
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """The config overrides of `arch:balancer[:key=value,...]` (ValueError naming the problem)."""
+    parts = spec.split(":")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"method spec {spec!r}: expected arch:balancer[:key=value,...]")
+    arch, balancer = parts[0], parts[1]
+    if balancer not in BALANCERS:
+        raise ValueError(f"method spec {spec!r}: unknown balancer {balancer!r}; known: "
+                         f"{', '.join(BALANCERS.names())}")
+    opts = option_keys(balancer_class(balancer).Options)
+    over: dict[str, Any] = {"model": {"arch": arch}, "balancer": {"name": balancer}}
+    weights: dict[str, float] = {}
+    for item in (x for part in parts[2:] for x in part.split(",") if x.strip()):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        allowed = sorted({*opts, *(f"w_{t}" for t in TASKS), "lr"})
+        if not eq or key not in allowed:
+            raise ValueError(f"method spec {spec!r}: unknown key {key!r}; {balancer} specs take "
+                             f"{', '.join(allowed)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"method spec {spec!r}: {key}={value!r} is not a number") from None
+        if key.startswith("w_"):
+            weights[key[2:]] = number
+        elif key == "lr":
+            over["lr"] = number
+        else:
+            over["balancer"][opts[key]] = number  # the field's own name, not an alias
+    if weights:
+        over["balancer"]["weights"] = {**{t: 1.0 for t in TASKS}, **weights}
+    return over
+
+
+def split_methods(text: str) -> list[str]:
+    """`--methods` text -> methods. Commas separate methods; a comma-separated `key=value` after a
+    spec continues that spec (`shared:fixed:w_detect=1,w_classify=0.3,dual` is two methods)."""
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if out and "=" in piece and ":" not in piece and is_spec(out[-1]):
+            out[-1] = f"{out[-1]},{piece}"
+        else:
+            out.append(piece)
+    return out
+
+
+def run_name(method: str) -> str:
+    """A folder-safe name for a method (specs hold ':' and ',')."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", method)
+
+
+def check_method(method: str) -> None:
+    """Raise (KeyError / ValueError, one line) unless `method` is a preset or a valid spec."""
+    if is_spec(method):
+        parse_spec(method)
+    elif method not in presets():
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(presets())}, or a spec "
+                       "arch:balancer[:key=value,...]")
+
+
 def build_config(method: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- preset(method) <- overrides (nested dicts), validated, with the balancer's options
-    resolved (its defaults filled in, so config.yaml records every value the run used)."""
+    """Defaults <- preset or spec (method) <- overrides (nested dicts), validated, with the
+    balancer's options resolved (its defaults filled in, so config.yaml records every value the
+    run used)."""
     data: dict[str, Any] = TrainConfig().model_dump()
     if method is not None:
-        known = presets()
-        if method not in known:
-            raise KeyError(f"unknown method {method!r}; known: {', '.join(known)}")
-        data = merge_dicts(data, known[method])
+        check_method(method)
+        data = merge_dicts(data, parse_spec(method) if is_spec(method) else presets()[method])
         data["method"] = method
     if overrides:
         data = merge_dicts(data, overrides)
@@ -59,4 +131,5 @@ def build_config(method: str | None = None, overrides: dict[str, Any] | None = N
     return cfg
 
 
-__all__ = ["PRESETS", "build_config", "method_names", "presets"]
+__all__ = ["PRESETS", "build_config", "check_method", "is_spec", "method_names", "parse_spec",
+           "presets", "run_name", "split_methods"]

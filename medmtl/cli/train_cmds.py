@@ -20,6 +20,7 @@ from medmtl.cli.options import (
     with_config_options,
 )
 from medmtl.config import TrainConfig
+from medmtl.methods import split_methods
 
 TRAIN_OPTIONS = config_options()
 # compare varies the method per run (--methods) and owns --out (the comparison folder) and seeds
@@ -64,7 +65,8 @@ def train(
                                     rich_help_panel=_METHOD)] = None,
     method: Annotated[str | None, Opt(help="Preset: original, fixed, gradnorm, uncertainty, dwa, "
                                            "pcgrad, cagrad, famo, dual, split2, detach (any "
-                                           "registered balancer too) \\[default: fixed]",
+                                           "registered balancer too), or a spec arch:balancer"
+                                           "[:key=value,...] \\[default: fixed]",
                                       rich_help_panel=_METHOD)] = None,
     devices: Annotated[int, Opt(help="Train data-parallel in N processes (torchrun; --batch is "
                                      "the global batch)", rich_help_panel=_RUN)] = 1,
@@ -113,8 +115,9 @@ def _launch_distributed(n_proc: int) -> None:
 @app.command()
 @with_config_options(COMPARE_OPTIONS)
 def compare(
-    methods: Annotated[str, Opt(help="Comma-separated presets; add detect,classify for the "
-                                     "single-task references (needed for delta-m)",
+    methods: Annotated[str, Opt(help="Comma-separated presets or specs arch:balancer[:key=value,"
+                                     "...] (e.g. split2:gradnorm:alpha=0.5); add detect,classify "
+                                     "for the single-task references (needed for delta-m)",
                                 rich_help_panel=_METHOD)]
     = "original,fixed,gradnorm,dual,detect,classify",
     seeds: Annotated[int, Opt(help="Seeds per method (0..N-1)", rich_help_panel=_RUN)] = 3,
@@ -141,10 +144,12 @@ def compare(
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
     try:
-        run_compare(data, csv_list(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
+        run_compare(data, split_methods(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
                     report=False, shard=part)
     except ValidationError as e:
         raise one_line(e, COMPARE_OPTIONS) from None
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\""), param_hint="--methods") from None
     if part is None:
         _report(out, baseline)
     else:

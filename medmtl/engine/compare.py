@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from medmtl.config import TrainConfig
-from medmtl.methods import build_config, method_names
+from medmtl.methods import build_config, check_method, run_name
 
 
 @dataclass
@@ -43,14 +43,12 @@ class PlannedRun:
 
 def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
               overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
-    known = method_names()
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise KeyError(f"unknown method(s) {unknown}; known: {', '.join(known)}")
+    for m in methods:
+        check_method(m)  # every method before any run starts
     plan = []
     for m in methods:
         for s in seeds:
-            name = f"{m}-s{s}"
+            name = f"{run_name(m)}-s{s}"
             run_dir = out / "runs" / name
             over = dict(overrides or {})
             over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
