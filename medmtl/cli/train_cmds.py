@@ -3,6 +3,7 @@ configuration values are generated from the config models (medmtl/cli/options.py
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -154,6 +155,12 @@ def compare(
         _report(out, baseline)
     else:
         console.print(f"shard {shard} done; when every shard is: medmtl report {out} --retime")
+    summary = out / ("compare.json" if part is None else f"compare.shard{part[0]}of{part[1]}.json")
+    failed = [n for n, r in json.loads(summary.read_text())["runs"].items()
+              if r["status"] == "failed"]
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) failed: {', '.join(failed)}[/]")
+        raise typer.Exit(1)
 
 
 def _report(folder: Path, baseline: str | None) -> None:
