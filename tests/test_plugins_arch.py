@@ -151,8 +151,7 @@ def test_archs_folder_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert "zz_drop_in" in found and "_zz_private" not in found
         assert "zz_drop_in" in ARCHS
     finally:
-        if "zz_drop_in" in ARCHS:
-            ARCHS.unregister("zz_drop_in")
+        ARCHS.unregister("zz_drop_in")
         sys.modules.pop(f"{archs_pkg.__name__}.zz_drop_in", None)
 
 
@@ -170,5 +169,4 @@ def test_registry_patterns_and_unregister() -> None:
         reg.register("plain")(lambda: "again")
     reg.unregister("fam")
     assert "fam3x4" not in reg and reg.names() == ["plain"]
-    with pytest.raises(KeyError, match="not registered"):
-        reg.unregister("fam")
+    reg.unregister("fam")  # already gone: a no-op
