@@ -19,6 +19,7 @@ from typing import Any
 
 from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
 from medmtl.config import TASKS, TrainConfig, merge_dicts
+from medmtl.models import ARCHS
 
 PRESETS: dict[str, dict[str, Any]] = {
     "original": {"model": {"arch": "shared", "view_source": "neck8"},
@@ -60,6 +61,9 @@ def parse_spec(spec: str) -> dict[str, Any]:
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ValueError(f"method spec {spec!r}: expected arch:balancer[:key=value,...]")
     arch, balancer = parts[0], parts[1]
+    if arch not in ARCHS:
+        raise ValueError(f"method spec {spec!r}: unknown arch {arch!r}; known: "
+                         f"{', '.join(ARCHS.usage())}")
     if balancer not in BALANCERS:
         raise ValueError(f"method spec {spec!r}: unknown balancer {balancer!r}; known: "
                          f"{', '.join(BALANCERS.names())}")

@@ -29,6 +29,7 @@ def test_spec_sets_arch_balancer_options_weights_and_lr() -> None:
     ("shared:gradnorm:beta=1", "unknown key 'beta'; gradnorm specs take alpha, lr, w_classify, "
                                "w_detect"),
     ("shared:nope", "unknown balancer 'nope'"),
+    ("triple:fixed", "unknown arch 'triple'; known: detach, dual, shared, single, split<k>"),
     ("shared", None),  # a preset name: no spec error
     ("split2:cagrad:c=high", "c='high' is not a number"),
     (":fixed", "expected arch:balancer"),
