@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from medmtl.config import ModelConfig, build_config
+from medmtl.config import ModelConfig
 from medmtl.engine.trainer import Trainer
+from medmtl.methods import build_config
 from medmtl.models import (
     ARCHS,
     ClassifyHead,
