@@ -31,7 +31,9 @@ def _targets(mod: str, path: Path, node: ast.Import | ast.ImportFrom, mods: dict
             for _ in range(node.level - 1):
                 pkg = pkg.rpartition(".")[0]
             base = f"{pkg}.{base}" if base else pkg
-        names = [base, *(f"{base}.{a.name}" for a in node.names)]
+        subs = [f"{base}.{a.name}" for a in node.names]
+        # `from pkg import sub` of submodules only loads those, not pkg's own names
+        names = subs if all(n in mods for n in subs) else [base, *subs]
     return {n for n in names if n in mods and n != mod}
 
 
@@ -102,6 +104,9 @@ def test_in_function_imports_are_edges(tmp_path: Path) -> None:
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
     mods = _modules()
     assert _targets("medmtl.cli.app", mods["medmtl.cli.app"], node, mods) == {"medmtl.config"}
+    rel = next(n for n in ast.walk(ast.parse("from . import archs")) if isinstance(n, ast.ImportFrom))
+    assert _targets("medmtl.models.mtl", mods["medmtl.models.mtl"], rel, mods) == \
+        {"medmtl.models.archs"}
 
 
 def test_no_import_cycle() -> None:
