@@ -35,7 +35,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medmtl.engine.checkpoint import atomic_write_text, save_checkpoint
 from medmtl.engine.ema import ModelEMA
 from medmtl.engine.evaluate import (
     fitness,
@@ -58,6 +58,7 @@ from medmtl.engine.utils import (
 from medmtl.evaluation.interference import gradient_interference
 from medmtl.losses import DetectionLoss, ViewLoss
 from medmtl.models import build_model
+from medmtl.models.checkpoint import load_checkpoint
 
 BASE_COLUMNS = ["epoch", "loss/detect", "loss/classify", "weight/detect", "weight/classify",
                 "grad_cos", "grad_norm_ratio", "lr", "seconds", "step_ms", "backward_passes",

@@ -21,7 +21,11 @@ from PIL import Image
 from torch import Tensor
 
 from medmtl.data.transforms import letterbox, load_image, to_rgb_uint8, unletterbox_boxes
+from medmtl.devices import select_device
 from medmtl.evaluation.postprocess import decode_predictions, select_detections
+from medmtl.fileio import atomic_write_text
+from medmtl.models.checkpoint import checkpoint_dict as checkpoint_dict
+from medmtl.models.checkpoint import model_from_checkpoint
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -206,17 +210,6 @@ class Predictor(BasePredictor):
         return boxes, scores, logits
 
 
-def checkpoint_dict(model: torch.nn.Module, cfg: Any, names: Sequence[str],
-                    cls_names: Sequence[str], epoch: int = 0) -> dict[str, Any]:
-    """A model packed in the project's checkpoint format (what the trainer's ``_state`` writes,
-    without optimiser state): ``load_model`` and ``model_from_checkpoint`` read it.
-    ``cfg``: the `TrainConfig` the model was built from."""
-    return {"model": model.state_dict(), "ema": None, "config": cfg.model_dump(mode="json"),
-            "names": list(names), "cls_names": list(cls_names), "epoch": epoch,
-            "step_in_epoch": 0, "best_fitness": None, "best_epoch": epoch, "history": [],
-            "train_seconds": 0.0}
-
-
 def load_model(weights: str | Path, device: str | torch.device = "cpu", imgsz: int | None = None,
                use_ema: bool = True, max_batch: int = 16) -> BasePredictor:
     """Load a checkpoint (``.pt``, safe load) or an exported ``.onnx`` graph as a predictor.
@@ -229,9 +222,6 @@ def load_model(weights: str | Path, device: str | torch.device = "cpu", imgsz: i
         from medmtl.inference.export import OnnxPredictor
 
         return OnnxPredictor.from_file(weights, device=device, imgsz=imgsz, max_batch=max_batch)
-    from medmtl.engine.utils import select_device
-    from medmtl.engine.validate import model_from_checkpoint
-
     dev = select_device(str(device)) if not isinstance(device, torch.device) else device
     model, cfg, ck = model_from_checkpoint(weights, dev, use_ema=use_ema)
     names = list(ck.get("names") or [str(i) for i in range(cfg.model.num_classes)])
@@ -296,7 +286,6 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
     import json
     from itertools import islice
 
-    from medmtl.engine.checkpoint import atomic_write_text
     from medmtl.inference.draw import MediaWriter, annotate
     from medmtl.inference.sources import (
         Problem,
