@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from medmtl.evaluation.postprocess import decode_predictions
-from medmtl.inference.predictor import BasePredictor
+from medmtl.inference.base import BasePredictor
 from medmtl.models.checkpoint import model_from_checkpoint
 
 DET_OUTPUTS = ("boxes", "scores")
