@@ -162,7 +162,7 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
 def test_checkpoints_load_safely_and_reject_code(tmp_path: Path) -> None:
     import pickle
 
-    from medmtl.engine.checkpoint import load_checkpoint
+    from medmtl.models.checkpoint import load_checkpoint
 
     class Evil:
         def __reduce__(self) -> tuple:

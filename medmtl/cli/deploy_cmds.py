@@ -45,7 +45,7 @@ def predict(
                                              "reported as uncertain")] = 0.0,
 ) -> None:
     """Detect jets and name the view on images, folders, globs, videos or DICOM cines."""
-    from medmtl.inference.predictor import predict_command
+    from medmtl.inference.app import predict_command
 
     summary = predict_command(weights, source, out, conf=conf, iou=iou, max_det=max_det,
                               imgsz=imgsz, device=device, save_media=save_media,

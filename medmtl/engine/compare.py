@@ -194,9 +194,9 @@ def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
     metrics.json (atomic write)."""
     import torch
 
-    from medmtl.engine.checkpoint import atomic_write_text
-    from medmtl.engine.validate import model_from_checkpoint
     from medmtl.evaluation.latency import measure_latency
+    from medmtl.fileio import atomic_write_text
+    from medmtl.models.checkpoint import model_from_checkpoint
 
     threads = threads or torch.get_num_threads()
     models = {}

@@ -33,7 +33,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medmtl.engine.checkpoint import atomic_write_text, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
 from medmtl.engine.evaluate import fitness
@@ -44,6 +44,7 @@ from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoin
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.losses import MultiTaskCriterion
 from medmtl.models import build_model
+from medmtl.models.checkpoint import load_checkpoint
 
 
 class Trainer:

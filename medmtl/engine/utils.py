@@ -1,4 +1,5 @@
-"""Small engine utilities: devices, seeds, RNG state capture, timing."""
+"""Small engine utilities: seeds, RNG state capture, memory, AMP, compile; `select_device`
+(medmtl/devices.py) is re-exported here."""
 
 from __future__ import annotations
 
@@ -9,18 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return dev
+from medmtl.devices import select_device as select_device  # re-exported for the engine
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

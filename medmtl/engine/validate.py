@@ -1,4 +1,6 @@
-"""`medmtl val`: score a checkpoint on a split and export predictions for re-scoring."""
+"""`medmtl val`: score a checkpoint on a split and export predictions for re-scoring.
+
+The model comes from `medmtl.models.checkpoint.model_from_checkpoint`."""
 
 from __future__ import annotations
 
@@ -7,25 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from medmtl.config import TrainConfig
-from medmtl.engine.checkpoint import atomic_write_text, load_checkpoint
+from medmtl.devices import select_device
 from medmtl.engine.evaluate import run_inference, score
-from medmtl.engine.utils import amp_dtype, select_device
-
-
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                          use_ema: bool = True) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with (EMA weights when present)."""
-    from medmtl.models import build_model
-
-    ck = load_checkpoint(path)
-    cfg = TrainConfig.model_validate(ck["config"])
-    model = build_model(cfg.model)
-    state = ck["ema"]["module"] if use_ema and ck.get("ema") else ck["model"]
-    model.load_state_dict(state)
-    return model.to(device).eval(), cfg, ck
+from medmtl.engine.utils import amp_dtype
+from medmtl.fileio import atomic_write_text
+from medmtl.models.checkpoint import model_from_checkpoint
 
 
 def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val",

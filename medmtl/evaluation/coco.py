@@ -232,7 +232,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as strict JSON atomically (temp file in the same folder + os.replace)."""
-    from medmtl.engine.checkpoint import atomic_write_text
+    from medmtl.fileio import atomic_write_text
 
     path = Path(path)
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")

@@ -1,26 +1,33 @@
-"""Inference and deployment: `load_model` -> `Predictor`, frame sources (image, folder, glob,
-video, DICOM), `medmtl predict` / `medmtl export` (ONNX) and `OnnxPredictor`.
+"""Inference and deployment: `load_model` -> `Predictor` (PyTorch) or `OnnxPredictor` (ONNX
+Runtime), frame sources (image, folder, glob, video, DICOM), `medmtl predict` and `medmtl export`.
 
     from medmtl import load_model
     model = load_model("runs/exp/weights/best.pt", device="cpu")
     result = model.predict("frame.png", conf=0.25)   # FrameResult: detections, view, view_probs
+
+Modules, each importing only those above it in this list:
+
+- ``results``: `Detection`, `FrameResult`, `to_rgb_array` (image inputs -> RGB uint8)
+- ``base``: `BasePredictor` (letterbox, NMS via `select_detections`, mapping back to pixels)
+- ``torch_predictor``: `Predictor`; ``export``: ONNX export and `OnnxPredictor`
+- ``loader``: `load_model` (``.pt`` or ``.onnx``)
+- ``sources``, ``draw``, ``writers``: frames in, annotated images / clips out
+- ``app``: `predict_command` (predictions.jsonl, summary.json)
+
+Checkpoints are read by `medmtl.models.checkpoint`; nothing here imports `medmtl.engine`.
+onnx, onnxruntime and pydicom are imported only when used.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from medmtl.inference.predictor import (
-    BasePredictor,
-    Detection,
-    FrameResult,
-    Predictor,
-    checkpoint_dict,
-    load_model,
-    predict_command,
-    select_detections,
-    to_rgb_array,
-)
+from medmtl.evaluation.postprocess import select_detections
+from medmtl.inference.app import predict_command
+from medmtl.inference.base import BasePredictor
+from medmtl.inference.export import OnnxPredictor, export_command, export_onnx
+from medmtl.inference.loader import load_model
+from medmtl.inference.results import Detection, FrameResult, to_rgb_array
+from medmtl.inference.torch_predictor import Predictor
+from medmtl.models.checkpoint import checkpoint_dict
 
 __all__ = [
     "BasePredictor",
@@ -36,11 +43,3 @@ __all__ = [
     "select_detections",
     "to_rgb_array",
 ]
-
-
-def __getattr__(name: str) -> Any:  # onnx / cv2 / pydicom are imported only when used
-    if name in ("OnnxPredictor", "export_command", "export_onnx"):
-        from medmtl.inference import export
-
-        return getattr(export, name)
-    raise AttributeError(f"module 'medmtl.inference' has no attribute {name!r}")

@@ -1,16 +1,14 @@
 """Draw a `FrameResult` on its image with PIL: one coloured box per jet with "name score", and the
-view with its probability in the bottom-left corner; `MediaWriter` saves annotated images / mp4 clips."""
+view with its probability in the bottom-left corner (`medmtl.inference.writers` saves the result)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from medmtl.inference.predictor import FrameResult
+from medmtl.inference.results import FrameResult
 
 # colour per detection class index (RGB), repeated when there are more classes
 PALETTE = [(255, 64, 64), (64, 160, 255), (255, 200, 0), (80, 220, 100), (200, 90, 255),
@@ -64,32 +62,3 @@ def annotate(image: np.ndarray, result: FrameResult, line_width: int | None = No
             text = f"view ? ({best} {result.view_probs[best]:.2f})"
         _label(draw, (0, h), text, (32, 32, 32), font, (h, w))  # bottom-left corner
     return np.asarray(im)
-
-
-class MediaWriter:
-    """Annotated output of one file: an image (still) or an mp4 (clip), opened on first frame."""
-
-    def __init__(self, path: Path, clip: bool, fps: float | None) -> None:
-        self.path, self.clip, self.fps = path, clip, fps or 30.0
-        self.writer: Any = None
-        self.size: tuple[int, int] | None = None
-
-    def write(self, rgb: np.ndarray) -> None:
-        import cv2
-
-        if not self.clip:
-            Image.fromarray(rgb).save(self.path)
-            return
-        if self.writer is None:
-            self.size = (rgb.shape[1], rgb.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                          self.fps, self.size)
-            if not self.writer.isOpened():
-                raise RuntimeError(f"cannot open a video writer for {self.path} (mp4v)")
-        if (rgb.shape[1], rgb.shape[0]) != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()

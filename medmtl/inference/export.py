@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from medmtl.evaluation.postprocess import decode_predictions
-from medmtl.inference.predictor import BasePredictor
+from medmtl.inference.base import BasePredictor
+from medmtl.models.checkpoint import model_from_checkpoint
 
 DET_OUTPUTS = ("boxes", "scores")
 VIEW_OUTPUT = "view_logits"
@@ -160,8 +161,6 @@ def export_command(weights: str | Path, format: str = "onnx", out: str | Path | 
     ``view_logits`` (B, num_views). --dynamic: dynamic batch, height and width (multiples of 32);
     --half: fp16 weights, needs CUDA. Checks the graph and compares ONNX Runtime with PyTorch.
     Default output: the weights path with the suffix .onnx."""
-    from medmtl.engine.validate import model_from_checkpoint
-
     if format.lower() != "onnx":
         raise ValueError(f"unsupported export format {format!r} (supported: onnx)")
     model, cfg, ck = model_from_checkpoint(weights, "cpu")

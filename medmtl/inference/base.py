@@ -1,0 +1,96 @@
+"""`BasePredictor`: the pre- and post-processing every predictor shares.
+
+The path of a frame: any image (path, PIL, numpy; grey, RGB, RGBA, 16-bit) -> (H, W, 3) uint8 RGB
+(`to_rgb_array`) -> letterbox to the predictor's ``imgsz`` -> ``_forward`` (the subclass: PyTorch in
+`medmtl.inference.torch_predictor`, ONNX Runtime in `medmtl.inference.export`) -> decoded boxes and
+scores -> `select_detections` (class-aware NMS, the same rules as
+`medmtl.evaluation.postprocess.postprocess`) -> boxes mapped back to original pixels with
+`unletterbox_boxes`. Only the forward pass differs, so the PyTorch and ONNX Runtime paths give the
+same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from medmtl.data.transforms import letterbox, unletterbox_boxes
+from medmtl.evaluation.postprocess import select_detections
+from medmtl.inference.results import Detection, FrameResult, ImageInput, source_name, to_rgb_array
+
+
+class BasePredictor:
+    """Pre/post-processing shared by `Predictor` (PyTorch) and `OnnxPredictor` (ONNX Runtime).
+
+    Subclasses implement `_forward(images float32 (B, 3, S, S) in [0, 1]) -> (boxes, scores,
+    view_logits)` (None for a missing task): decoded boxes (B, N, 4) xyxy in letterboxed pixels,
+    sigmoid scores (B, N, nc), view logits (B, num_views).
+    """
+
+    def __init__(self, names: Sequence[str], cls_names: Sequence[str], tasks: Sequence[str],
+                 imgsz: int, max_batch: int = 16) -> None:
+        if imgsz % 32:
+            raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
+        self.names, self.cls_names = list(names), list(cls_names)
+        self.tasks, self.imgsz, self.max_batch = tuple(tasks), int(imgsz), max(1, int(max_batch))
+
+    def _forward(self, images: np.ndarray) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+    def predict(self, image: ImageInput, conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
+                view_min_prob: float = 0.0, source: str | None = None, frame: int = 0) -> FrameResult:
+        """Detections (original pixels) and the view of one image (path, PIL, numpy)."""
+        return self.predict_batch([image], conf, iou, max_det, view_min_prob,
+                                  None if source is None else [source], [frame])[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], conf: float = 0.25, iou: float = 0.6,
+                      max_det: int = 100, view_min_prob: float = 0.0,
+                      sources: Sequence[str] | None = None,
+                      frames: Sequence[int] | None = None) -> list[FrameResult]:
+        """`predict` on several images, run ``max_batch`` at a time; one result per image."""
+        results: list[FrameResult] = []
+        for i in range(0, len(images), self.max_batch):
+            chunk = list(images[i:i + self.max_batch])
+            src = [source_name(im) for im in chunk] if sources is None else \
+                list(sources[i:i + self.max_batch])
+            frm = [0] * len(chunk) if frames is None else list(frames[i:i + self.max_batch])
+            results += self._predict_chunk(chunk, conf, iou, max_det, view_min_prob, src, frm)
+        return results
+
+    def _predict_chunk(self, images: list[ImageInput], conf: float, iou: float, max_det: int,
+                       view_min_prob: float, sources: list[str], frames: list[int]) -> list[FrameResult]:
+        arrays = [to_rgb_array(im) for im in images]
+        lbs = [letterbox(a, self.imgsz) for a in arrays]
+        x = np.stack([lb[0] for lb in lbs]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        boxes, scores, logits = self._forward(np.ascontiguousarray(x))
+        dets = (select_detections(boxes, scores, (self.imgsz, self.imgsz), conf, iou, max_det)
+                if boxes is not None and scores is not None else [None] * len(arrays))
+        probs = None if logits is None else logits.float().softmax(-1).cpu().numpy()
+        out = []
+        for k, (a, (_, scale, px, py)) in enumerate(zip(arrays, lbs, strict=True)):
+            hw = (int(a.shape[0]), int(a.shape[1]))
+            detections: list[Detection] = []
+            d = dets[k]
+            if d is not None and len(d):
+                d = d.cpu().numpy().astype(np.float64)
+                b = unletterbox_boxes(d[:, :4], scale, px, py, hw)
+                for row, box in zip(d, b, strict=True):
+                    c = int(row[5])
+                    xyxy = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+                    detections.append(Detection(xyxy, float(row[4]), c,
+                                                self.names[c] if c < len(self.names) else str(c)))
+            view, view_name, view_probs = None, None, {}
+            if probs is not None:
+                p = probs[k]
+                view_probs = {self._view_label(j): float(v) for j, v in enumerate(p)}
+                j = int(p.argmax())
+                if p[j] >= view_min_prob:
+                    view, view_name = j, self._view_label(j)
+            out.append(FrameResult(detections, view, view_name, view_probs, hw, sources[k],
+                                   frames[k]))
+        return out
+
+    def _view_label(self, j: int) -> str:
+        return self.cls_names[j] if j < len(self.cls_names) else str(j)

@@ -1,0 +1,26 @@
+"""`load_model`: a checkpoint (``.pt``) -> `Predictor`, an exported graph (``.onnx``) ->
+`OnnxPredictor`. It sits above both predictor modules, so that neither imports the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from medmtl.inference.base import BasePredictor
+from medmtl.inference.export import OnnxPredictor
+from medmtl.inference.torch_predictor import Predictor
+
+
+def load_model(weights: str | Path, device: str | torch.device = "cpu", imgsz: int | None = None,
+               use_ema: bool = True, max_batch: int = 16) -> BasePredictor:
+    """Load a checkpoint (``.pt``, safe load) or an exported ``.onnx`` graph as a predictor.
+
+    ``device``: "cpu", "cuda", "cuda:1", "auto". ``imgsz``: letterbox size (a multiple of 32;
+    default: the size the checkpoint was trained at, or the ONNX graph's). EMA weights are used
+    when the checkpoint has them (``use_ema``).
+    """
+    if Path(weights).suffix.lower() == ".onnx":
+        return OnnxPredictor.from_file(weights, device=device, imgsz=imgsz, max_batch=max_batch)
+    return Predictor.from_checkpoint(weights, device=device, imgsz=imgsz, use_ema=use_ema,
+                                     max_batch=max_batch)
