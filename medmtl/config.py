@@ -157,6 +157,15 @@ class TrainConfig(BaseModel):
     val_every: int = opt(1, "Validate every N epochs", panel=_RUN, ge=1)
     patience: int = opt(0, "Early stopping patience in validations (0 = off)", panel=_OPTIM, ge=0)
     strict: bool = opt(False, "Data warnings are errors", panel=_DATA)
+    test_split: Literal["yaml", "grouped", "none"] = opt(
+        "yaml", "Held-out split that scores the checkpoint chosen on val: yaml (the data YAML's "
+        "test: key, if it has one) | grouped (patients held out of train) | none", panel=_DATA)
+    test_fraction: float = opt(0.2, "--test-split grouped: fraction of the training images held "
+                               "out", panel=_DATA, gt=0, lt=1)
+    group_regex: str = opt(r"^([^-]+)-", "Regex whose first group is the patient id in a file "
+                           "name (grouped splits)", panel=_DATA)
+    split_seed: int = opt(0, "Seed of the grouped test split (keep it equal across the runs of a "
+                          "comparison)", panel=_DATA, ge=0)
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,

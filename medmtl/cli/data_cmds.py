@@ -55,7 +55,7 @@ def split(
     group_regex: Annotated[str, Opt()] = r"^([^-]+)-",
 ) -> None:
     """Re-split train+val so that no group (patient) is in both; writes file lists, no copies."""
-    from medmtl.data.audit import split_by_group
+    from medmtl.data.splits import split_by_group
 
     if not by_group:
         raise typer.BadParameter("only grouped splitting is offered: a random frame split leaks "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from medmtl.data.audit import audit_dataset, group_of, render_audit, split_by_group
+from medmtl.data.audit import audit_dataset, render_audit
 from medmtl.data.dataset_yaml import (
     DataError,
     DatasetSpec,
@@ -25,6 +25,7 @@ from medmtl.data.labels import (
     parse_label_text,
     scan_split,
 )
+from medmtl.data.splits import group_of, held_out_split, split_by_group
 from medmtl.data.transforms import letterbox, letterbox_boxes, load_image, unletterbox_boxes
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "render_audit",
     "scan_split",
     "split_by_group",
+    "held_out_split",
     "unletterbox_boxes",
 ]
 

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Group
 from rich.table import Table
 
-from medmtl.data.dataset_yaml import DataError, list_split_images, load_data_yaml
+from medmtl.data.dataset_yaml import load_data_yaml
 from medmtl.data.labels import SplitIndex, scan_split
-
-DEFAULT_GROUP_REGEX = r"^([^-]+)-"
-
-
-def group_of(path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX) -> str:
-    """Group (patient) id from a file name: the regex's first group, else the whole stem."""
-    name = Path(path).name
-    m = re.search(group_regex, name)
-    if m is None:
-        return Path(path).stem
-    return m.group(1) if m.groups() else m.group(0)
+from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -150,60 +138,3 @@ def render_audit(report: dict[str, Any]) -> Group:
                    style=style)
     parts.append(lt)
     return Group(*parts)
-
-
-def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int = 0,
-                   out_dir: str | Path = "splits", group_regex: str = DEFAULT_GROUP_REGEX,
-                   source_splits: tuple[str, ...] = ("train", "val")) -> Path:
-    """Pool ``source_splits``, give whole groups (patients) to val until ~``val_fraction`` of the
-    images, write ``train.txt``/``val.txt`` (absolute image paths) and ``data.yaml`` (``path``: the
-    data root, ``train``/``val``/``test``: absolute paths, ``names``, ``cls_names``); return it.
-
-    Deterministic for a seed: groups are sorted, permuted by ``np.random.default_rng(seed)``, and
-    each is added to val when that brings the val count closer to the target."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    spec = load_data_yaml(yaml_path)
-    pooled: set[Path] = set()
-    for s in source_splits:
-        pooled |= set(list_split_images(spec, s))
-    if not pooled:
-        raise DataError(f"{spec.yaml_path}: no images in splits {source_splits}")
-    by_group: dict[str, list[Path]] = {}
-    for p in sorted(pooled):
-        by_group.setdefault(group_of(p, group_regex), []).append(p)
-    if len(by_group) < 2:
-        raise DataError(f"{spec.yaml_path}: only {len(by_group)} group(s) with regex "
-                        f"{group_regex!r}; cannot split by group")
-    order = sorted(by_group)
-    perm = np.random.default_rng(seed).permutation(len(order))
-    target = val_fraction * len(pooled)
-    val_groups: list[str] = []
-    n_val = 0
-    for i in perm.tolist():
-        g = order[i]
-        n = len(by_group[g])
-        if abs(n_val + n - target) < abs(n_val - target) and len(val_groups) < len(order) - 1:
-            val_groups.append(g)
-            n_val += n
-    if not val_groups:  # every group larger than twice the target: take the smallest
-        val_groups.append(min(order, key=lambda g: (len(by_group[g]), g)))
-    val_set = set(val_groups)
-    train = sorted(p for g in order if g not in val_set for p in by_group[g])
-    val = sorted(p for g in sorted(val_set) for p in by_group[g])
-
-    out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.txt").write_text("".join(f"{p}\n" for p in train), encoding="utf-8")
-    (out / "val.txt").write_text("".join(f"{p}\n" for p in val), encoding="utf-8")
-    data: dict[str, Any] = {"path": str(spec.root), "train": str(out / "train.txt"),
-                            "val": str(out / "val.txt")}
-    if "test" in spec.splits:
-        data["test"] = str(spec.splits["test"])
-    data.update(names=list(spec.names), cls_names=list(spec.cls_names))
-    header = (f"# patient-grouped split of {spec.yaml_path} (seed {seed}, val_fraction "
-              f"{val_fraction}, group regex {group_regex!r}): {len(train)} train / {len(val)} val "
-              f"images, {len(order) - len(val_set)} / {len(val_set)} groups\n")
-    yml = out / "data.yaml"
-    yml.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return yml

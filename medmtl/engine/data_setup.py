@@ -1,8 +1,10 @@
-"""The training run's data: the two splits, their datasets, and persistent loaders whose sample
-order is a pure function of (seed, epoch), sliced per rank under data parallelism."""
+"""The training run's data: train, val and the optional held-out test split, their datasets, and
+persistent loaders whose sample order is a pure function of (seed, epoch), sliced per rank under
+data parallelism."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +12,7 @@ from rich.console import Console
 
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.data.splits import held_out_split
 from medmtl.distributed import Comm
 
 
@@ -19,23 +22,45 @@ class RunData:
     per epoch); each pass only swaps the sampler's index list. Augmentation draws from
     (seed, epoch, index) through the dataset's shared epoch, never from worker seeds."""
 
-    def __init__(self, cfg: TrainConfig, comm: Comm, device: torch.device, console: Console) -> None:
+    def __init__(self, cfg: TrainConfig, comm: Comm, device: torch.device, console: Console,
+                 run_dir: Path) -> None:
         self.cfg, self.comm, self.device = cfg, comm, device
-        spec = load_data_yaml(cfg.data)
+        spec = load_data_yaml(self._data_yaml(run_dir))
         self.names, self.cls_names = list(spec.names), list(spec.cls_names)
         self.train_index = scan_split(spec, "train", strict=cfg.strict)
         self.val_index = scan_split(spec, "val", strict=cfg.strict)
-        for name, idx in (("train", self.train_index), ("val", self.val_index)):
-            print_summary(console, name, idx)
+        # the held-out split: scored once, with the checkpoint chosen on val
+        self.test_index = scan_split(spec, "test", strict=cfg.strict) \
+            if cfg.test_split != "none" and "test" in spec.splits else None
+        for name, idx in (("train", self.train_index), ("val", self.val_index),
+                          ("test", self.test_index)):
+            if idx is not None:
+                print_summary(console, name, idx)
         self.train_set = MTLDataset(self.train_index.records, cfg.imgsz, train=True,
                                     augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
                                   augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+        self.test_set = None if self.test_index is None else MTLDataset(
+            self.test_index.records, cfg.imgsz, train=False, augment=cfg.augment, cache=False,
+            seed=cfg.seed)
         if comm.active and len(self.train_set) < cfg.batch:
             raise ValueError(f"{cfg.data}: {len(self.train_set)} training images, fewer than the "
                              f"global batch {cfg.batch}: lower --batch or --devices")
         self.local_batch = cfg.batch // comm.world_size
         self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+
+    def _data_yaml(self, run_dir: Path) -> str | Path:
+        """The data YAML this run reads: the given one, or with `--test-split grouped` the one
+        written to `<run>/split/` (train minus the held-out patients, the original val, and the
+        held-out test list), by rank 0, deterministic for (data, fraction, split seed, regex)."""
+        cfg = self.cfg
+        if cfg.test_split != "grouped":
+            return cfg.data
+        out = run_dir / "split"
+        if self.comm.is_main:
+            held_out_split(cfg.data, out, cfg.test_fraction, cfg.split_seed, cfg.group_regex)
+        self.comm.barrier()
+        return out / "data.yaml"
 
     def partial_labels(self) -> bool:
         """Whether some training image lacks boxes or a view label."""
@@ -64,25 +89,31 @@ class RunData:
             self.train_set.set_epoch(epoch)
         order = self.epoch_order(epoch)
         indices = self.rank_indices(order, start_batch, self.batches_per_epoch())
-        return self._loader(self.train_set, indices, True)
+        return self._loader(self.train_set, indices, "train")
 
-    def val_loader(self) -> torch.utils.data.DataLoader:
-        """This rank's shard of the val split: every world_size-th image."""
+    def eval_loader(self, split: str = "val") -> torch.utils.data.DataLoader:
+        """This rank's shard of an evaluation split (val or test): every world_size-th image."""
         comm = self.comm
-        return self._loader(self.val_set, list(range(comm.rank, len(self.val_set),
-                                                     comm.world_size)), False)
+        dataset = self.test_set if split == "test" else self.val_set
+        if dataset is None:
+            raise ValueError(f"this run has no {split} split")
+        return self._loader(dataset, list(range(comm.rank, len(dataset), comm.world_size)),
+                            split)
 
-    def _loader(self, dataset: MTLDataset, indices: list[int], train: bool,
+    def index(self, split: str) -> Any:
+        return {"train": self.train_index, "val": self.val_index, "test": self.test_index}[split]
+
+    def _loader(self, dataset: MTLDataset, indices: list[int], key: str,
                 ) -> torch.utils.data.DataLoader:
-        cfg = self.cfg
-        key = "train" if train else "val"
+        cfg, train = self.cfg, key == "train"
         loader = self._loaders.get(key)
         if loader is None:
+            once = key == "test"  # read once, at the end: no worker processes kept for it
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=self.local_batch, sampler=_IndexSampler(), collate_fn=collate,
-                num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                num_workers=0 if once else cfg.workers, pin_memory=self.device.type == "cuda",
                 drop_last=train and len(dataset) > cfg.batch,
-                persistent_workers=cfg.workers > 0,
+                persistent_workers=cfg.workers > 0 and not once,
                 generator=torch.Generator().manual_seed(cfg.seed * 100003 + (0 if train else 7)))
             self._loaders[key] = loader
         loader.sampler.indices = list(indices)

@@ -213,19 +213,19 @@ def rank_spread(t: Any, weights: dict[str, float]) -> dict[str, float]:
     return comm.broadcast(out)
 
 
-def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None,
-             plots: bool = False) -> dict[str, Any]:
-    """Scores of `model` on the val split. Distributed: each rank infers on every world_size-th
-    image, rank 0 scores the merged predictions, every rank gets the result."""
+def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None, plots: bool = False,
+             split: str = "val") -> dict[str, Any]:
+    """Scores of `model` on the val (or test) split. Distributed: each rank infers on every
+    world_size-th image, rank 0 scores the merged predictions, every rank gets the result."""
     cfg, comm = t.cfg, t.comm
-    inf = run_inference(model, t.data.val_loader(), t.device, cfg.conf_thres, cfg.iou_thres,
-                        cfg.max_det, t.criterion.detect, t.criterion.view, t.autocast,
-                        t.channels_last)
+    inf = run_inference(model, t.data.eval_loader(split), t.device, cfg.conf_thres,
+                        cfg.iou_thres, cfg.max_det, t.criterion.detect, t.criterion.view,
+                        t.autocast, t.channels_last)
     parts = comm.gather(inf)
     metrics = None
     if parts is not None:
-        metrics = score(merge_inference(parts), t.data.val_index.records, t.names, t.cls_names,
-                        t.tasks, split="val", out_dir=out_dir, plots=plots)
+        metrics = score(merge_inference(parts), t.data.index(split).records, t.names,
+                        t.cls_names, t.tasks, split=split, out_dir=out_dir, plots=plots)
     return comm.broadcast(metrics)
 
 

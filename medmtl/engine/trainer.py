@@ -78,7 +78,7 @@ class Trainer:
         self.autocast = amp_dtype(self.device, cfg.amp)
         self.channels_last = self.device.type == "cuda"
 
-        self.data = RunData(cfg, self.comm, self.device, self.console)
+        self.data = RunData(cfg, self.comm, self.device, self.console, self.run_dir)
         self.names, self.cls_names = self.data.names, self.data.cls_names
         cfg.model.num_classes, cfg.model.num_views = len(self.names), len(self.cls_names)
         self.model = build_model(cfg.model)
@@ -227,19 +227,29 @@ class Trainer:
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema else self.model
 
-    def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, Any]:
-        """Scores of the evaluation model (EMA if on) on the val split."""
-        return evaluate(self, self.eval_model(), out_dir, plots)
+    def validate(self, out_dir: Path | None = None, plots: bool = False,
+                 split: str = "val") -> dict[str, Any]:
+        """Scores of the evaluation model (EMA if on) on the val (or test) split."""
+        return evaluate(self, self.eval_model(), out_dir, plots, split)
 
     def finalize(self) -> dict[str, Any]:
-        """metrics.json from the best checkpoint, with the COCO exports and plots under eval/."""
+        """metrics.json from the best checkpoint (chosen on val), with the COCO exports and plots
+        under eval/; with a test split, its scores as the `test` block and its exports under
+        eval/test/. The top-level keys stay the val scores (outside tools read them)."""
         best = self.run_dir / "weights" / "best.pt"
         if best.exists():
             ck = load_checkpoint(best)
             self.eval_model().load_state_dict(ck["ema"]["module"] if ck.get("ema") else ck["model"])
         metrics = self.validate(out_dir=self.run_dir / "eval", plots=True)
+        test = None
+        if self.data.test_set is not None:
+            test = self.validate(out_dir=self.run_dir / "eval" / "test", plots=True, split="test")
         if not self.is_main:
             return metrics
+        if test is not None:
+            metrics["test"] = test
+        metrics["selection"] = {"split": "val", "metric": "fitness",
+                                "test_split": self.cfg.test_split if test is not None else None}
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)

@@ -87,8 +87,10 @@ class Run:
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float | None]] = field(default_factory=list)
-    metrics: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None  # the scores the report uses (test when held out)
     pr_curves: dict[str, Any] | None = None
+    split: str | None = None  # the split `metrics` come from: "test" or "val"
+    val_metrics: dict[str, Any] | None = None  # metrics.json as written (val at the top level)
 
     @property
     def finished(self) -> bool:
@@ -236,10 +238,25 @@ def load_run(path: str | Path) -> Run:
     hist_path = path / "history.csv"
     history = read_history(hist_path) if hist_path.exists() else []
     metrics_path = path / "metrics.json"
-    metrics = read_metrics(metrics_path) if metrics_path.exists() else None
-    pr = _read_pr_curves(path / "eval" / "pr_curves.json")
+    raw = read_metrics(metrics_path) if metrics_path.exists() else None
+    metrics, split = scored_view(raw) if raw is not None else (None, None)
+    eval_dir = path / "eval" / ("test" if split == "test" else "")
+    pr = _read_pr_curves(eval_dir / "pr_curves.json")
     return Run(method=str(method), seed=seed, path=path, config=config, history=history,
-               metrics=metrics, pr_curves=pr)
+               metrics=metrics, pr_curves=pr, split=split, val_metrics=raw)
+
+
+def scored_view(metrics: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The metrics a report scores a run by, and their split: the held-out `test` block when the
+    run has one (its checkpoint was chosen on val), else the top-level (val) scores. Other keys
+    (efficiency, training) are the run's own either way."""
+    test = metrics.get("test")
+    if isinstance(test, dict) and (test.get("detection") or test.get("classification")):
+        view = dict(metrics)
+        for k in ("split", "images", "detection", "classification"):
+            view[k] = test.get(k)
+        return view, "test"
+    return metrics, str(metrics.get("split") or "val")
 
 
 def runs_root(directory: str | Path) -> Path:

@@ -109,9 +109,12 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         per_run.append({"method": r.method, "seed": r.seed, "path": str(r.path),
                         "finished": r.finished, "epochs_logged": len(r.history),
                         "best_epoch": tr.get("best_epoch"), "epochs": tr.get("epochs"),
-                        "metrics": extract(r.metrics) if r.metrics else None})
+                        "metrics": extract(r.metrics) if r.metrics else None,
+                        "split": r.split,
+                        "val_metrics": extract(r.val_metrics) if r.val_metrics else None})
     return {
         "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
+        "scored_on": sorted({r.split for r in runs if r.finished and r.split}),
         "delta_m_metrics": agg["delta_m_metrics"],
         "metric_info": {m.key: {"label": m.label, "source": ".".join(m.path),
                                 "higher_is_better": m.higher_is_better, "kind": m.kind}
@@ -142,6 +145,39 @@ def _table(summary: dict[str, Any], keys: Sequence[str], extra: Sequence[str] = 
     return ("table", headers, rows)
 
 
+def _split_sentence(splits: Sequence[str]) -> str:
+    if list(splits) == ["test"]:
+        return ("Every score below is on the held-out test split, with the checkpoint each run "
+                "chose on val; the val scores are in the last table.")
+    if "test" in splits:
+        return ("Warning: some runs are scored on a held-out test split and others on val; "
+                "compare like with like (summary.json's runs[].split says which).")
+    return ("Every score below is on the val split, the same split that chose each run's "
+            "checkpoint, so it flatters noisier methods: score a held-out split with "
+            "`--test-split grouped` or a `test:` key in the data YAML.")
+
+
+def _val_table(summary: dict[str, Any]) -> list[Block]:
+    """Mean val (selection-split) scores per method, when the main tables are on test."""
+    keys = ["map50", "map50_95", "accuracy", "macro_f1"]
+    rows = []
+    for m in summary["methods"]:
+        vals = [r["val_metrics"] for r in summary["runs"]
+                if r["method"] == m and r.get("split") == "test" and r.get("val_metrics")]
+        if vals:
+            cells = []
+            for k in keys:
+                xs = [v[k] for v in vals if v.get(k) is not None]
+                cells.append(fmt(k, sum(xs) / len(xs)) if xs else "—")
+            rows.append([m, str(len(vals)), *cells])
+    if not rows:
+        return []
+    return [("h", 2, "Validation scores (the selection split)"),
+            ("p", "Means over seeds on val, where each checkpoint was chosen: for reference only; "
+                  "the verdicts above use the test split."),
+            ("table", ["method", "seeds", *[METRIC_BY_KEY[k].label for k in keys]], rows)]
+
+
 def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) -> list[Block]:
     methods, base = summary["methods"], summary["baseline"]
     refs = summary["delta_m_metrics"]
@@ -150,6 +186,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
     b.append(("p", f"{len(summary['runs'])} run(s), {n_done} finished, "
                    f"{len(summary['unfinished'])} unfinished. Baseline: {base or 'none'}. "
                    f"Significance level α = {summary['alpha']}."))
+    b.append(("p", _split_sentence(summary.get("scored_on") or [])))
     b.append(("h", 2, "How to read this report"))
     b.append(("ul", [t.format(alpha=summary["alpha"], det=refs.get("detect", "—"),
                               cls=refs.get("classify", "—")) for t in HOW_TO_READ]))
@@ -228,6 +265,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
                   fmt("train_seconds", r["metrics"]["train_seconds"]) if r["metrics"]
                   else "n/a", "finished" if r["finished"] else "unfinished"]
                for r in summary["runs"]]))
+    b.extend(_val_table(summary))
     if plots:
         b.append(("h", 2, "Figures"))
         for name, path in plots.items():
