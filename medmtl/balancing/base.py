@@ -85,6 +85,9 @@ class Balancer:
         self.backward_passes: int = 1
         # several .backward() calls per step (gradient surgery): DDP's reducer must stay out
         self.multi_backward: bool = False
+        # after_step wants the losses of the *same* batch re-computed with the updated model
+        # (FAMO as published): the trainer then runs one extra forward per optimiser step
+        self.reforward: bool = False
         self.comm: Comm = LOCAL
         # False: `backward` returns only {"backward_passes": n}, sparing the host sync of reading
         # weights and statistics off the device at every step (the trainer reads `weights()` once

@@ -12,8 +12,11 @@ After the optimiser step, `after_step(new_losses)` updates the logits with the p
 delta_i = log L_i(old) - log L_i(new) (old = the losses of the last `backward`), the gradient of xi is
 J_softmax(xi)^T delta = z * (delta - <z, delta>) (analytic, no autograd), stepped by its own Adam
 (options `lr` and coupled weight decay `famo_gamma`, as in the authors' code). A task whose loss fell
-less than the others gains weight. The paper evaluates L(new) on the *same* batch with the updated
-model (one extra forward, no backward); passing the next batch's losses is a cheaper, noisier
+less than the others gains weight. The paper (Algorithm 1) evaluates L(new) on the *same* batch with
+the updated model: with option `reforward` (the default) `self.reforward` asks the trainer for that
+extra forward (no backward; BatchNorm statistics restored; under gradient accumulation, the last
+micro-batch, whose losses the last `backward` saw). With `reforward` off the trainer hands the
+step's own losses and the update uses the next batch's losses instead: a cheaper, noisier
 approximation. If `after_step` is handed the step's *own* losses (exactly equal to those of the last
 `backward`, e.g. a trainer without the extra forward), the update is deferred to the next two-task
 `backward`, whose (next-batch) losses then play L(new): the cheap variant, never a silent no-op. The
@@ -21,7 +24,8 @@ choice is made on device (no host sync). Without a full two-task `backward` befo
 missing from `new_losses`, `after_step` does nothing (the update needs every task).
 
 Logged `weight/<task>` = K z_i (sums to K, equal weights read 1.0); `grad_weight/<task>` is the weight
-actually multiplying the task gradient (K c z_i / L_i). Cost: 1 backward pass per step.
+actually multiplying the task gradient (K c z_i / L_i). Cost: 1 backward pass per step, plus one
+forward with `reforward`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ _EPS = 1e-8
 
 class FAMOOptions(BalancerOptions):
     lr: float = Field(0.025, gt=0, description="Learning rate of FAMO's task logits")
+    reforward: bool = Field(True, description="Measure each step's loss improvement on the same "
+                            "batch after the update, as published (one extra forward, no "
+                            "backward); off: the next batch's losses (cheaper, noisier)")
     famo_gamma: float = Field(0.01, ge=0, description="FAMO's weight decay of the task logits",
                               validation_alias=AliasChoices("famo_gamma", "gamma"),
                               json_schema_extra={"flag": "--famo-gamma"})
@@ -60,6 +67,7 @@ class FAMO(Balancer):
         self.prev: Tensor | None = None  # detached losses (every task) of the last backward
         self.pending: Tensor | None = None  # old losses of a deferred update (next-batch variant)
         self.pending_ok = torch.zeros((), dtype=torch.bool)
+        self.reforward = bool(self.opts.reforward)
 
     def to(self, device: torch.device | str) -> FAMO:
         self.xi = self.xi.to(device)

@@ -66,12 +66,14 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
             t.balancer.multi_backward or not last_micro) else contextlib.nullcontext()
         with sync_ctx:
             losses, passes = guarded_micro_step(t, batch, present, i, diag_every, acc)
+        last_batch = (batch, present)
         step_losses = global_losses(comm, losses)
         pending.append((step_losses, passes))
         micro += 1
         if last_micro:
             t._optimizer_step(micro)
-            t.balancer.after_step(step_losses)
+            t.balancer.after_step(reforward_losses(t, *last_batch) if t.balancer.reforward
+                                  else step_losses)
             for step_losses, passes in pending:
                 for k, v in step_losses.items():
                     sums[k] += v
@@ -145,6 +147,24 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
     kw = {"split": split} if t.balancer.uses_split else {}
     blog = t.balancer.backward(losses, t.shared, t.last_shared, scale, **kw)
     return losses, blog.get("backward_passes", 1)
+
+
+@torch.no_grad()
+def reforward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool],
+                     ) -> dict[str, torch.Tensor]:
+    """The global losses of `batch` under the just-updated weights: one forward, no backward
+    (FAMO's Algorithm 1 measures its improvement on the same batch). Train mode, as the step's own
+    forward; the BatchNorm statistics it would move are restored, so it changes nothing but what
+    the balancer learns."""
+    saved = [(b, b.clone()) for b in t.model.buffers()]
+    images = prepare_images(batch["images"], t.device, t.channels_last)
+    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
+        out = t.model(images)  # the bare model: a no-grad forward needs no DDP machinery
+    t.model.take_shared_features()
+    losses = t.criterion(out, move_targets(batch, t.device), present, t.comm)
+    for b, s in saved:
+        b.copy_(s)
+    return global_losses(t.comm, losses)
 
 
 def guarded_micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int,
