@@ -107,7 +107,7 @@ def split_methods(text: str) -> list[str]:
 
 def run_name(method: str) -> str:
     """A folder-safe name for a method (specs hold ':' and ',')."""
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", method)
+    return re.sub(r"[^A-Za-z0-9._=+@-]+", "_", method)
 
 
 def check_method(method: str) -> None:

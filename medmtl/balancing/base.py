@@ -55,7 +55,8 @@ class BalancerOptions(BaseModel):
     `Options`. They live flat in the `balancer:` block of config.yaml, next to `name` and `weights`.
     `medmtl train` gets a flag per field: `--<balancer>-<field>` (underscores as dashes), or the
     flag named by `json_schema_extra={"flag": "--alpha"}`. A `validation_alias` (AliasChoices)
-    adds short names, e.g. CAGrad's `cagrad_c` also reads as `c`."""
+    adds short names, e.g. CAGrad's `cagrad_c` also reads as `c`. `json_schema_extra={"search":
+    {"low": 0, "high": 3, "log": False}}` makes the field part of `medmtl tune`'s search."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -119,7 +119,8 @@ class CAGradOptions(BalancerOptions):
     cagrad_c: float = Field(0.4, ge=0, description="CAGrad's c: radius of the ball around the "
                             "average gradient (0: the average gradient)",
                             validation_alias=AliasChoices("cagrad_c", "c"),
-                            json_schema_extra={"flag": "--cagrad-c"})
+                            json_schema_extra={"flag": "--cagrad-c",
+                                               "search": {"low": 0.05, "high": 0.95}})
 
 
 @BALANCERS.register("cagrad")

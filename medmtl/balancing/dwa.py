@@ -40,7 +40,9 @@ def dwa_weights(prev: Mapping[str, float], prev2: Mapping[str, float], tasks: Se
 
 class DWAOptions(BalancerOptions):
     temperature: float = Field(2.0, gt=0, description="DWA temperature T (larger: weights "
-                               "closer to equal)", json_schema_extra={"flag": "--dwa-temperature"})
+                               "closer to equal)",
+                               json_schema_extra={"flag": "--dwa-temperature",
+                                                  "search": {"low": 0.5, "high": 5.0, "log": True}})
 
 
 @BALANCERS.register("dwa")

@@ -57,7 +57,7 @@ from medmtl.config import BalancerConfig
 class GradNormOptions(BalancerOptions):
     alpha: float = Field(1.5, ge=0, description="GradNorm asymmetry alpha (0: equal gradient "
                          "norms; larger pulls harder towards slow tasks)",
-                         json_schema_extra={"flag": "--alpha"})
+                         json_schema_extra={"flag": "--alpha", "search": {"low": 0.0, "high": 3.0}})
     lr: float = Field(0.025, gt=0, description="Learning rate of GradNorm's task weights")
 
 

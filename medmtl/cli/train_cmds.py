@@ -163,6 +163,57 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+@with_config_options(COMPARE_OPTIONS)
+def tune(
+    methods: Annotated[str, Opt(help="Methods to tune (presets or specs), each with the same "
+                                     "budget", rich_help_panel=_METHOD)] = "fixed,gradnorm",
+    trials: Annotated[int, Opt(help="Trials per method (on val)", rich_help_panel=_METHOD)] = 8,
+    untuned: Annotated[str, Opt(help="Methods also run as they are in the final comparison, "
+                                     "e.g. detect,classify (the Δm references)",
+                                rich_help_panel=_METHOD)] = "",
+    seeds: Annotated[int, Opt(help="Seeds of the final comparison of the tuned methods (0: "
+                                   "tune only)", rich_help_panel=_RUN)] = 3,
+    out: Annotated[Path, Opt(help="Folder: tune.db, trials/, then runs/ and the report",
+                             rich_help_panel=_RUN)] = Path("runs/tune"),
+    storage: Annotated[str | None, Opt(help="Optuna storage URL shared by several machines "
+                                            "(default: sqlite in --out)",
+                                       rich_help_panel=_RUN)] = None,
+    jobs: Annotated[int | None, Opt(help="Final comparison: runs in parallel",
+                                    rich_help_panel=_RUN)] = None,
+    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+                                        rich_help_panel=_METHOD)] = None,
+    **config_values: Any,
+) -> None:
+    """Tune every method's own hyper-parameters with an equal budget on val (Optuna, resumable),
+    then train the best configuration of each over the seeds and write the report."""
+    from medmtl.engine.compare import run_compare
+    from medmtl.engine.tune import tune as run_tune
+    from medmtl.engine.tune import tuned_variants
+    from medmtl.methods import check_method
+
+    data = config_values.pop("data", None)
+    if data is None:
+        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    if trials < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--trials")
+    names, extra = split_methods(methods), split_methods(untuned)
+    try:
+        for m in (*names, *extra):
+            check_method(m)
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    result = run_tune(data, names, trials, out, overrides=over, storage=storage)
+    if seeds < 1:
+        console.print(f"wrote {out / 'tune.json'}")
+        return
+    variants = tuned_variants(result)
+    run_compare(data, [*variants, *extra], list(range(seeds)), out, overrides=over, jobs=jobs,
+                report=False, variants=variants)
+    _report(out, baseline)
+
+
 def _report(folder: Path, baseline: str | None) -> None:
     from medmtl.report import write_report
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from medmtl.config import TrainConfig
+from medmtl.config import TrainConfig, merge_dicts
 from medmtl.methods import build_config, check_method, run_name
 
 
@@ -42,9 +42,14 @@ class PlannedRun:
 
 
 def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
-              overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
+              overrides: dict[str, Any] | None = None,
+              variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> list[PlannedRun]:
+    """One planned run per method x seed. `variants` maps extra method labels (e.g. the tuned
+    `gradnorm@tuned`) to (preset or spec, config overrides of their own)."""
+    variants = variants or {}
     for m in methods:
-        check_method(m)  # every method before any run starts
+        if m not in variants:
+            check_method(m)  # every method before any run starts
     plan = []
     for m in methods:
         for s in seeds:
@@ -52,7 +57,12 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             run_dir = out / "runs" / name
             over = dict(overrides or {})
             over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
-            cfg = build_config(m, over)
+            if m in variants:
+                base, extra = variants[m]
+                cfg = build_config(base, merge_dicts(over, extra))
+                cfg.method = m
+            else:
+                cfg = build_config(m, over)
             pr = PlannedRun(name, cfg, run_dir)
             if (run_dir / "metrics.json").exists():
                 pr.status = "finished"
@@ -98,9 +108,7 @@ def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
     if r.status == "new" and r.run_dir.exists():
         shutil.rmtree(r.run_dir)  # a run that died before its first checkpoint: start clean
     cmd = [sys.executable, "-m", "medmtl", "train", "--data", r.cfg.data, "--out", str(r.run_dir),
-           "--config", str(cfg_path), "--no-progress"]
-    if r.cfg.method:
-        cmd += ["--method", r.cfg.method]
+           "--config", str(cfg_path), "--no-progress"]  # the YAML holds the method, resolved
     if r.status == "resume":
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -128,12 +136,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path,
                 overrides: dict[str, Any] | None = None, jobs: int | None = None,
                 console: Console | None = None, report: bool = True,
-                shard: tuple[int, int] | None = None) -> Path:
+                shard: tuple[int, int] | None = None,
+                variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> Path:
     console = console or Console(stderr=True)
     out = Path(out)
     cfg_dir = out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_runs(data, methods, seeds, out, overrides)
+    plan = plan_runs(data, methods, seeds, out, overrides, variants)
     if shard is not None:
         plan = plan[shard[0]::shard[1]]
         console.print(f"shard {shard[0]}/{shard[1]}: {', '.join(r.name for r in plan) or 'nothing'}")

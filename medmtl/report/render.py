@@ -18,6 +18,7 @@ from typing import Any
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.plots import make_plots
 from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
+from medmtl.report.tuning import tuning_blocks
 
 Block = tuple[Any, ...]
 PLOT_CAPTIONS = {
@@ -266,6 +267,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
                   else "n/a", "finished" if r["finished"] else "unfinished"]
                for r in summary["runs"]]))
     b.extend(_val_table(summary))
+    b.extend(tuning_blocks(directory))
     if plots:
         b.append(("h", 2, "Figures"))
         for name, path in plots.items():

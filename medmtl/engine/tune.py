@@ -1,0 +1,151 @@
+"""Tuning with an equal budget: every method gets the same number of trials of the same length.
+
+`tune(...)` runs, per method, an Optuna study (TPE, seeded) over that method's own
+hyper-parameters on the val split: the learning rate for every method, the task weight of
+`fixed`, and each balancer option whose field declares a `search` range (GradNorm's alpha, CAGrad's
+c, DWA's temperature, ...). A trial is a real, shorter training run whose objective is the val
+selection score of its best checkpoint (`engine.evaluate.fitness`): the same number a run uses to
+pick its checkpoint. Studies live in a database (`<out>/tune.db`, SQLite, or any Optuna storage URL
+shared by several machines), so a killed search resumes: finished trials are kept, a trial left
+RUNNING by a dead process on this host is marked failed and its parameters are tried again, and
+only the missing trials run. The best configuration of each method then runs over the seeds as
+`<method>@tuned` through `compare`, and the report shows the tuned values and the search trace
+(`<out>/tune.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from medmtl.balancing import balancer_class
+from medmtl.config import TrainConfig, merge_dicts
+from medmtl.engine.evaluate import fitness
+from medmtl.methods import build_config, run_name
+
+LR_RANGE = (0.25, 4.0)  # the learning rate searched in [lr / 4, lr * 4], log scale
+FIXED_WEIGHT_RANGE = (0.05, 5.0)  # fixed: the classify weight (detect stays 1), log scale
+
+
+def search_space(cfg: TrainConfig) -> dict[str, tuple[float, float, bool]]:
+    """name -> (low, high, log) of what is tuned for this method's config."""
+    space = {"lr": (cfg.lr * LR_RANGE[0], cfg.lr * LR_RANGE[1], True)}
+    if cfg.balancer.name == "fixed" and len(cfg.model.tasks) == 2:
+        space["w_classify"] = (*FIXED_WEIGHT_RANGE, True)
+    for name, f in balancer_class(cfg.balancer.name).Options.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        rng = extra.get("search")
+        if isinstance(rng, dict):
+            space[name] = (float(rng["low"]), float(rng["high"]), bool(rng.get("log", False)))
+    return space
+
+
+def trial_overrides(params: dict[str, float]) -> dict[str, Any]:
+    """Config overrides of a trial's parameters (the inverse of `search_space`'s names)."""
+    over: dict[str, Any] = {}
+    for k, v in params.items():
+        if k == "lr":
+            over["lr"] = v
+        elif k == "w_classify":
+            over = merge_dicts(over, {"balancer": {"weights": {"detect": 1.0, "classify": v}}})
+        else:
+            over = merge_dicts(over, {"balancer": {k: v}})
+    return over
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_stale(study: Any, console: Console) -> None:
+    """Trials left RUNNING by a dead process of this host: failed, their parameters re-queued."""
+    import optuna
+
+    host = socket.gethostname()
+    for tr in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if tr.user_attrs.get("host") == host and not _alive(int(tr.user_attrs.get("pid", -1))):
+            study.tell(tr.number, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(tr.params, skip_if_exists=False)
+            console.print(f"{study.study_name}: trial {tr.number} was killed; its parameters "
+                          "run again")
+
+
+def _objective(method: str, data: str, base: dict[str, Any], out: Path,
+               space: dict[str, tuple[float, float, bool]]) -> Any:
+    from medmtl.engine.trainer import train
+
+    def run(trial: Any) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in space.items()}
+        over = merge_dicts(base, trial_overrides(params))
+        over.update({"data": data, "out": str(out / f"t{trial.number}")})
+        run_dir = train(build_config(method, over), progress=False)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        trial.set_user_attr("run_dir", str(run_dir))
+        return fitness(metrics)  # val: the split that selects checkpoints, never test
+
+    return run
+
+
+def tune(data: str, methods: list[str], trials: int, out: str | Path,
+         overrides: dict[str, Any] | None = None, storage: str | None = None, seed: int = 0,
+         console: Console | None = None) -> dict[str, Any]:
+    """Run (or finish) `trials` trials per method; returns and writes `<out>/tune.json`."""
+    import optuna
+
+    console = console or Console(stderr=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    base = dict(overrides or {})
+    base.setdefault("seed", seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result: dict[str, Any] = {"trials_per_method": trials, "storage": storage,
+                              "objective": "val fitness of the best epoch", "methods": {}}
+    for method in methods:
+        cfg = build_config(method, {**base, "data": data})
+        space = search_space(cfg)
+        study = optuna.create_study(
+            study_name=method, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)))
+        _recover_stale(study, console)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        missing = trials - len(done)
+        console.print(f"{method}: {len(done)}/{trials} trials done; tuning "
+                      f"{', '.join(space)}")
+        if missing > 0:
+            study.optimize(_objective(method, data, base, out / "trials" / run_name(method), space),
+                           n_trials=missing, catch=())
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE][:trials]
+        best = max(done, key=lambda t: t.value)
+        result["methods"][method] = {
+            "space": {k: list(v) for k, v in space.items()},
+            "best": {"params": best.params, "value": best.value, "trial": best.number},
+            "overrides": trial_overrides(best.params),
+            "trials": [{"number": t.number, "params": t.params, "value": t.value,
+                        "state": t.state.name} for t in study.trials],
+        }
+        console.print(f"{method}: best val score {best.value:.4f} with "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items()))
+    (out / "tune.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def tuned_variants(result: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """`<method>@tuned` -> (method, the best trial's overrides), for `run_compare(variants=...)`."""
+    return {f"{m}@tuned": (m, r["overrides"]) for m, r in result["methods"].items()}
+
+
+__all__ = ["search_space", "trial_overrides", "tune", "tuned_variants"]

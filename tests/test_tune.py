@@ -1,0 +1,74 @@
+"""`medmtl tune`: the same number of trials per method over its own hyper-parameters on val, a
+killed search resumes (a dead trial's parameters run again), and the best configurations feed a
+comparison whose report shows the tuned values and the trace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from medmtl.engine.tune import search_space, trial_overrides, tune
+from medmtl.methods import build_config
+
+
+def test_search_space_per_method() -> None:
+    assert set(search_space(build_config("gradnorm"))) == {"lr", "alpha"}
+    assert set(search_space(build_config("shared:cagrad"))) == {"lr", "cagrad_c"}
+    assert set(search_space(build_config("fixed"))) == {"lr", "w_classify"}
+    assert set(search_space(build_config("detect"))) == {"lr"}
+    lo, hi, log = search_space(build_config("fixed", {"lr": 0.004}))["lr"]
+    assert (lo, hi, log) == (0.001, 0.016, True)
+    assert trial_overrides({"lr": 0.01, "w_classify": 0.2, "alpha": 0.5}) == {
+        "lr": 0.01, "balancer": {"weights": {"detect": 1.0, "classify": 0.2}, "alpha": 0.5}}
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path: Path) -> None:
+    import optuna
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    out = tmp_path / "tune"
+    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "diag_steps": 0}
+    first = tune(str(synth_tiny), ["gradnorm"], 1, out, overrides=over)
+    assert len(first["methods"]["gradnorm"]["trials"]) == 1
+    # a second trial killed mid-run: RUNNING in the database, its process gone
+    study = optuna.load_study(study_name="gradnorm", storage=f"sqlite:///{out / 'tune.db'}")
+    killed = study.ask()
+    params = {"lr": killed.suggest_float("lr", 5e-4, 8e-3, log=True),
+              "alpha": killed.suggest_float("alpha", 0.0, 3.0)}
+    killed.set_user_attr("host", __import__("socket").gethostname())
+    killed.set_user_attr("pid", _dead_pid())
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", "--data", str(synth_tiny), "--methods", "gradnorm,fixed",
+                              "--trials", "2", "--seeds", "1", "--out", str(out), "--epochs", "1",
+                              "--imgsz", "64", "--batch", "16", "--workers", "0",
+                              "--diag-steps", "0", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "tune.json").read_text())
+    for method in ("gradnorm", "fixed"):  # the same budget: 2 complete trials each
+        states = [t["state"] for t in result["methods"][method]["trials"]]
+        assert states.count("COMPLETE") == 2, states
+    gn = result["methods"]["gradnorm"]["trials"]
+    assert gn[1]["state"] == "FAIL"  # the killed one, then re-run with its own parameters
+    assert gn[2]["params"] == params and gn[2]["state"] == "COMPLETE"
+
+    best = result["methods"]["gradnorm"]["best"]
+    cfg = yaml.safe_load((out / "runs" / "gradnorm@tuned-s0" / "config.yaml").read_text())
+    assert cfg["method"] == "gradnorm@tuned"
+    assert cfg["balancer"]["alpha"] == best["params"]["alpha"] and cfg["lr"] == best["params"]["lr"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"gradnorm@tuned", "fixed@tuned"}
+    md = (out / "report.md").read_text()
+    assert "## Tuning" in md and "gradnorm@tuned" in md and (out / "plots/tune_trace.png").exists()
