@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The real-data study (docs/study/): which remedy for gradient interference to deploy on echo.
+#
+#   bash benchmarks/study.sh            # CPU budget: 128 px, 10 epochs, size n (~4 h of 2 cores)
+#   bash benchmarks/study.sh --full     # the GPU protocol: 416 px, 100 epochs
+#
+# 1. train+valid of ../shared/data/regurgitation re-split patient-disjoint into train/val
+#    (`medmtl split --by-group`); every run then holds whole patients of that train out as its
+#    test split (`--test-split grouped`, the same for every run): the checkpoint chosen on val is
+#    scored on patients no run trained or selected on.
+# 2. `medmtl tune`: fixed (classify weight, lr) and gradnorm (alpha, lr) get the same number of
+#    trials of the same length on val; their best configurations run as <method>@tuned.
+# 3. The same command trains, over 3 seeds, the tuned methods and original, fixed, gradnorm,
+#    pcgrad, dual, split2 and the single-task references detect and classify, then writes the
+#    report. Everything resumes: run the script again after a stop (finished runs and trials
+#    are kept).
+# 4. The report (report.md, summary.json, plots/) is copied to docs/study/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/regurgitation/data.yaml}
+OUT=${OUT:-runs/study}
+MEDMTL=${MEDMTL:-.venv/bin/medmtl}
+if [[ ! -f "$DATA" ]]; then
+  echo "study: $DATA not found (the real data lives in ../shared/data); nothing to do" >&2
+  exit 0
+fi
+if [[ "${1:-}" == "--full" ]]; then
+  IMGSZ=${IMGSZ:-416} EPOCHS=${EPOCHS:-100} TRIALS=${TRIALS:-8} OUT=${OUT}-full
+  DOCS=${DOCS:-docs/study-full}
+else  # a dry run on other data: DATA=... OUT=/tmp/s DOCS=/tmp/s/docs EPOCHS=1 IMGSZ=64 ...
+  IMGSZ=${IMGSZ:-128} EPOCHS=${EPOCHS:-10} TRIALS=${TRIALS:-4} DOCS=${DOCS:-docs/study}
+fi
+SEEDS=${SEEDS:-3}
+mkdir -p "$OUT"
+[[ -f "$OUT/split/data.yaml" ]] || "$MEDMTL" split --data "$DATA" --out "$OUT/split" --val 0.2 --seed 0
+"$MEDMTL" audit --data "$OUT/split/data.yaml" --json "$OUT/audit.json" > "$OUT/audit.txt"
+start=$(date +%s)
+"$MEDMTL" tune --data "$OUT/split/data.yaml" --methods fixed,gradnorm --trials "$TRIALS" \
+  --untuned original,fixed,gradnorm,pcgrad,dual,split2,detect,classify --seeds "$SEEDS" \
+  --epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1 \
+  --test-split grouped --test-fraction 0.2 --split-seed 0 --out "$OUT" 2>&1 | tee -a "$OUT/study.log"
+echo "study: $(( ($(date +%s) - start) / 60 )) min this invocation (imgsz $IMGSZ, epochs $EPOCHS, trials $TRIALS, seeds $SEEDS)" | tee -a "$OUT/study.log"
+mkdir -p "$DOCS"
+cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$OUT/tune.json" "$DOCS/"
+rm -rf "$DOCS/plots" && cp -r "$OUT/plots" "$DOCS/plots"
+echo "study: report in $DOCS/report.md"
