@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tol import dot_tol
 from torch import Tensor, nn
 
 from medmtl.balancing import BALANCERS, create_balancer
@@ -279,7 +280,10 @@ def test_pcgrad_projection_property() -> None:
         if grads[0] @ grads[1] >= 0:
             grads[1] = -grads[1]
         proj = pcgrad_project(grads, g)
-        assert proj[0] @ grads[1] >= -1e-6 and proj[1] @ grads[0] >= -1e-6
+        # >= 0 up to float32 rounding, bounded by the magnitudes of the inputs (a dot of ~6 can
+        # come out at -1e-6 on some CPUs); an unprojected conflict is ~ -0.2 * |g0| * |g1|
+        tol = dot_tol(grads[0], grads[1])
+        assert proj[0] @ grads[1] >= -tol and proj[1] @ grads[0] >= -tol
     # no conflict at all (K = 3): nothing moves
     grads = torch.rand(3, 10, generator=g)
     torch.testing.assert_close(pcgrad_project(grads, g), grads)
