@@ -118,7 +118,9 @@ def test_dfl_minimal_on_right_bins() -> None:
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         other = best + torch.randn(5, generator=g)
-        assert dfl_loss(other, target) >= dfl_loss(best, target) - 1e-6
+        # the minimum up to float32 rounding, relative to the loss (DFL >= 0; one draw here is
+        # only 7e-7 above it)
+        assert dfl_loss(other, target) >= dfl_loss(best, target) * (1 - 1e-5)
     # the DFL-decoded expectation of the optimum is the target
     assert dfl_decode(best.repeat(4), 5)[0].item() == pytest.approx(2.3, abs=1e-4)
 
