@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MEDMTL_TEST_THREADS", "1"),
+               PYTHONUNBUFFERED="1")  # threads: see conftest.py
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env

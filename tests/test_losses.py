@@ -244,15 +244,6 @@ class _TinyDet(nn.Module):
         return [h(f) for h, f in zip(self.heads, (f8, f16, f32), strict=True)]
 
 
-@pytest.fixture
-def one_thread():
-    # a few small ops per step: extra threads only add overhead on shared CPUs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_overfit_tiny_head(one_thread: None) -> None:
     torch.manual_seed(0)
     nc, reg_max, strides = 4, 8, [8, 16, 32]

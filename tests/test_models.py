@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,7 @@ ALL_ARCHS = [
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("MEDMTL_TEST_THREADS", "1")))  # see conftest.py
     yield
     torch.set_num_threads(n)
 
