@@ -86,8 +86,10 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
         assert moved > 1e-3, name  # the step did move the model: equality is not vacuous
         # task weights: identical across ranks, equal to the single-process ones
         assert ranks[0]["weights"] == ranks[1]["weights"], name
+        # rel 1e-4: CAGrad's weights (a dual solve on the Gram of float32 gradients) came out
+        # 5.5e-6 apart here with 1 and 2 threads, too close to 1e-5 to hold on every CPU
         for t, w in ref["weights"].items():
-            assert ranks[0]["weights"][t] == pytest.approx(w, rel=1e-5), (name, t)
+            assert ranks[0]["weights"][t] == pytest.approx(w, rel=1e-4), (name, t)
         # the step's losses are the global batch's
         for col in ("loss/detect", "loss/classify"):
             assert ranks[0]["row"][col] == pytest.approx(ref["row"][col], rel=1e-5), (name, col)
