@@ -1,10 +1,14 @@
 # Both targets bootstrap .venv with pip on first use.
 # TORCH pins the build that lies on this project's machines; override it elsewhere,
 # e.g. `make test TORCH="torch torchvision"`.
+# THREADS: torch threads of the tests (default 1); PYTEST_ARGS: extra pytest options, e.g.
+# `make test THREADS=2 PYTEST_ARGS="--random-order-seed=1234"` (see README).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+THREADS ?= 1
+PYTEST_ARGS ?=
 STAMP := $(VENV)/.medmtl-installed
 
 .PHONY: demo test lint clean-venv
@@ -21,7 +25,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=$(THREADS) MEDMTL_TEST_THREADS=$(THREADS) \
+		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks

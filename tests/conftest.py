@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "regurgitation" / "data.yaml"
+# torch intra-op threads of the tests that pin them (`make test THREADS=2` sets it; default 1)
+TEST_THREADS = int(os.environ.get("MEDMTL_TEST_THREADS", "1"))
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +41,9 @@ def real_data() -> Path:
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Tiny tensors: intra-op threads only contend on a shared 2-core machine (OpenMP threads
-    waiting on a descheduled sibling can make a step 10x slower)."""
+    waiting on a descheduled sibling can make a step 10x slower). One thread unless
+    MEDMTL_TEST_THREADS says otherwise (to check that no assertion depends on the count)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(old)

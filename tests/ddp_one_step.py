@@ -9,6 +9,7 @@ OUT/<balancer>.rank<r>.pt.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ BALANCERS = ("fixed", "gradnorm", "pcgrad", "uncertainty", "dwa", "cagrad", "fam
 
 
 def main(data: str, out: str) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("MEDMTL_TEST_THREADS", "1")))  # see conftest.py
     comm = None
     for name in BALANCERS:
         cfg = build_config(name, {

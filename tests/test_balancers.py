@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tol import assert_close_scaled, dot_tol
 from torch import Tensor, nn
 
 from medmtl.balancing import BALANCERS, create_balancer
@@ -98,9 +99,9 @@ def test_log_and_scale(name: str) -> None:
         b2.after_step(loss_floats(m2, x, y))
     g1, g2 = grads_of(m1), grads_of(m2)
     for k in g1:
-        torch.testing.assert_close(g2[k] / 1024.0, g1[k], rtol=1e-5, atol=1e-7)
-    for k in log1:
-        assert log1[k] == pytest.approx(log2[k], rel=1e-5, abs=1e-7, nan_ok=True), k
+        assert_close_scaled(g2[k] / 1024.0, g1[k])
+    for k in log1:  # weights, cosines, norms: O(1), so abs is ~8 float32 ulps at 1 (cos near 0)
+        assert log1[k] == pytest.approx(log2[k], rel=1e-5, abs=1e-6, nan_ok=True), k
     assert {f"weight/{t}" for t in TASKS} <= set(log1)
     assert log1["backward_passes"] == b1.backward_passes
     assert b1.weights() == pytest.approx(b2.weights())
@@ -119,8 +120,9 @@ def test_accumulation(name: str) -> None:
     step(bc, mc, x2, y2)
     g2 = grads_of(mc)
     step(b, m, x2, y2)
-    for k, g in grads_of(m).items():
-        torch.testing.assert_close(g, g1[k] + g2[k], rtol=1e-5, atol=1e-7)
+    for k, g in grads_of(m).items():  # the sum may cancel: tolerance scaled to its two terms
+        scale = max(float(g1[k].abs().max()), float(g2[k].abs().max()))
+        assert_close_scaled(g, g1[k] + g2[k], scale=scale)
 
 
 # the weight a lone task's loss is back-propagated with
@@ -150,7 +152,7 @@ def test_partial_labels(name: str) -> None:
         ref.zero_grad(set_to_none=True)
         (w * task_losses(ref, x, y)[task]).backward()
         for k, g in grads_of(m).items():
-            torch.testing.assert_close(g, grads_of(ref)[k], rtol=1e-5, atol=1e-7)
+            assert_close_scaled(g, grads_of(ref)[k])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -195,7 +197,7 @@ def test_state_dict_roundtrip(name: str) -> None:
     step(b, m, x, y)
     step(b2, m2, x, y)
     for k, g in grads_of(m).items():
-        torch.testing.assert_close(grads_of(m2)[k], g)
+        assert_close_scaled(grads_of(m2)[k], g)
 
 
 # --- fixed ---------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_fixed_weights() -> None:
     ls = task_losses(ref, x, y)
     (ls["detect"] + 0.1 * ls["classify"]).backward()
     for k, g in grads_of(m).items():
-        torch.testing.assert_close(g, grads_of(ref)[k])
+        assert_close_scaled(g, grads_of(ref)[k])
 
 
 # --- uncertainty ---------------------------------------------------------------------------------
@@ -279,7 +281,10 @@ def test_pcgrad_projection_property() -> None:
         if grads[0] @ grads[1] >= 0:
             grads[1] = -grads[1]
         proj = pcgrad_project(grads, g)
-        assert proj[0] @ grads[1] >= -1e-6 and proj[1] @ grads[0] >= -1e-6
+        # >= 0 up to float32 rounding, bounded by the magnitudes of the inputs (a dot of ~6 can
+        # come out at -1e-6 on some CPUs); an unprojected conflict is ~ -0.2 * |g0| * |g1|
+        tol = dot_tol(grads[0], grads[1])
+        assert proj[0] @ grads[1] >= -tol and proj[1] @ grads[0] >= -tol
     # no conflict at all (K = 3): nothing moves
     grads = torch.rand(3, 10, generator=g)
     torch.testing.assert_close(pcgrad_project(grads, g), grads)
@@ -297,7 +302,7 @@ def test_pcgrad_no_conflict_equals_sum() -> None:
     ref.zero_grad(set_to_none=True)
     (4 * ((ref(x)["detect"] - y["detect"]) ** 2).mean()).backward()
     for k, gr in grads_of(m).items():
-        torch.testing.assert_close(gr, grads_of(ref)[k], rtol=1e-5, atol=1e-7)
+        assert_close_scaled(gr, grads_of(ref)[k])
 
 
 # --- cagrad --------------------------------------------------------------------------------------
@@ -308,9 +313,9 @@ def test_cagrad_c0_is_plain_sum() -> None:
     make("cagrad", cagrad_c=0.0).backward(task_losses(m, x, y), m.shared())
     make("fixed").backward(task_losses(ref, x, y), ref.shared())
     for k, g in grads_of(m).items():
-        torch.testing.assert_close(g, grads_of(ref)[k], rtol=1e-5, atol=1e-7)
+        assert_close_scaled(g, grads_of(ref)[k])
     alpha, lam = cagrad_coefficients(np.eye(2), 0.0)
-    assert alpha == [1.0, 1.0] and lam == 0.0
+    assert alpha == [1.0, 1.0] and lam == 0.0  # exact: c = 0 sets lambda to 0, alpha = 1 / 1
 
 
 def _f(w: np.ndarray, gram: np.ndarray, c: float) -> float:
@@ -400,7 +405,7 @@ def test_quiet_log_changes_nothing_but_the_log(name: str) -> None:
         b1.after_step(loss_floats(m1, x, y))
         b2.after_step(loss_floats(m2, x, y))
     g1, g2 = grads_of(m1), grads_of(m2)
-    for k in g1:
+    for k in g1:  # exact: the same ops in the same process, only the log is skipped
         torch.testing.assert_close(g2[k], g1[k], rtol=0, atol=0)
     assert b1.weights() == b2.weights()
     assert log2["backward_passes"] == b2.backward_passes
@@ -446,9 +451,13 @@ def test_gradnorm_fast_path_equals_plain_path(arch: str, scale: float) -> None:
                                      model.last_shared_parameter(), scale=scale, split=split))
         assert logs[0]["gradnorm_active"] == logs[1]["gradnorm_active"] == 1.0
         assert balancers[0].weights() == pytest.approx(balancers[1].weights(), rel=1e-5)
+        # the floor is scaled to the model's largest gradient, not each tensor's: a BN bias that
+        # feeds another BN has a zero gradient in exact arithmetic, so its ~1e-8 entries are
+        # rounding of terms of the model's gradient magnitude (and differ 2x between the paths)
+        gmax = max(float(p.grad.abs().max()) for p in plain.parameters() if p.grad is not None)
         for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
             assert (p.grad is None) == (q.grad is None), name
             if p.grad is not None:
-                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6 * scale,
-                                           msg=lambda m, n=name: f"{n}: {m}")
+                assert_close_scaled(q.grad, p.grad, rtol=1e-4, scale=gmax,
+                                    msg=lambda m, n=name: f"{n}: {m}")
     assert balancers[1].weights()["detect"] != pytest.approx(1.0, abs=1e-6)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _tol import assert_close_scaled
 
 from medmtl.distributed import Comm, launch_command, strip_devices_option
 from medmtl.engine.data_setup import RunData
@@ -22,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MEDMTL_TEST_THREADS", "1"),
+               PYTHONUNBUFFERED="1")  # threads: see conftest.py
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env
@@ -71,20 +73,25 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
         ref = torch.load(single / f"{name}.rank0.pt", weights_only=True)
         ranks = [torch.load(ddp / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
         assert ref["world_size"] == 1 and ranks[0]["world_size"] == 2
-        moved = 0.0
+        floats = {k: v for k, v in ref["model"].items() if v.dtype.is_floating_point}
+        # the largest change the step made to any entry: the two runs differ by the rounding of
+        # that step, so the absolute floor is scaled to it (not to each tensor: a BN bias that
+        # feeds another BN gets a zero gradient in exact arithmetic, i.e. pure rounding noise)
+        moved = max(float((v - ref["before"][k]).abs().max()) for k, v in floats.items())
         for k, v in ref["model"].items():
-            if not v.dtype.is_floating_point:
+            if k not in floats:
                 assert torch.equal(v, ranks[0]["model"][k]), (name, k)
                 continue
             for rk in ranks:  # same weights (and BN running statistics) as one process
-                torch.testing.assert_close(rk["model"][k], v, rtol=1e-4, atol=1e-6,
-                                           msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
-            moved = max(moved, float((v - ref["before"][k]).abs().max()))
+                assert_close_scaled(rk["model"][k], v, rtol=1e-4, scale=moved,
+                                    msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
         assert moved > 1e-3, name  # the step did move the model: equality is not vacuous
         # task weights: identical across ranks, equal to the single-process ones
         assert ranks[0]["weights"] == ranks[1]["weights"], name
+        # rel 1e-4: CAGrad's weights (a dual solve on the Gram of float32 gradients) came out
+        # 5.5e-6 apart here with 1 and 2 threads, too close to 1e-5 to hold on every CPU
         for t, w in ref["weights"].items():
-            assert ranks[0]["weights"][t] == pytest.approx(w, rel=1e-5), (name, t)
+            assert ranks[0]["weights"][t] == pytest.approx(w, rel=1e-4), (name, t)
         # the step's losses are the global batch's
         for col in ("loss/detect", "loss/classify"):
             assert ranks[0]["row"][col] == pytest.approx(ref["row"][col], rel=1e-5), (name, col)

@@ -107,8 +107,11 @@ def test_parity_with_pytorch(graph, arch: str) -> None:
     # raw graph outputs on the same letterboxed input
     x = np.random.default_rng(2).random((1, 3, IMGSZ, IMGSZ)).astype(np.float32)
     (b1, s1, v1), (b2, s2, v2) = pt._forward(x), ox._forward(x)
-    assert float((b1 - b2).abs().max()) < 1e-3 and float((s1 - s2).abs().max()) < 1e-4
-    assert float((v1 - v2).abs().max()) < 1e-4
+    # boxes (pixels, up to ~200) and view logits: relative to their largest magnitude (ORT and
+    # torch differ by ~1e-6 of it); scores are probabilities, already of scale 1
+    assert float((b1 - b2).abs().max()) < 1e-5 * float(b1.abs().max())
+    assert float((s1 - s2).abs().max()) < 1e-4
+    assert float((v1 - v2).abs().max()) < 1e-4 * max(float(v1.abs().max()), 1.0)
     r_pt = pt.predict_batch(imgs, conf=0.4, iou=0.6, max_det=50)
     r_ox = ox.predict_batch(imgs, conf=0.4, iou=0.6, max_det=50)  # static graph: one at a time
     total = 0

@@ -118,7 +118,9 @@ def test_dfl_minimal_on_right_bins() -> None:
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         other = best + torch.randn(5, generator=g)
-        assert dfl_loss(other, target) >= dfl_loss(best, target) - 1e-6
+        # the minimum up to float32 rounding, relative to the loss (DFL >= 0; one draw here is
+        # only 7e-7 above it)
+        assert dfl_loss(other, target) >= dfl_loss(best, target) * (1 - 1e-5)
     # the DFL-decoded expectation of the optimum is the target
     assert dfl_decode(best.repeat(4), 5)[0].item() == pytest.approx(2.3, abs=1e-4)
 
@@ -240,15 +242,6 @@ class _TinyDet(nn.Module):
         f16 = self.p16(f8)
         f32 = self.p32(f16)
         return [h(f) for h, f in zip(self.heads, (f8, f16, f32), strict=True)]
-
-
-@pytest.fixture
-def one_thread():
-    # a few small ops per step: extra threads only add overhead on shared CPUs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_overfit_tiny_head(one_thread: None) -> None:

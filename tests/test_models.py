@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from _tol import assert_close_scaled
 from torch import nn
 
 from medmtl.config import ModelConfig
@@ -44,7 +46,7 @@ ALL_ARCHS = [
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("MEDMTL_TEST_THREADS", "1")))  # see conftest.py
     yield
     torch.set_num_threads(n)
 
@@ -218,9 +220,12 @@ def test_channels_last_matches_contiguous() -> None:
         ref = m(x)
         m = m.to(memory_format=torch.channels_last)
         out = m(x.to(memory_format=torch.channels_last))
+    # another conv kernel order: the floor is scaled to the model's largest output (the view
+    # logits are only ~0.07 at init)
+    scale = max(float(t.abs().max()) for t in [*ref["detect"], ref["classify"]])
     for a, b in zip(out["detect"], ref["detect"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out["classify"], ref["classify"], rtol=1e-4, atol=1e-4)
+        assert_close_scaled(a, b, rtol=1e-4, scale=scale)
+    assert_close_scaled(out["classify"], ref["classify"], rtol=1e-4, scale=scale)
 
 
 def test_model_info_positive() -> None:
@@ -329,5 +334,6 @@ def test_onnx_export_opset17_matches_torch(tmp_path: Path) -> None:
     got = sess.run(None, {"images": x.numpy()})
     with torch.no_grad():
         ref = wrapped(x)
+    scale = max(float(b.abs().max()) for b in ref)  # as above: the largest output's magnitude
     for a, b in zip(got, ref, strict=True):
-        torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-3, atol=1e-4)
+        assert_close_scaled(torch.from_numpy(a), b, rtol=1e-3, atol=1e-5, scale=scale)

@@ -46,6 +46,7 @@ def test_decode_and_nms_hand_built() -> None:
 
     boxes, scores = decode_predictions(preds, STRIDES, REG_MAX, NC)
     assert boxes.shape == (1, 64 + 16 + 4, 4) and scores.shape == (1, 84, NC)
+    # exact: one-hot bins (exp(-1e4) is 0), integer distances, power-of-two strides
     assert torch.equal(boxes[0, 2 * 8 + 3], torch.tensor([12.0, 12.0, 52.0, 36.0]))
     assert torch.equal(boxes[0, 64 + 1 * 4 + 1], torch.tensor([8.0, 8.0, 40.0, 40.0]))
 
