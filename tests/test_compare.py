@@ -36,13 +36,23 @@ def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_pat
         assert agg["map50"]["mean"] == pytest.approx(m["detection"]["map50"], abs=1e-12)
         assert agg["accuracy"]["mean"] == pytest.approx(m["classification"]["accuracy"],
                                                         abs=1e-12)
-        assert m["efficiency"]["latency_context"].startswith("re-timed after all runs")
+        eff = m["efficiency"]
+        assert eff["latency_context"].startswith("re-timed after all runs")
+        # end to end (decode + letterbox + forward + NMS), re-timed too, beside the forward pass
+        assert eff["latency_e2e_context"].startswith("re-timed after all runs")
+        assert eff["latency_e2e_ms"] > 0 and "NMS" in eff["latency_e2e_includes"]
+        assert eff.get("latency_e2e_ort_ms", 0) > 0 or "not installed" in eff.get(
+            "latency_e2e_ort_skipped", "")
+        assert eff["latency_e2e_n"] == 30  # 3 interleaved rounds of 10 calls, pooled
         for value in (m["detection"]["map50"], m["detection"]["map50_95"],
                       m["classification"]["accuracy"]):
             shown = f"{value:.3f}"
             assert re.search(rf"\|\s*{method}\s*\|.*{re.escape(shown)}", md), (method, shown)
             assert shown in html
     assert "src=\"data:image/png;base64," in html
+    dep = summary["deployment"]  # no single-task runs: no Δm, so no front, and the report says so
+    assert dep["front"] == [] and "Δm unavailable" in dep["excluded"]["fixed"]
+    assert summary["recommendations"]["efficiency_first"]["method"] is None
 
 
 def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path: Path) -> None:

@@ -242,6 +242,6 @@ def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
     if console is not None and best:
         skipped = {v for r in e2e.values() for k, v in r.items() if k.endswith("_ort_skipped")}
         console.print(f"re-timed {len(best)} models on the CPU ({threads} threads, {rounds} "
-                      "interleaved rounds; forward only and end to end"
-                      + (", ONNX Runtime skipped: " + "; ".join(sorted(skipped)) if skipped
-                         else ", PyTorch and ONNX Runtime") + ")")
+                      "interleaved rounds; forward only, and end to end with PyTorch"
+                      + ("; ONNX Runtime skipped: " + "; ".join(sorted(skipped)) if skipped
+                         else " and ONNX Runtime" if ort else "") + ")")

@@ -44,7 +44,8 @@ class Point:
 
 
 def latency_tie(a: Point, b: Point) -> bool:
-    return abs(a.latency - b.latency) <= a.noise + b.noise
+    """Within the sum of the noise bands (plus 1e-9 ms for floating-point rounding)."""
+    return abs(a.latency - b.latency) <= a.noise + b.noise + 1e-9
 
 
 def dominates(a: Point, b: Point) -> bool:
