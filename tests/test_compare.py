@@ -64,7 +64,8 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
 
     out = tmp_path / "cmp"
     common = ["compare", "--data", str(synth_tiny), "--methods", "fixed,dual", "--seeds", "1",
-              "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out)]
+              "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out),
+              "--latency-budget", "50"]
     runner = CliRunner()
     r0 = runner.invoke(app, [*common, "--shard", "0/2"])
     assert r0.exit_code == 0, r0.output
@@ -73,9 +74,11 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     r1 = runner.invoke(app, [*common, "--shard", "1/2"])
     assert r1.exit_code == 0, r1.output
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
-    rr = runner.invoke(app, ["report", str(out), "--retime"])
+    rr = runner.invoke(app, ["report", str(out), "--retime", "--latency-budget", "50"])
     assert rr.exit_code == 0, rr.output
     assert "re-timed 2 models" in rr.output
+    # no single-task runs, so no Δm: the budget advice says it has nothing to rank
+    assert "no joint method has both a Δm and an end-to-end latency" in " ".join(rr.output.split())
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"fixed", "dual"}
     bad = runner.invoke(app, [*common, "--shard", "2/2"])

@@ -160,6 +160,7 @@ def test_report_and_cli_name_the_front_and_the_budget(tmp_path: Path) -> None:
     assert "Pareto-optimal, fastest first: fixed, dual." in md
     assert "detect (single-task reference: no Δm)" in md
     assert "(plots/pareto.png)" in md
+    assert "Caution: some of these latencies were measured at the end" in md  # not re-timed
     runner = CliRunner()
     r = runner.invoke(app, ["report", str(tmp_path), "--latency-budget", "21",
                             "--latency-runtime", "ort-cpu"])  # ONNX Runtime: 0.6 x e2e here

@@ -33,6 +33,10 @@ def deployment_blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
                    f"{dep['tie_rule']}. Accuracy: the method's Δm (%). {dep['optimal_rule']}. "
                    "Other latency figures: `medmtl report --latency-runtime "
                    f"{'|'.join(RUNTIMES)}`."))
+    if dep["points"] and not dep.get("retimed_together"):
+        b.append(("p", "Caution: some of these latencies were measured at the end of each run's "
+                       "training, where runs in parallel disturb each other's timings; `medmtl "
+                       "report DIR --retime` re-times all models together on one machine."))
     if dep["front"]:
         b.append(("p", "Pareto-optimal, fastest first: " + ", ".join(dep["front"]) + "."))
     others = [rt for rt in RUNTIMES if any(rt in p["other_runtimes_ms"] for p in dep["points"])]

@@ -172,6 +172,8 @@ def analyse(runs: Sequence[Run], agg: dict[str, Any],
                             if x.get("latency_e2e_includes")}),
         "threads": sorted({int(x["latency_e2e_threads"]) for x in effs
                            if _finite(x.get("latency_e2e_threads"))}),
+        "retimed_together": bool(effs) and all(str(x.get("latency_e2e_context", ""))
+                                               .startswith("re-timed") for x in effs),
         "points": [rows[p.method] for p in sorted(points, key=lambda p: (p.latency, p.method))],
         "front": [p.method for p in pareto_front(points)],
         "excluded": excluded,
