@@ -8,7 +8,13 @@ Random-initialised models (latency does not depend on the weights), fp32, input 
 "ms/img" is the median wall-clock time of one forward pass at batch 1; "img/s" is the throughput
 at batch ``--batch``. PyTorch timings are `medmtl.evaluation.latency.measure_latency` (model
 outputs, before box decoding); the ONNX graph also decodes boxes (cheap); neither includes NMS,
-letterboxing or image decoding. Prints a Markdown table with the machine and the date.
+letterboxing or image decoding. The "e2e" columns do (`medmtl.inference.latency.measure_e2e`,
+the figures the report's Pareto front uses): read + decode a 430x320 JPEG, letterbox, forward,
+box decoding, NMS at ``--conf`` (0.25, as `medmtl predict`), boxes back to original pixels,
+view softmax; batch 1, median of
+``--iters`` calls with the noise band (half the interquartile range) after ``--warmup``. "dets"
+is the number of detections the random-init model leaves after NMS on that frame (NMS time
+depends on it). Prints a Markdown table with the machine, its load average and the date.
 
 Run it on an otherwise idle machine: when another process holds a core, PyTorch's OpenMP threads
 wait on each other and batch-1 latencies grow tenfold or more; ``--threads 1`` avoids that.
@@ -36,6 +42,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from medmtl.config import ModelConfig  # noqa: E402
 from medmtl.evaluation.latency import measure_latency  # noqa: E402
+from medmtl.inference.latency import E2ETimer  # noqa: E402
 from medmtl.models import build_model, model_info  # noqa: E402
 
 NAMES, VIEWS = ["AR", "MR", "PR", "TR"], ["A4C", "PLAX", "PSAX"]
@@ -98,13 +105,35 @@ def bench_one(size: str, arch: str, args: argparse.Namespace, tmp: Path) -> dict
     if torch.cuda.is_available() and not args.no_cuda:
         row["torch CUDA ms/img"] = measure_latency(model, s, 1, "cuda", w, n * 5)["ms_per_image"]
         row["torch CUDA img/s"] = measure_latency(model, s, b, "cuda", w, n)["images_per_s"]
+    if not args.no_e2e:
+        row.update(e2e_columns(model, s, args))
     return row
+
+
+def e2e_columns(model: torch.nn.Module, imgsz: int, args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and not args.no_cuda
+    with E2ETimer(model, imgsz, NAMES, VIEWS, threads=args.threads, ort=not args.no_onnx,
+                  cuda=cuda, conf=args.conf) as timer:
+        timer.run(args.iters, args.warmup)
+        res = timer.results()
+        dets = len(timer.predictors[""].predict(timer.image, **timer.kw).detections)
+    cols: dict[str, Any] = {"dets": str(dets)}
+    for key, name in (("", "torch CPU"), ("_ort", "ORT CPU"), ("_cuda", "torch CUDA")):
+        if f"latency_e2e{key}_ms" in res:
+            cols[f"{name} e2e ms/img"] = res[f"latency_e2e{key}_ms"]
+            cols[f"{name} e2e noise ms"] = res[f"latency_e2e{key}_noise_ms"]
+        elif f"latency_e2e{key}_skipped" in res:
+            print(f"{name} e2e skipped: {res[f'latency_e2e{key}_skipped']}", file=sys.stderr)
+    return cols
 
 
 def machine_line(threads: int | None) -> str:
     th = f"threads {threads} (torch and ORT)" if threads else \
         f"torch threads {torch.get_num_threads()}, ORT default threads"
-    parts = [f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, {th}", f"torch {torch.__version__}"]
+    load = ", load average {:.1f} / {:.1f} / {:.1f} (1/5/15 min)".format(*os.getloadavg()) \
+        if hasattr(os, "getloadavg") else ""
+    parts = [f"CPU: {cpu_name()}, {os.cpu_count()} logical cores{load}, {th}",
+             f"torch {torch.__version__}"]
     try:
         import onnxruntime as ort
 
@@ -119,10 +148,12 @@ def machine_line(threads: int | None) -> str:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    fmt = {"params (M)": "{:.2f}", "GFLOPs": "{:.2f}"}
+    fmt = {"params (M)": "{:.2f}", "GFLOPs": "{:.2f}", "torch CPU e2e noise ms": "{:.2f}",
+           "ORT CPU e2e noise ms": "{:.2f}", "torch CUDA e2e noise ms": "{:.2f}"}
     lines = [f"Inference latency, imgsz {args.imgsz}, fp32; ms/img at batch 1 (median of "
              f"{args.iters}), img/s at batch {args.batch} (median of {args.batch_iters}); "
-             f"{dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}", "",
+             + ("" if args.no_e2e else f"e2e NMS conf {args.conf}; ")
+             + f"{dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}", "",
              machine_line(args.threads), "",
              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
@@ -147,6 +178,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--no-cuda", action="store_true", help="skip CUDA even when available")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end columns")
+    ap.add_argument("--conf", type=float, default=0.25, help="e2e: NMS score threshold")
     ap.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
     torch.set_flush_denormal(True)  # as the trainer does on the CPU

@@ -36,13 +36,23 @@ def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_pat
         assert agg["map50"]["mean"] == pytest.approx(m["detection"]["map50"], abs=1e-12)
         assert agg["accuracy"]["mean"] == pytest.approx(m["classification"]["accuracy"],
                                                         abs=1e-12)
-        assert m["efficiency"]["latency_context"].startswith("re-timed after all runs")
+        eff = m["efficiency"]
+        assert eff["latency_context"].startswith("re-timed after all runs")
+        # end to end (decode + letterbox + forward + NMS), re-timed too, beside the forward pass
+        assert eff["latency_e2e_context"].startswith("re-timed after all runs")
+        assert eff["latency_e2e_ms"] > 0 and "NMS" in eff["latency_e2e_includes"]
+        assert eff.get("latency_e2e_ort_ms", 0) > 0 or "not installed" in eff.get(
+            "latency_e2e_ort_skipped", "")
+        assert eff["latency_e2e_n"] == 30  # 3 interleaved rounds of 10 calls, pooled
         for value in (m["detection"]["map50"], m["detection"]["map50_95"],
                       m["classification"]["accuracy"]):
             shown = f"{value:.3f}"
             assert re.search(rf"\|\s*{method}\s*\|.*{re.escape(shown)}", md), (method, shown)
             assert shown in html
     assert "src=\"data:image/png;base64," in html
+    dep = summary["deployment"]  # no single-task runs: no Δm, so no front, and the report says so
+    assert dep["front"] == [] and "Δm unavailable" in dep["excluded"]["fixed"]
+    assert summary["recommendations"]["efficiency_first"]["method"] is None
 
 
 def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path: Path) -> None:
@@ -54,7 +64,8 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
 
     out = tmp_path / "cmp"
     common = ["compare", "--data", str(synth_tiny), "--methods", "fixed,dual", "--seeds", "1",
-              "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out)]
+              "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out),
+              "--latency-budget", "50"]
     runner = CliRunner()
     r0 = runner.invoke(app, [*common, "--shard", "0/2"])
     assert r0.exit_code == 0, r0.output
@@ -63,9 +74,11 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     r1 = runner.invoke(app, [*common, "--shard", "1/2"])
     assert r1.exit_code == 0, r1.output
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
-    rr = runner.invoke(app, ["report", str(out), "--retime"])
+    rr = runner.invoke(app, ["report", str(out), "--retime", "--latency-budget", "50"])
     assert rr.exit_code == 0, rr.output
     assert "re-timed 2 models" in rr.output
+    # no single-task runs, so no Δm: the budget advice says it has nothing to rank
+    assert "no joint method has both a Δm and an end-to-end latency" in " ".join(rr.output.split())
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"fixed", "dual"}
     bad = runner.invoke(app, [*common, "--shard", "2/2"])

@@ -55,6 +55,11 @@ def test_detector_learns_and_writes_the_run_directory(detector_run: Path) -> Non
     assert set(det["per_class"]) == {"AR", "MR", "PR", "TR"}
     for k in ("precision", "recall", "f1"):
         assert 0.0 < det[k] <= 1.0
+    eff = m["efficiency"]  # forward only, and end to end (decode, letterbox, forward, NMS)
+    assert eff["ms_per_image"] > 0 and eff["latency_e2e_ms"] > 0
+    inc = eff["latency_e2e_includes"]
+    assert "NMS" in inc and "view softmax" not in inc  # a detect-only model
+    assert "--retime" in eff["latency_e2e_ort_skipped"]  # ONNX Runtime: after a comparison
 
 
 def test_predictions_rescore_with_pycocotools(detector_run: Path) -> None:

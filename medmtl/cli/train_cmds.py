@@ -22,6 +22,19 @@ from medmtl.cli.options import (
 )
 from medmtl.config import TrainConfig
 from medmtl.methods import split_methods
+from medmtl.report.pareto import RUNTIMES
+
+_RUNTIMES = tuple(RUNTIMES)
+LatencyBudget = Annotated[float | None, Opt(
+    "--latency-budget", metavar="MS", min=0.0,
+    help="Also name the most accurate method (highest delta-m) whose end-to-end latency is "
+         "within MS milliseconds", rich_help_panel="Report")]
+LatencyRuntime = Annotated[str, Opt(
+    help="End-to-end latency the Pareto front and the budget use: " + " | ".join(_RUNTIMES),
+    rich_help_panel="Report")]
+DmTolerance = Annotated[float, Opt(
+    min=0.0, help="Delta-m points the efficiency pick (fastest Pareto-optimal method) may give "
+                  "up against the best", rich_help_panel="Report")]
 
 TRAIN_OPTIONS = config_options()
 # compare varies the method per run (--methods) and owns --out (the comparison folder) and seeds
@@ -131,6 +144,9 @@ def compare(
     shard: Annotated[str | None, Opt(help="Run only part I of N of the grid (job arrays): I/N; "
                                           "then `medmtl report DIR --retime`",
                                      rich_help_panel=_RUN)] = None,
+    latency_budget: LatencyBudget = None,
+    latency_runtime: LatencyRuntime = "torch-cpu",
+    dm_tolerance: DmTolerance = 1.0,
     **config_values: Any,
 ) -> None:
     """Train every method x seed with the same data, budget and evaluation, then write the report."""
@@ -139,6 +155,7 @@ def compare(
     data = config_values.pop("data", None)
     if data is None:
         raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    _check_runtime(latency_runtime)
     try:
         part = parse_shard(shard) if shard else None
     except ValueError as e:
@@ -152,7 +169,7 @@ def compare(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\""), param_hint="--methods") from None
     if part is None:
-        _report(out, baseline)
+        _report(out, baseline, latency_budget, latency_runtime, dm_tolerance)
     else:
         console.print(f"shard {shard} done; when every shard is: medmtl report {out} --retime")
     summary = out / ("compare.json" if part is None else f"compare.shard{part[0]}of{part[1]}.json")
@@ -214,12 +231,24 @@ def tune(
     _report(out, baseline)
 
 
-def _report(folder: Path, baseline: str | None) -> None:
+def _check_runtime(runtime: str) -> None:
+    if runtime not in _RUNTIMES:
+        raise typer.BadParameter(f"{runtime!r}: choose from {', '.join(_RUNTIMES)}",
+                                 param_hint="--latency-runtime")
+
+
+def _report(folder: Path, baseline: str | None, budget: float | None = None,
+            runtime: str = "torch-cpu", tolerance: float = 1.0) -> None:
     from medmtl.report import write_report
 
-    paths = write_report(folder, baseline=baseline)
+    paths = write_report(folder, baseline=baseline, latency_budget_ms=budget,
+                         latency_runtime=runtime, delta_m_tolerance=tolerance)
     for k, v in paths.items():
         console.print(f"{k}: {v}")
+    recs = json.loads(paths["json"].read_text())["recommendations"]
+    console.print(recs["efficiency_first"]["text"], markup=False)
+    if recs.get("latency_budget"):
+        console.print(recs["latency_budget"]["text"], markup=False)
 
 
 @app.command()
@@ -228,14 +257,18 @@ def report(
     baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
     retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
                                      "trained on different machines)")] = False,
+    latency_budget: LatencyBudget = None,
+    latency_runtime: LatencyRuntime = "torch-cpu",
+    dm_tolerance: DmTolerance = 1.0,
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
+    _check_runtime(latency_runtime)
     if retime:
         from medmtl.engine.compare import remeasure_latency
 
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)
-    _report(folder, baseline)
+    _report(folder, baseline, latency_budget, latency_runtime, dm_tolerance)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """Efficiency figures measured on the model itself: parameters, GFLOPs, ms per image, size.
 
 The report's efficiency columns and benchmarks/latency.py use these same functions.
+``ms_per_image`` is the forward pass only; the end-to-end figures beside it (decode + letterbox +
+forward + NMS, ``latency_e2e_*``) come from `medmtl.inference.latency`.
 """
 
 from __future__ import annotations
@@ -51,13 +53,28 @@ def state_dict_mb(model: nn.Module) -> float:
 
 
 def efficiency(model: nn.Module, imgsz: int, weights_path: str | Path | None = None,
-               device: str = "cpu") -> dict[str, Any]:
+               device: str = "cpu", e2e: bool = True, ort: bool = False) -> dict[str, Any]:
+    """The ``efficiency`` block of metrics.json. ``e2e``: also the end-to-end latency (PyTorch,
+    CPU and CUDA where present); ``ort``: also through ONNX Runtime (an export, seconds: the
+    trainer leaves it to the re-timing after a comparison, `medmtl report DIR --retime`)."""
     from medmtl.models import model_info
 
     info = model_info(model, imgsz)
     lat = measure_latency(model, imgsz, batch=1, device=device)
-    return {"params": int(info["params"]), "gflops": float(info["gflops"]),
-            "ms_per_image": round(lat["ms_per_image"], 3),
-            "images_per_s": round(lat["images_per_s"], 2), "latency_device": device,
-            "latency_threads": torch.get_num_threads(), "imgsz": imgsz,
-            "weights_mb": round(state_dict_mb(model), 3)}
+    out: dict[str, Any] = {
+        "params": int(info["params"]), "gflops": float(info["gflops"]),
+        "ms_per_image": round(lat["ms_per_image"], 3),
+        "images_per_s": round(lat["images_per_s"], 2), "latency_device": device,
+        "latency_threads": torch.get_num_threads(), "imgsz": imgsz,
+        "weights_mb": round(state_dict_mb(model), 3)}
+    if e2e:
+        from medmtl.inference.latency import measure_e2e
+
+        try:
+            out.update(measure_e2e(model, imgsz, ort=ort))
+        except Exception as e:  # a failed timing must not cost the run its metrics.json
+            out["latency_e2e_skipped"] = f"{type(e).__name__}: {e}"[:300]
+        if not ort:
+            out["latency_e2e_ort_skipped"] = ("not measured at the end of training; "
+                                              "`medmtl report DIR --retime` measures it")
+    return out

@@ -24,7 +24,9 @@ _NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "detection": ("map50", "map50_95", "precision", "recall", "f1"),
     "classification": ("accuracy", "macro_f1"),
     "val_loss": ("detect", "classify"),
-    "efficiency": ("params", "gflops", "ms_per_image", "images_per_s", "imgsz", "weights_mb"),
+    "efficiency": ("params", "gflops", "ms_per_image", "images_per_s", "imgsz", "weights_mb",
+                   *(f"latency_e2e{rt}_{k}" for rt in ("", "_ort", "_cuda")
+                     for k in ("ms", "p90_ms", "noise_ms"))),
     "training": ("seconds", "epochs", "peak_mem_mb", "best_epoch", "seed"),
 }
 

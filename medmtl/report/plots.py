@@ -194,6 +194,41 @@ def confusion(runs: Sequence[Run], methods: Sequence[str], path: Path) -> Path |
     return _save(fig, path)
 
 
+def pareto(deployment: dict[str, Any] | None, path: Path,
+           budget_ms: float | None = None) -> Path | None:
+    """Δm against end-to-end latency, one point per method (summary.json's ``deployment``):
+    the Pareto-optimal ones coloured and connected in latency order, the dominated ones grey;
+    bars: the latency noise band and Δm's std over seeds; the budget as a dashed line."""
+    pts = (deployment or {}).get("points") or []
+    if not pts:
+        return None
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.subplots()
+    front = sorted((p for p in pts if p["pareto"]), key=lambda p: p["latency_ms"])
+    ax.plot([p["latency_ms"] for p in front], [p["delta_m"] for p in front], "-",
+            color="tab:blue", lw=1.2, zorder=1, label="Pareto front")
+    grey_label = "dominated"
+    for p in pts:
+        color = "tab:blue" if p["pareto"] else "0.65"
+        ax.errorbar(p["latency_ms"], p["delta_m"], xerr=p["noise_ms"], yerr=p["delta_m_std"],
+                    fmt="o", color=color, ecolor=color, capsize=3, zorder=3 if p["pareto"] else 2,
+                    label=None if p["pareto"] else grey_label)
+        grey_label = grey_label if p["pareto"] else None
+        ax.annotate(p["method"], (p["latency_ms"], p["delta_m"]),
+                    xytext=(5, 4) if p["pareto"] else (5, -11),
+                    textcoords="offset points", fontsize=8,
+                    color="black" if p["pareto"] else "0.45")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, ls="--", color="tab:red", lw=1, label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel(f"end-to-end latency, {deployment['runtime_label']} (ms per image, median)",
+                  fontsize=9)
+    ax.set_ylabel("Δm against the single-task models (%)", fontsize=9)
+    ax.set_title("Accuracy against latency (up and left is better)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def make_plots(runs: Sequence[Run], agg: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """All figures into ``out_dir``; returns name -> PNG path for the ones with data."""
     methods = list(agg["methods"])
@@ -203,6 +238,9 @@ def make_plots(runs: Sequence[Run], agg: dict[str, Any], out_dir: Path) -> dict[
     joint = [m for m, e in agg["methods"].items() if e["joint"] or e["n"] == 0]
     made = {
         "metric_bars": metric_bars(agg, out_dir / "metric_bars.png"),
+        "pareto": pareto(agg.get("deployment"), out_dir / "pareto.png",
+                         ((agg.get("recommendations") or {}).get("latency_budget") or {})
+                         .get("budget_ms")),
         "training_curves": training_curves(done, methods, out_dir / "training_curves.png"),
         "task_weights": task_weights(done, joint, out_dir / "task_weights.png"),
         "grad_cos": grad_cos(done, methods, out_dir / "grad_cos.png"),

@@ -1,10 +1,12 @@
 """Recommendations: templates filled with the aggregated numbers; no hand-picked winner.
 
-Two scenarios, each computed from :func:`medmtl.report.stats.aggregate`'s output and the runs:
+Computed from :func:`medmtl.report.stats.aggregate`'s output and the runs:
 :func:`accuracy_first` ranks the joint methods by Δm (or, without single-task references, by a
 combined mAP@0.5 / view-accuracy score) and sorts the others by a paired t-test against the best
-one; :func:`efficiency_first` picks the most mAP@0.5 per inference millisecond and states the
-trade-off against the accuracy-first choice. Re-exported by :mod:`medmtl.report.stats`.
+one; :func:`efficiency_first` gives the Pareto front of Δm against end-to-end latency
+(:mod:`medmtl.report.pareto`) and picks the fastest Pareto-optimal method whose Δm is within a
+tolerance of the best; :func:`budget_advice` names the most accurate method within a latency
+budget. Re-exported by :mod:`medmtl.report.stats`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from medmtl.report.collect import Run
+from medmtl.report.pareto import (
+    DEFAULT_RUNTIME,
+    analyse,
+    budget_pick,
+    pareto_front,
+    points_of,
+    tolerance_pick,
+)
 from medmtl.report.significance import ALPHA, NOT_ENOUGH, compare, mean_std, per_seed
 
-__all__ = ["accuracy_first", "efficiency_first", "recommend"]
+__all__ = ["DM_TOLERANCE", "accuracy_first", "budget_advice", "efficiency_first", "recommend"]
+
+DM_TOLERANCE = 1.0  # Δm points the efficiency pick may give up against the best on the front
 
 
 def _fmt_list(items: Sequence[str]) -> str:
@@ -90,26 +102,13 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
     return rec
 
 
-def _speed_phrase(speedup: float) -> str:
-    if speedup > 1.0:
-        return f"{speedup:.2f}× faster than"
-    if speedup < 1.0:
-        return f"{1.0 / speedup:.2f}× slower than"
-    return "as fast as"
+def fmt_latency(ms: float) -> str:
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
-def _change_phrase(points: float, what: str) -> str:
-    if points < 0:
-        return f"a cost of {-points:.1f} {what} points"
-    if points > 0:
-        return f"a gain of {points:.1f} {what} points"
-    return f"no change in {what}"
-
-
-def efficiency_first(runs: Sequence[Run], agg: dict[str, Any],
-                     accuracy_rec: dict[str, Any]) -> dict[str, Any]:
-    """Highest mAP@0.5 per inference millisecond among joint methods, with the trade-off against
-    the accuracy-first choice."""
+def _ratios(runs: Sequence[Run], agg: dict[str, Any]) -> list[dict[str, Any]]:
+    """mAP@0.5 per forward-only ms and per MB of each joint method (the Efficiency table's
+    columns; no longer a criterion: the ratio rewards the smallest model whatever its accuracy)."""
     rows = []
     for m, e in agg["methods"].items():
         mm = e["metrics"]
@@ -119,55 +118,113 @@ def efficiency_first(runs: Sequence[Run], agg: dict[str, Any],
         rows.append({"method": m, "map50": mp, "accuracy": mm["accuracy"]["mean"],
                      "ms_per_image": ms, "weights_mb": mb, "map50_per_ms": mp / ms,
                      "map50_per_mb": (mp / mb) if mb else None})
-    rows.sort(key=lambda r: -r["map50_per_ms"])
+    return sorted(rows, key=lambda r: -r["map50_per_ms"])
+
+
+def _stat_phrase(accuracy_rec: dict[str, Any], method: str, best: str) -> str:
+    """What the paired t-test of accuracy-first says about `method` against `best` (Δm only)."""
+    if accuracy_rec.get("score_name") != "delta_m" or accuracy_rec.get("method") != best:
+        return ""
+    for key, words in (("indistinguishable", "statistically indistinguishable from it"),
+                       ("worse", "significantly lower"),
+                       ("not_enough_seeds", "not enough paired seeds to tell")):
+        if method in accuracy_rec.get(key, []):
+            return f" (paired t-test of the Δm per seed: {words})"
+    return ""
+
+
+def efficiency_first(runs: Sequence[Run], agg: dict[str, Any], accuracy_rec: dict[str, Any],
+                     deployment: dict[str, Any] | None = None,
+                     tolerance: float = DM_TOLERANCE) -> dict[str, Any]:
+    """The Pareto front of Δm against end-to-end latency, fastest first, and its pick: the
+    fastest Pareto-optimal method whose Δm is at most ``tolerance`` points below the best."""
+    dep = deployment if deployment is not None else analyse(runs, agg)
+    label = dep["runtime_label"]
     devices = sorted({str((r.metrics.get("efficiency") or {}).get("latency_device"))
                       for r in runs if r.metrics and (r.metrics.get("efficiency") or {})
                       .get("latency_device") is not None})
-    rec: dict[str, Any] = {"scenario": "efficiency_first", "criterion": "map50_per_ms",
-                           "method": None, "ranking": rows, "latency_devices": devices,
+    rec: dict[str, Any] = {"scenario": "efficiency_first", "criterion": "pareto_delta_m_latency",
+                           "method": None, "runtime": dep["runtime"],
+                           "tolerance_delta_m": tolerance, "front": list(dep["front"]),
+                           "ranking": _ratios(runs, agg), "latency_devices": devices,
                            "tradeoff": None}
-    if not rows:
-        rec["text"] = ("Efficiency first: no finished joint runs with inference latency "
-                       "(efficiency.ms_per_image) to compare.")
+    if not dep["points"]:
+        rec["text"] = (f"Efficiency first (deployment): no joint method has both a Δm and an "
+                       f"end-to-end {label} latency, so there is no Pareto front to advise from "
+                       "(see the Deployment section for what is missing).")
         return rec
-    pick = rows[0]
-    rec["method"] = pick["method"]
-    dev = devices[0] if len(devices) == 1 else "mixed devices"
-    mb = "n/a" if pick["weights_mb"] is None else f"{pick['weights_mb']:.1f} MB"
-    acc = "n/a" if pick["accuracy"] is None else f"{pick['accuracy']:.3f}"
-    text = (f"Efficiency first (real time, edge devices): {pick['method']} gives the most "
-            f"mAP@0.5 per inference millisecond ({pick['map50_per_ms']:.4f} per ms: mAP@0.5 "
-            f"{pick['map50']:.3f}, view accuracy {acc}, {pick['ms_per_image']:.1f} ms/image on "
-            f"{dev}, weights {mb}).")
-    per_mb = [r for r in rows if r["map50_per_mb"] is not None]
-    if per_mb:
-        top_mb = max(per_mb, key=lambda r: r["map50_per_mb"])
-        rec["best_per_mb"] = top_mb["method"]
-        text += (f" Per MB of weights, {top_mb['method']} gives the most mAP@0.5 "
-                 f"({top_mb['map50_per_mb']:.4f} per MB).")
-    ref = next((r for r in rows if r["method"] == accuracy_rec.get("method")), None)
-    if ref is not None and ref["method"] != pick["method"]:
-        speedup = ref["ms_per_image"] / pick["ms_per_image"]
-        d_map = (pick["map50"] - ref["map50"]) * 100.0
-        d_acc = (None if pick["accuracy"] is None or ref["accuracy"] is None
-                 else (pick["accuracy"] - ref["accuracy"]) * 100.0)
-        rec["tradeoff"] = {"method": pick["method"], "reference": ref["method"],
-                           "speedup": speedup, "map50_diff_points": d_map,
-                           "accuracy_diff_points": d_acc}
-        text += (f" Trade-off: {pick['method']} is {_speed_phrase(speedup)} {ref['method']} "
-                 f"({pick['ms_per_image']:.1f} vs {ref['ms_per_image']:.1f} ms/image) at "
-                 f"{_change_phrase(d_map, 'mAP@0.5')}")
-        text += "." if d_acc is None else f" and {_change_phrase(d_acc, 'view-accuracy')}."
-    elif ref is not None:
-        text += " It is also the accuracy-first choice, so there is no trade-off between them."
-    if len(devices) > 1:
-        text += (f" Caution: latencies were measured on different devices "
-                 f"({', '.join(devices)}), so speed comparisons are not like for like.")
+    front = pareto_front(points_of(dep))
+    pick = tolerance_pick(front, tolerance)
+    assert pick is not None
+    best = min(front, key=lambda p: (-p.accuracy, p.latency, p.method))
+    rec["method"] = pick.method
+    listing = ", ".join(f"{p.method} (Δm {p.accuracy:+.2f} %, {fmt_latency(p.latency)} ms)"
+                        for p in front)
+    text = (f"Efficiency first (deployment): the Pareto front of Δm against end-to-end latency "
+            f"({label}), fastest first: {listing}. Pick: {pick.method}, the fastest "
+            f"Pareto-optimal method whose Δm is within {tolerance:g} point(s) of the best on the "
+            "front, so that speed is bought with at most that much accuracy; a larger trade-off "
+            "is a choice to make from the front itself.")
+    if pick.method != best.method:
+        speedup = best.latency / pick.latency
+        rec["tradeoff"] = {"method": pick.method, "reference": best.method, "speedup": speedup,
+                           "delta_m_diff_points": pick.accuracy - best.accuracy}
+        text += (f" It is {speedup:.2f}× faster than {best.method} ({fmt_latency(pick.latency)} "
+                 f"vs {fmt_latency(best.latency)} ms) at a Δm cost of "
+                 f"{best.accuracy - pick.accuracy:.2f} points"
+                 f"{_stat_phrase(accuracy_rec, pick.method, best.method)}.")
+    elif len(front) > 1:
+        text += (" No faster method on the front comes within the tolerance, so the pick is also "
+                 "the most accurate method.")
+    else:
+        text += " It is the only Pareto-optimal method: as accurate and as fast as any other."
+    if len(dep["threads"]) > 1 or len(dep["includes"]) > 1:
+        text += (" Caution: the runs' end-to-end latencies were not measured alike (thread "
+                 "counts or frames differ); re-time them together with `medmtl report DIR "
+                 "--retime`.")
     rec["text"] = text
     return rec
 
 
-def recommend(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
-    """Both scenarios; the efficiency-first text states its trade-off against accuracy-first."""
+def budget_advice(deployment: dict[str, Any], budget_ms: float) -> dict[str, Any]:
+    """The most accurate method (highest Δm) whose end-to-end latency median is within
+    ``budget_ms``, or the statement that none is."""
+    label = deployment["runtime_label"]
+    rec: dict[str, Any] = {"scenario": "latency_budget", "budget_ms": budget_ms,
+                           "runtime": deployment["runtime"], "method": None, "within": []}
+    head = f"Latency budget {budget_ms:g} ms ({label}, end-to-end median per image)"
+    pts = points_of(deployment)
+    if not pts:
+        rec["text"] = (f"{head}: no joint method has both a Δm and an end-to-end latency to "
+                       "check against it.")
+        return rec
+    rec["within"] = [p.method for p in sorted(pts, key=lambda p: p.latency)
+                     if p.latency <= budget_ms]
+    pick = budget_pick(pts, budget_ms)
+    if pick is None:
+        fast = min(pts, key=lambda p: (p.latency, -p.accuracy))
+        rec["text"] = (f"{head}: no method is within it; the fastest is {fast.method} at "
+                       f"{fmt_latency(fast.latency)} ms (Δm {fast.accuracy:+.2f} %).")
+        return rec
+    rec["method"] = pick.method
+    text = (f"{head}: {pick.method} is the most accurate method within it (Δm "
+            f"{pick.accuracy:+.2f} %, {fmt_latency(pick.latency)} ms); "
+            f"{len(rec['within'])} of {len(pts)} method(s) fit.")
+    if pick.latency + pick.noise > budget_ms:
+        text += (f" Its latency is within its noise band (± {fmt_latency(pick.noise)} ms) of "
+                 "the budget: re-time it on the target machine before relying on the margin.")
+    rec["text"] = text
+    return rec
+
+
+def recommend(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA,
+              deployment: dict[str, Any] | None = None, latency_budget_ms: float | None = None,
+              tolerance: float = DM_TOLERANCE, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
+    """Accuracy first, efficiency first (the Pareto advice) and, given a budget, the most
+    accurate method within it (``latency_budget``, None without a budget)."""
     acc = accuracy_first(runs, agg, alpha)
-    return {"accuracy_first": acc, "efficiency_first": efficiency_first(runs, agg, acc)}
+    dep = deployment if deployment is not None else analyse(runs, agg, runtime)
+    return {"accuracy_first": acc,
+            "efficiency_first": efficiency_first(runs, agg, acc, dep, tolerance),
+            "latency_budget": None if latency_budget_ms is None
+            else budget_advice(dep, latency_budget_ms)}

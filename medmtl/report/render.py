@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
+from medmtl.report.deployment import deployment_blocks
+from medmtl.report.pareto import DEFAULT_RUNTIME, analyse
 from medmtl.report.plots import make_plots
+from medmtl.report.recommendations import DM_TOLERANCE
 from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 
 Block = tuple[Any, ...]
 PLOT_CAPTIONS = {
     "metric_bars": "Main metrics per method, mean over seeds with sample-std error bars",
+    "pareto": "Δm against end-to-end latency: Pareto-optimal methods connected, dominated ones "
+              "grey (bars: latency noise band, Δm std over seeds)",
     "training_curves": "Training losses and validation metrics per epoch (mean over seeds)",
     "task_weights": "Task weights per epoch (mean over seeds)",
     "grad_cos": "Cosine between the task gradients on the shared parameters (where measured)",
@@ -100,9 +105,12 @@ def _clean(obj: Any) -> Any:
 
 
 def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float = ALPHA,
-                  delta_m_metrics: dict[str, str] | None = None) -> dict[str, Any]:
-    """Every aggregated number, per method and per run, and the recommendations."""
+                  delta_m_metrics: dict[str, str] | None = None,
+                  latency_budget_ms: float | None = None, latency_runtime: str = DEFAULT_RUNTIME,
+                  delta_m_tolerance: float = DM_TOLERANCE) -> dict[str, Any]:
+    """Every aggregated number, per method and per run, the Pareto front and the advice."""
     agg = aggregate(runs, baseline, alpha, delta_m_metrics)
+    deployment = analyse(runs, agg, latency_runtime)
     per_run = []
     order = method_order([r.method for r in runs])
     for r in sorted(runs, key=lambda r: (order.index(r.method), r.seed)):
@@ -123,7 +131,9 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "methods": agg["methods"], "runs": per_run,
         "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
                         "epochs_logged": len(r.history)} for r in runs if not r.finished],
-        "recommendations": recommend(runs, agg, alpha),
+        "deployment": deployment,
+        "recommendations": recommend(runs, agg, alpha, deployment, latency_budget_ms,
+                                     delta_m_tolerance),
     }
 
 
@@ -203,6 +213,8 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
                     "best" if i == 0 else _verdict(r.get("vs_best"))]
                    for i, r in enumerate(ranking)]))
     b.append(("p", recs["efficiency_first"]["text"]))
+    if recs.get("latency_budget"):
+        b.append(("p", recs["latency_budget"]["text"]))
     b.append(("h", 2, "Runs"))
     b.append(("table", ["method", "arch", "finished seeds", "unfinished seeds"],
               [[m, str(e["arch"] or "n/a"), ", ".join(map(str, e["seeds"])) or "none",
@@ -254,6 +266,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
     b.append(("table", ["method", "parameters", "GFLOPs", "ms/image", "images/s", "weights (MB)",
                         "mAP@0.5 per ms", "mAP@0.5 per MB", "training time (s)",
                         "peak memory (MB)"], erows))
+    b += deployment_blocks(summary)
     b.append(("h", 2, "Per run"))
     b.append(("table", ["method", "seed", "mAP@0.5", "mAP@0.5:0.95", "view accuracy",
                         "macro-F1", "best epoch", "epochs", "training time (s)", "status"],
@@ -357,16 +370,18 @@ def write_csv(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_report(directory: str | Path, baseline: str | None = None, alpha: float = ALPHA,
-                 delta_m_metrics: dict[str, str] | None = None,
-                 plots: bool = True) -> dict[str, Path]:
+                 delta_m_metrics: dict[str, str] | None = None, plots: bool = True,
+                 latency_budget_ms: float | None = None, latency_runtime: str = DEFAULT_RUNTIME,
+                 delta_m_tolerance: float = DM_TOLERANCE) -> dict[str, Path]:
     """Read ``DIR/runs/*``, write report.md, report.html, summary.json, summary.csv and (unless
     ``plots=False``) ``DIR/plots/*.png``; return their paths (keys md, html, json, csv,
-    plot_<name>)."""
+    plot_<name>). Latency options: see `medmtl.report.pareto` and `recommendations.recommend`."""
     directory = Path(directory)
     runs = collect_runs(directory)
     if not runs:
         raise FileNotFoundError(f"{directory}: no run directories found")
-    summary = build_summary(runs, baseline, alpha, delta_m_metrics)
+    summary = build_summary(runs, baseline, alpha, delta_m_metrics, latency_budget_ms,
+                            latency_runtime, delta_m_tolerance)
     plot_dir = directory / "plots"
     for name in PLOT_CAPTIONS:  # stale figures from an earlier report would mislead
         (plot_dir / f"{name}.png").unlink(missing_ok=True)
