@@ -163,10 +163,10 @@ def compare(
         raise typer.Exit(1)
 
 
-def _report(folder: Path, baseline: str | None) -> None:
+def _report(folder: Path, baseline: str | None, bootstrap: Any = None) -> None:
     from medmtl.report import write_report
 
-    paths = write_report(folder, baseline=baseline)
+    paths = write_report(folder, baseline=baseline, bootstrap=bootstrap)
     for k, v in paths.items():
         console.print(f"{k}: {v}")
 
@@ -177,14 +177,21 @@ def report(
     baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
     retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
                                      "trained on different machines)")] = False,
+    bootstrap_map: Annotated[int, Opt(min=0, help="Bootstrap resamples of the test images for "
+                                                  "the mAP intervals (0: none)")] = 200,
+    bootstrap_view: Annotated[int, Opt(min=0, help="Bootstrap resamples for the view-accuracy "
+                                                   "and macro-F1 intervals (0: none)")] = 2000,
+    bootstrap_seed: Annotated[int, Opt(help="Random seed of the bootstrap draws")] = 0,
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
+    from medmtl.report.bootstrap import BootstrapSettings
+
     if retime:
         from medmtl.engine.compare import remeasure_latency
 
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)
-    _report(folder, baseline)
+    _report(folder, baseline, BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed))
 
 
 @app.command()
