@@ -247,6 +247,9 @@ def test_bootstrap_refuses_files_that_do_not_match(tmp_path: Path) -> None:
     d = write_run(tmp_path, "pcgrad", 0, gt, _dets(gt, [i % 2 == 0 for i in range(30)]), views)
     other = _gt(31)  # another test set
     write_run(tmp_path, "cagrad", 0, other, _dets(other, [True] * 31), views)
+    bad = write_run(tmp_path, "uncertainty", 0, gt, _dets(gt, [True] * 30), views)
+    (bad / "eval" / "predictions.json").write_text('[{"image_id": 99, "category_id": 1, '
+                                                   '"bbox": [1, 1, 5, 5], "score": 0.5}]')
     m = json.loads((d / "metrics.json").read_text())
     m["detection"]["map50"] += 0.01  # metrics.json no longer what the files give
     (d / "metrics.json").write_text(json.dumps(m))
@@ -255,6 +258,10 @@ def test_bootstrap_refuses_files_that_do_not_match(tmp_path: Path) -> None:
     assert sig["pcgrad"]["significance"]["accuracy"]["bootstrap"]["available"]
     assert "different test images" in sig["cagrad"]["significance"]["map50"]["bootstrap"][
         "reason"]
+    assert "malformed COCO export" in sig["uncertainty"]["significance"]["map50_95"][
+        "bootstrap"]["reason"]
+    md = (tmp_path / "report.md").read_text()
+    assert "No bootstrap interval for cagrad: the runs were scored on different test images" in md
 
 
 # --- Holm in the report, recomputed from summary.json --------------------------------------

@@ -84,10 +84,10 @@ def _detect_population(run: Run) -> _Population:
     results = _read_json(ev / "predictions.json")
     try:
         coco = CocoResampler(gt, results)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{ev}: malformed COCO export ({e})") from None
-    point = np.array([np.nan if v is None else v
-                      for v in coco.score(np.arange(len(coco.image_ids)))])
+        point = np.array([np.nan if v is None else v
+                          for v in coco.score(np.arange(len(coco.image_ids)))])
+    except (AssertionError, KeyError, TypeError, ValueError) as e:  # the library asserts too
+        raise ValueError(f"{ev}: malformed COCO export ({type(e).__name__}: {e})") from None
     _reproduces(run, point, ("map50", "map50_95"), ev / "predictions.json")
     boxes = tuple(sorted((int(a["image_id"]), int(a["category_id"]), *map(float, a["bbox"]))
                          for a in gt.get("annotations", [])))
