@@ -238,11 +238,12 @@ def _check_runtime(runtime: str) -> None:
 
 
 def _report(folder: Path, baseline: str | None, budget: float | None = None,
-            runtime: str = "torch-cpu", tolerance: float = 1.0) -> None:
+            runtime: str = "torch-cpu", tolerance: float = 1.0, bootstrap: Any = None) -> None:
     from medmtl.report import write_report
 
     paths = write_report(folder, baseline=baseline, latency_budget_ms=budget,
-                         latency_runtime=runtime, delta_m_tolerance=tolerance)
+                         latency_runtime=runtime, delta_m_tolerance=tolerance,
+                         bootstrap=bootstrap)
     for k, v in paths.items():
         console.print(f"{k}: {v}")
     recs = json.loads(paths["json"].read_text())["recommendations"]
@@ -260,15 +261,23 @@ def report(
     latency_budget: LatencyBudget = None,
     latency_runtime: LatencyRuntime = "torch-cpu",
     dm_tolerance: DmTolerance = 1.0,
+    bootstrap_map: Annotated[int, Opt(min=0, help="Bootstrap resamples of the test images for "
+                                                  "the mAP intervals (0: none)")] = 200,
+    bootstrap_view: Annotated[int, Opt(min=0, help="Bootstrap resamples for the view-accuracy "
+                                                   "and macro-F1 intervals (0: none)")] = 2000,
+    bootstrap_seed: Annotated[int, Opt(help="Random seed of the bootstrap draws")] = 0,
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
+    from medmtl.report.bootstrap import BootstrapSettings
+
     _check_runtime(latency_runtime)
     if retime:
         from medmtl.engine.compare import remeasure_latency
 
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)
-    _report(folder, baseline, latency_budget, latency_runtime, dm_tolerance)
+    _report(folder, baseline, latency_budget, latency_runtime, dm_tolerance,
+            BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed))
 
 
 @app.command()

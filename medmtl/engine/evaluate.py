@@ -1,7 +1,8 @@
 """Validation: run the model over a split, score it, and (optionally) export everything.
 
 Detections are mapped back to original-image pixels before scoring, so `predictions.json` can be
-re-scored against `ground_truth.json` by anyone with pycocotools.
+re-scored against `ground_truth.json` by anyone with pycocotools; `view_predictions.json` holds
+the per-image view predictions the view metrics were computed from.
 """
 
 from __future__ import annotations
@@ -166,6 +167,9 @@ def score(
         y_pred = y_prob.argmax(1) if len(labelled) else np.zeros(0, np.int64)
         cls_block = classification_metrics(y_true, y_pred, len(cls_names), list(cls_names))
         extra["classification_images"] = len(labelled)
+        if out is not None:
+            write_json(out / "view_predictions.json", view_predictions(
+                records, inference["view_probs"], cls_names))
         if out is not None and plots:
             from medmtl.evaluation.plots import plot_confusion
 
@@ -175,6 +179,19 @@ def score(
     if inference.get("val_loss"):
         metrics["val_loss"] = inference["val_loss"]
     return metrics
+
+
+def view_predictions(records: Sequence[Any], view_probs: dict[int, np.ndarray],
+                     cls_names: Sequence[str]) -> dict[str, Any]:
+    """eval/view_predictions.json: per image (with a prediction) its ``image_id``, true ``view``
+    index (None: unlabelled), predicted index ``pred`` (argmax, as scored) and ``probs``."""
+    rows = []
+    for r in records:
+        p = view_probs.get(int(r.image_id))
+        if p is not None:
+            rows.append({"image_id": int(r.image_id), "view": r.view, "pred": int(np.argmax(p)),
+                         "probs": [round(float(x), 6) for x in p]})
+    return {"labels": [str(n) for n in cls_names], "images": rows}
 
 
 def _tolist(x: Any) -> Any:

@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "as_numpy",
+    "coco_evaluator",
     "coco_ground_truth",
     "coco_results",
     "evaluate_coco",
@@ -119,6 +120,33 @@ def _nullable(v: float) -> float | None:
     return None if v < 0 or math.isnan(v) else v
 
 
+def _quiet(*_: Any, **__: Any) -> None:
+    return None
+
+
+def coco_evaluator(gt: dict, results: list[dict], nc: int, **kwargs: Any) -> Any:
+    """A faster-coco-eval ``COCOeval_faster`` (bbox) of ``results`` against ``gt`` over every
+    class 1..nc, not yet run; ``kwargs`` go to its constructor. Neither input is modified."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    # Both COCO classes write keys into the dicts they are given (ignore, segmentation, id,
+    # area): hand them copies so predictions.json / ground_truth.json stay as exported.
+    # (Per-dict copies, not copy.deepcopy, which costs seconds for 100k+ detections.)
+    coco_gt = COCO(
+        {
+            **gt,
+            "images": [dict(im) for im in gt["images"]],
+            "annotations": [_copy_ann(a) for a in gt.get("annotations", [])],
+            "categories": [dict(c) for c in gt["categories"]],
+        },
+        print_function=_quiet,
+    )
+    coco_dt = coco_gt.loadRes([_copy_ann(a) for a in results])
+    ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=_quiet, **kwargs)
+    ev.params.catIds = list(range(1, nc + 1))  # every class, with or without ground truth
+    return ev
+
+
 def evaluate_coco(gt: dict, results: list[dict], names: Sequence[str]) -> dict:
     """Score ``results`` against ``gt`` with faster-coco-eval (bbox, 101-point COCO AP).
 
@@ -129,8 +157,6 @@ def evaluate_coco(gt: dict, results: list[dict], names: Sequence[str]) -> dict:
     at IoU 0.5 (NaN rows for classes without ground truth) for plotting; ``pr_curve`` holds
     numpy arrays and is not meant for JSON.  Neither input is modified.
     """
-    from faster_coco_eval import COCO, COCOeval_faster
-
     nc = len(names)
     cat_ids = [c["id"] for c in gt.get("categories", [])]
     if sorted(cat_ids) != list(range(1, nc + 1)):
@@ -161,24 +187,7 @@ def evaluate_coco(gt: dict, results: list[dict], names: Sequence[str]) -> dict:
     if not gt.get("images") or n_gt.sum() == 0:
         return empty
 
-    def quiet(*_: Any, **__: Any) -> None:
-        return None
-
-    # Both COCO classes write keys into the dicts they are given (ignore, segmentation, id,
-    # area): hand them copies so predictions.json / ground_truth.json stay as exported.
-    # (Per-dict copies, not copy.deepcopy, which costs seconds for 100k+ detections.)
-    coco_gt = COCO(
-        {
-            **gt,
-            "images": [dict(im) for im in gt["images"]],
-            "annotations": [_copy_ann(a) for a in gt.get("annotations", [])],
-            "categories": [dict(c) for c in gt["categories"]],
-        },
-        print_function=quiet,
-    )
-    coco_dt = coco_gt.loadRes([_copy_ann(a) for a in results])
-    ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
-    ev.params.catIds = list(range(1, nc + 1))  # every class, with or without ground truth
+    ev = coco_evaluator(gt, results, nc)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()

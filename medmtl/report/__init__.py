@@ -10,28 +10,24 @@ from medmtl.report.collect import ReportError, Run, collect_runs, load_run
 from medmtl.report.render import build_summary, write_report
 from medmtl.report.stats import (
     aggregate,
-    betainc,
     compare,
     delta_m,
+    holm,
     paired_ttest,
     recommend,
-    t_cdf,
-    t_two_sided_p,
 )
 
 __all__ = [
     "ReportError",
     "Run",
     "aggregate",
-    "betainc",
     "build_summary",
     "collect_runs",
     "compare",
     "delta_m",
+    "holm",
     "load_run",
     "paired_ttest",
     "recommend",
-    "t_cdf",
-    "t_two_sided_p",
     "write_report",
 ]

@@ -15,11 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.pareto import DEFAULT_RUNTIME, analyse
 from medmtl.report.plots import make_plots
 from medmtl.report.recommendations import DM_TOLERANCE
+from medmtl.report.render_stats import (
+    delta_m_blocks,
+    differences_blocks,
+    stats_notes,
+    verdict_cell,
+)
 from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 
@@ -42,14 +49,6 @@ HOW_TO_READ = [
     "non-finite value (e.g. a diverged training).",
     "'Δ vs baseline (%)' is (mean of the method − mean of the baseline) / |mean of the "
     "baseline| × 100.",
-    "Verdicts pair the runs of a method and of the baseline by seed and run a two-sided paired "
-    "t-test at α = {alpha}: 'better' / 'worse' only when p < α, else 'indistinguishable' (the "
-    "difference does not exceed seed noise); with fewer than 2 paired seeds: 'not enough seeds "
-    "to tell'.",
-    "Δm (Maninis et al. 2019) = (1/T) Σ_t (−1)^l_t (M_method,t − M_single,t) / M_single,t × "
-    "100 over the T = 2 tasks, with the single-task runs 'detect' ({det}) and 'classify' "
-    "({cls}), averaged over their seeds, as references and l_t = 1 when lower is better. Δm > 0: the joint model beats the "
-    "separate single-task models on average. Without single-task runs Δm is unavailable.",
     "Recommendations are generated from these numbers by fixed rules; they name no method in "
     "advance.",
 ]
@@ -84,11 +83,7 @@ def _pct(v: float | None) -> str:
 
 
 def _verdict(sig: dict[str, Any] | None) -> str:
-    if not sig:
-        return "—"
-    if sig.get("p") is None:
-        return sig["verdict"]
-    return f"{sig['verdict']} (p={sig['p']:.3f})"
+    return verdict_cell(sig)
 
 
 def _clean(obj: Any) -> Any:
@@ -107,9 +102,11 @@ def _clean(obj: Any) -> Any:
 def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float = ALPHA,
                   delta_m_metrics: dict[str, str] | None = None,
                   latency_budget_ms: float | None = None, latency_runtime: str = DEFAULT_RUNTIME,
-                  delta_m_tolerance: float = DM_TOLERANCE) -> dict[str, Any]:
+                  delta_m_tolerance: float = DM_TOLERANCE,
+                  bootstrap: BootstrapSettings | None = None) -> dict[str, Any]:
     """Every aggregated number, per method and per run, the Pareto front and the advice."""
     agg = aggregate(runs, baseline, alpha, delta_m_metrics)
+    boot = add_bootstrap(list(runs), agg, bootstrap)
     deployment = analyse(runs, agg, latency_runtime)
     per_run = []
     order = method_order([r.method for r in runs])
@@ -125,6 +122,8 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
         "scored_on": sorted({r.split for r in runs if r.finished and r.split}),
         "delta_m_metrics": agg["delta_m_metrics"],
+        "delta_m_main_metrics": agg["delta_m_main_metrics"], "confidence": agg["confidence"],
+        "multiple_comparisons": agg["multiple_comparisons"], "bootstrap": boot,
         "metric_info": {m.key: {"label": m.label, "source": ".".join(m.path),
                                 "higher_is_better": m.higher_is_better, "kind": m.kind}
                         for m in METRICS},
@@ -191,7 +190,6 @@ def _val_table(summary: dict[str, Any]) -> list[Block]:
 
 def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) -> list[Block]:
     methods, base = summary["methods"], summary["baseline"]
-    refs = summary["delta_m_metrics"]
     b: list[Block] = [("h", 1, f"Multi-task comparison: {directory.name}")]
     n_done = sum(r["finished"] for r in summary["runs"])
     b.append(("p", f"{len(summary['runs'])} run(s), {n_done} finished, "
@@ -199,8 +197,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
                    f"Significance level α = {summary['alpha']}."))
     b.append(("p", _split_sentence(summary.get("scored_on") or [])))
     b.append(("h", 2, "How to read this report"))
-    b.append(("ul", [t.format(alpha=summary["alpha"], det=refs.get("detect", "—"),
-                              cls=refs.get("classify", "—")) for t in HOW_TO_READ]))
+    b.append(("ul", HOW_TO_READ[:-1] + stats_notes(summary) + HOW_TO_READ[-1:]))
     b.append(("h", 2, "Recommendations"))
     recs = summary["recommendations"]
     b.append(("p", recs["accuracy_first"]["text"]))
@@ -229,25 +226,14 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
     b.append(("h", 2, "View classification"))
     b.append(_table(summary, ["accuracy", "macro_f1"], ["rel"]))
     b.append(("h", 2, "Δm against the single-task models"))
-    rows = []
-    for m, e in methods.items():
-        dm = e["delta_m"]
-        if not e["joint"]:
-            continue
-        if dm.get("available"):
-            std = "—" if dm["std"] is None else f"{dm['std']:.2f}"
-            rows.append([m, f"{dm['mean']:+.2f} ± {std}", f"{dm['terms']['detect']:+.2f}",
-                         f"{dm['terms']['classify']:+.2f}", ""])
-        else:
-            rows.append([m, "unavailable", "n/a", "n/a", dm.get("reason") or ""])
-    b.append(("table", ["method", "Δm (%)", f"detect term ({refs.get('detect')}, %)",
-                        f"classify term ({refs.get('classify')}, %)", "note"], rows))
-    sig_keys = ["map50", "map50_95", "accuracy", "macro_f1", "val_loss_detect",
-                "val_loss_classify"]
+    b += delta_m_blocks(summary)
+    sig_keys = summary["multiple_comparisons"]["metrics"]
     b.append(("h", 2, f"Paired t-test against the baseline ({base})"))
     b.append(("table", ["method"] + [METRIC_BY_KEY[k].label for k in sig_keys],
               [[m] + [_verdict(e["significance"].get(k)) for k in sig_keys]
                for m, e in methods.items() if m != base and e["n"]]))
+    b.append(("h", 2, f"Differences against the baseline ({base}) with intervals"))
+    b += differences_blocks(summary)
     b.append(("h", 2, "Validation losses and final task weights"))
     b.append(_table(summary, ["val_loss_detect", "val_loss_classify", "weight_detect",
                               "weight_classify"]))
@@ -354,7 +340,7 @@ def write_csv(summary: dict[str, Any], path: Path) -> Path:
     keys = [m.key for m in METRICS]
     header = ["method", "n_seeds", "seeds", "joint"] + [f"{k}_{s}" for k in keys
                                                        for s in ("mean", "std")]
-    header += ["delta_m_mean", "delta_m_std"]
+    header += ["delta_m_mean", "delta_m_std", "delta_m_two_mean", "delta_m_two_std"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -363,7 +349,8 @@ def write_csv(summary: dict[str, Any], path: Path) -> Path:
             cells: list[Any] = [m, e["n"], " ".join(map(str, e["seeds"])), e["joint"]]
             for k in keys:
                 cells += [e["metrics"][k]["mean"], e["metrics"][k]["std"]]
-            cells += [dm.get("mean"), dm.get("std")]
+            two = e.get("delta_m_two") or {}
+            cells += [dm.get("mean"), dm.get("std"), two.get("mean"), two.get("std")]
             w.writerow(["" if c is None else repr(c) if isinstance(c, float) else c
                         for c in cells])
     return path
@@ -372,7 +359,8 @@ def write_csv(summary: dict[str, Any], path: Path) -> Path:
 def write_report(directory: str | Path, baseline: str | None = None, alpha: float = ALPHA,
                  delta_m_metrics: dict[str, str] | None = None, plots: bool = True,
                  latency_budget_ms: float | None = None, latency_runtime: str = DEFAULT_RUNTIME,
-                 delta_m_tolerance: float = DM_TOLERANCE) -> dict[str, Path]:
+                 delta_m_tolerance: float = DM_TOLERANCE,
+                 bootstrap: BootstrapSettings | None = None) -> dict[str, Path]:
     """Read ``DIR/runs/*``, write report.md, report.html, summary.json, summary.csv and (unless
     ``plots=False``) ``DIR/plots/*.png``; return their paths (keys md, html, json, csv,
     plot_<name>). Latency options: see `medmtl.report.pareto` and `recommendations.recommend`."""
@@ -381,7 +369,7 @@ def write_report(directory: str | Path, baseline: str | None = None, alpha: floa
     if not runs:
         raise FileNotFoundError(f"{directory}: no run directories found")
     summary = build_summary(runs, baseline, alpha, delta_m_metrics, latency_budget_ms,
-                            latency_runtime, delta_m_tolerance)
+                            latency_runtime, delta_m_tolerance, bootstrap)
     plot_dir = directory / "plots"
     for name in PLOT_CAPTIONS:  # stale figures from an earlier report would mislead
         (plot_dir / f"{name}.png").unlink(missing_ok=True)

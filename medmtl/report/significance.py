@@ -1,10 +1,12 @@
-"""Paired comparison across seeds: values per seed, mean ± std and paired t-tests (no scipy).
+"""Paired comparison across seeds: values per seed, mean ± std, paired t-tests with confidence
+intervals, and Holm's correction over a family of comparisons.
 
 A method is compared with a reference on the seeds both have: :func:`per_seed` reads one metric
 per seed from the runs' ``metrics.json``, :func:`compare` runs a two-sided paired t-test of the
-differences (:func:`paired_ttest`) and turns it into a verdict (better / worse /
-indistinguishable, or why none can be drawn). Student's t distribution comes from the
-regularized incomplete beta function, so scipy is not needed. Used by the aggregation
+differences (:func:`paired_ttest`, ``scipy.stats.ttest_rel``) with the t interval of the mean
+difference, and turns it into a verdict (better / worse / indistinguishable, or why none can be
+drawn). :func:`holm` adjusts the p-values of a family of comparisons and :func:`apply_holm`
+redraws the family's verdicts from the adjusted values. Used by the aggregation
 (:mod:`medmtl.report.stats`, which re-exports these names) and by
 :mod:`medmtl.report.recommendations`.
 """
@@ -16,101 +18,73 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from medmtl.report.collect import Run, extract
 
 __all__ = [
     "ALPHA",
+    "CONFIDENCE",
     "NOT_ENOUGH",
     "UNDEFINED",
-    "betainc",
+    "apply_holm",
     "compare",
+    "holm",
     "mean_std",
     "paired_ttest",
     "per_seed",
-    "t_cdf",
-    "t_two_sided_p",
+    "verdict_of",
 ]
 
 ALPHA = 0.05
+CONFIDENCE = 0.95
 NOT_ENOUGH = "not enough seeds to tell"
 UNDEFINED = "undefined (non-finite value)"
 
 
-# --- Student t distribution via the regularized incomplete beta function ----------------------
+def paired_ttest(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+                 ) -> tuple[float, float, int, tuple[float, float]]:
+    """Two-sided paired t-test of a - b: (t, p, df, (ci_low, ci_high)), the interval being the
+    t interval of the mean difference at ``confidence``. Needs >= 2 pairs.
 
-def _beta_cf(a: float, b: float, x: float) -> float:
-    """Continued fraction of I_x(a, b) (modified Lentz's method)."""
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
-                    -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must lie in [0, 1], got {x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_cf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_cf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom."""
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """Two-sided p-value P(|T| >= |t|)."""
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, int]:
-    """Paired two-sided t-test of a - b: (t, p, df). Needs >= 2 pairs.
-
-    With zero spread of the differences the statistic is +-inf (p = 0) unless every difference is
-    zero (t = 0, p = 1).
+    With zero spread of the differences (where scipy returns NaN; spread below 1e-12 of the
+    values' magnitude is rounding and counts as zero) the statistic is +-inf (p = 0) unless the
+    mean difference is zero too (t = 0, p = 1); the interval is then the point itself.
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = d.size
     if n < 2:
         raise ValueError("a paired t-test needs at least 2 pairs")
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0.0:
-        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    else:
-        t = mean / (sd / math.sqrt(n))
-    return t, t_two_sided_p(t, n - 1), n - 1
+    mean = float(d.mean())
+    eps = 1e-12 * float(np.max(np.abs(np.concatenate([np.ravel(a), np.ravel(b)]))))
+    if float(d.std(ddof=1)) <= eps:
+        t = 0.0 if abs(mean) <= eps else math.copysign(math.inf, mean)
+        return t, 1.0 if t == 0.0 else 0.0, n - 1, (mean, mean)
+    res = sps.ttest_rel(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    ci = res.confidence_interval(confidence_level=confidence)
+    return float(res.statistic), float(res.pvalue), n - 1, (float(ci.low), float(ci.high))
+
+
+def verdict_of(p: float, mean_diff: float, higher_is_better: bool, alpha: float = ALPHA) -> str:
+    """'better' / 'worse' when p < alpha and the difference is not zero, else 'indistinguishable'."""
+    if p < alpha and mean_diff != 0.0:
+        return "better" if (mean_diff > 0) == higher_is_better else "worse"
+    return "indistinguishable"
 
 
 def compare(method: dict[int, float], baseline: dict[int, float], higher_is_better: bool,
-            alpha: float = ALPHA) -> dict[str, Any]:
-    """Verdict of a method against the baseline, pairing runs by seed."""
+            alpha: float = ALPHA, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Verdict of a method against the baseline, pairing runs by seed.
+
+    ``mean_diff`` is the mean over the paired seeds of method - baseline; ``ci_low`` /
+    ``ci_high`` its t interval at ``confidence`` (None with fewer than 2 pairs or a non-finite
+    value); ``p`` the raw two-sided p-value (the verdict here uses it; :func:`apply_holm` redraws
+    it from the adjusted one).
+    """
     seeds = sorted(set(method) & set(baseline))
     out: dict[str, Any] = {"n_pairs": len(seeds), "t": None, "p": None, "df": None,
-                           "mean_diff": None}
+                           "mean_diff": None, "ci_low": None, "ci_high": None,
+                           "confidence": confidence}
     if seeds:
         out["mean_diff"] = float(np.mean([method[s] - baseline[s] for s in seeds]))
     if len(seeds) < 2:
@@ -119,14 +93,47 @@ def compare(method: dict[int, float], baseline: dict[int, float], higher_is_bett
     if not all(math.isfinite(v) for s in seeds for v in (method[s], baseline[s])):
         out["verdict"] = UNDEFINED  # a diverged run (NaN/inf) is never "indistinguishable"
         return out
-    t, p, df = paired_ttest([method[s] for s in seeds], [baseline[s] for s in seeds])
-    out.update(t=None if math.isinf(t) else t, p=p, df=df)
-    if p < alpha and out["mean_diff"] != 0.0:
-        up = out["mean_diff"] > 0
-        out["verdict"] = "better" if up == higher_is_better else "worse"
-    else:
-        out["verdict"] = "indistinguishable"
+    t, p, df, (lo, hi) = paired_ttest([method[s] for s in seeds], [baseline[s] for s in seeds],
+                                      confidence)
+    out.update(t=None if math.isinf(t) else t, p=p, df=df, ci_low=lo, ci_high=hi)
+    out["verdict"] = verdict_of(p, out["mean_diff"], higher_is_better, alpha)
     return out
+
+
+# --- multiple comparisons ----------------------------------------------------------------------
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    Sorted ascending, p_(i) (i = 1..m) becomes max_{j <= i} min(1, (m - j + 1) p_(j)): never
+    below an earlier adjusted value and capped at 1; tied raw values get equal adjusted ones.
+    Rejecting where the adjusted value is < alpha is Holm's procedure at family-wise level alpha.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or not np.all((p >= 0.0) & (p <= 1.0)):
+        raise ValueError(f"p-values must be a flat sequence in [0, 1], got {pvalues!r}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped) if m else stepped
+    return adjusted.tolist()
+
+
+def apply_holm(entries: Sequence[tuple[dict[str, Any], bool]], alpha: float = ALPHA) -> int:
+    """Holm over the given :func:`compare` results (each with its metric's higher_is_better).
+
+    Every entry with a p-value is one comparison of the family; its ``p_adj`` is set and its
+    ``verdict`` redrawn from it (the raw verdict stays as ``verdict_unadjusted``). Entries
+    without a p-value (not enough seeds, non-finite values) are not tests and keep their verdict.
+    Returns the family size.
+    """
+    tested = [(e, hib) for e, hib in entries if e.get("p") is not None]
+    for (e, hib), padj in zip(tested, holm([e["p"] for e, _ in tested]), strict=True):
+        e["p_adj"] = padj
+        e["verdict_unadjusted"] = e["verdict"]
+        e["verdict"] = verdict_of(padj, e["mean_diff"], hib, alpha)
+    return len(tested)
 
 
 # --- values per seed ---------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Aggregation over seeds: per-method mean ± std, relative differences, verdicts and delta-m.
 
 Every number produced here is computed from the runs' ``metrics.json``; nothing is estimated.
-The paired t-tests and values per seed live in :mod:`medmtl.report.significance`, the
-recommendation texts in :mod:`medmtl.report.recommendations`; both are re-exported here.
+The paired t-tests, intervals, Holm's correction and values per seed live in
+:mod:`medmtl.report.significance`, the recommendation texts in
+:mod:`medmtl.report.recommendations`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,43 +17,51 @@ from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run
 from medmtl.report.recommendations import accuracy_first, efficiency_first, recommend
 from medmtl.report.significance import (
     ALPHA,
+    CONFIDENCE,
     NOT_ENOUGH,
     UNDEFINED,
-    betainc,
+    apply_holm,
     compare,
+    holm,
     mean_std,
     paired_ttest,
     per_seed,
-    t_cdf,
-    t_two_sided_p,
 )
 
 __all__ = [
     "ALPHA",
+    "CONFIDENCE",
     "DEFAULT_DELTA_M",
+    "DELTA_M_MAIN",
+    "FAMILY_METRICS",
     "NOT_ENOUGH",
     "NO_VERDICT",
     "UNDEFINED",
     "accuracy_first",
     "aggregate",
-    "betainc",
     "choose_baseline",
     "compare",
     "delta_m",
     "efficiency_first",
+    "holm",
     "is_joint",
     "mean_std",
     "method_order",
     "paired_ttest",
     "per_seed",
     "recommend",
-    "t_cdf",
-    "t_two_sided_p",
 ]
 
 # Weights are not "better" when larger: no verdict is drawn on them.
 NO_VERDICT = {"weight_detect", "weight_classify"}
+# Δm's two-metric form (configurable) and the main, four-metric one.
 DEFAULT_DELTA_M = {"detect": "map50", "classify": "accuracy"}
+DELTA_M_MAIN: dict[str, tuple[str, ...]] = {"detect": ("map50", "map50_95"),
+                                            "classify": ("accuracy", "macro_f1")}
+# The family Holm's correction runs over: every non-baseline method x these metrics (the
+# verdicts the report shows).
+FAMILY_METRICS = ("map50", "map50_95", "accuracy", "macro_f1", "val_loss_detect",
+                  "val_loss_classify")
 
 
 # --- aggregation -------------------------------------------------------------------------------
@@ -87,55 +96,66 @@ def choose_baseline(runs: Sequence[Run], baseline: str | None = None) -> str | N
 
 
 def delta_m(runs: Sequence[Run], method: str,
-            references: dict[str, str] | None = None) -> dict[str, Any]:
+            references: Mapping[str, str | Sequence[str]] | None = None) -> dict[str, Any]:
     """Delta-m (Maninis et al. 2019) of a joint method against the single-task references.
 
-    Δm = (1/T) Σ_t (-1)^{l_t} (M_m,t − M_b,t) / M_b,t × 100, with M_b,t the mean over the
-    single-task runs ("detect" / "classify") and l_t = 1 where lower is better. Per seed, the
-    method's run is compared with the same reference means, so the mean of the per-seed values
-    equals Δm of the means.
+    Δm = (1/K) Σ_k (-1)^{l_k} (M_m,k − M_b,k) / M_b,k × 100 over the K metrics that
+    ``references`` names (task -> one metric key, or several), with M_b,k the mean over that
+    task's single-task runs ("detect" / "classify") and l_k = 1 where lower is better. With one
+    metric per task this is the per-task form. Per seed, the method's run is compared with the
+    same reference means, so the mean of the per-seed values equals Δm of the means. ``terms``
+    holds each task's mean term, ``metric_terms`` each metric's; ``reference`` the reference
+    means (task -> value, or task -> {key: value} when a task has several metrics).
     """
     references = references or DEFAULT_DELTA_M
-    out: dict[str, Any] = {"available": False, "metrics": dict(references), "mean": None,
-                           "std": None, "per_seed": {}, "terms": {}, "reference": {},
-                           "reason": None}
-    ref_means: dict[str, float] = {}
-    for task, key in references.items():
+    keys = {t: [k] if isinstance(k, str) else list(k) for t, k in references.items()}
+    single = all(isinstance(k, str) for k in references.values())
+    out: dict[str, Any] = {"available": False,
+                           "metrics": {t: k if isinstance(k, str) else list(k)
+                                       for t, k in references.items()},
+                           "mean": None, "std": None, "per_seed": {}, "terms": {},
+                           "metric_terms": {}, "reference": {}, "reason": None}
+    pairs = [(task, key) for task, ks in keys.items() for key in ks]
+    ref_means: dict[tuple[str, str], float] = {}
+    for task, key in pairs:
         vals = list(per_seed(runs, task, key).values())
         if not vals:
             out["reason"] = (f"no finished single-task '{task}' runs with {key}; "
                              "Δm needs them as reference")
             return out
-        ref_means[task] = float(np.mean(vals))
-        if ref_means[task] == 0.0:
+        ref_means[task, key] = float(np.mean(vals))
+        if ref_means[task, key] == 0.0:
             out["reason"] = f"single-task '{task}' reference {key} is 0"
             return out
-    out["reference"] = ref_means
-    per_task = {task: per_seed(runs, method, key) for task, key in references.items()}
-    seeds = sorted(set.intersection(*(set(v) for v in per_task.values())))
+    out["reference"] = {t: ref_means[t, ks[0]] if single else {k: ref_means[t, k] for k in ks}
+                        for t, ks in keys.items()}
+    mine = {pair: per_seed(runs, method, pair[1]) for pair in pairs}
+    seeds = sorted(set.intersection(*(set(v) for v in mine.values())))
     if not seeds:
         out["reason"] = f"'{method}' has no finished run with every reference metric"
         return out
-    terms_seed: dict[str, list[float]] = {t: [] for t in references}
+    terms_seed: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     values: list[float] = []
     for s in seeds:
-        terms = []
-        for task, key in references.items():
+        for task, key in pairs:
             sign = 1.0 if METRIC_BY_KEY[key].higher_is_better else -1.0
-            term = sign * (per_task[task][s] - ref_means[task]) / ref_means[task] * 100.0
-            terms_seed[task].append(term)
-            terms.append(term)
-        values.append(float(np.mean(terms)))
+            ref = ref_means[task, key]
+            terms_seed[task, key].append(sign * (mine[task, key][s] - ref) / ref * 100.0)
+        values.append(float(np.mean([terms_seed[pair][-1] for pair in pairs])))
         out["per_seed"][str(s)] = values[-1]
     out["mean"], out["std"] = mean_std(values)
-    out["terms"] = {t: float(np.mean(v)) for t, v in terms_seed.items()}
+    out["metric_terms"] = {key: float(np.mean(terms_seed[task, key])) for task, key in pairs}
+    out["terms"] = {t: float(np.mean([terms_seed[t, k] for k in ks])) for t, ks in keys.items()}
     out["available"] = True
     return out
 
 
 def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = ALPHA,
-              delta_m_metrics: dict[str, str] | None = None) -> dict[str, Any]:
-    """Per-method aggregates, relative differences, verdicts and Δm."""
+              delta_m_metrics: dict[str, str] | None = None,
+              family: Sequence[str] = FAMILY_METRICS) -> dict[str, Any]:
+    """Per-method aggregates, relative differences, verdicts (Holm-adjusted over the family:
+    every non-baseline method x the ``family`` metrics) and Δm (``delta_m``: the four metrics of
+    DELTA_M_MAIN; ``delta_m_two``: one metric per task, ``delta_m_metrics``)."""
     base = choose_baseline(runs, baseline)
     methods = method_order([r.method for r in runs])
     refs = dict(delta_m_metrics or DEFAULT_DELTA_M)
@@ -165,11 +185,25 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
                 rel = (mean - bmean) / abs(bmean) * 100.0  # type: ignore[operator]
             entry["relative_to_baseline_pct"][m.key] = rel
             if method != base and vals and base_seed.get(m.key) and m.key not in NO_VERDICT:
-                entry["significance"][m.key] = compare(vals, base_seed[m.key],
-                                                       m.higher_is_better, alpha)
-        entry["delta_m"] = (delta_m(runs, method, refs) if entry["joint"]
-                            else {"available": False, "reason": "single-task reference"
-                                  if method in refs else "not a joint method"})
+                sig = compare(vals, base_seed[m.key], m.higher_is_better, alpha)
+                sig.update(p_adj=None, correction="holm" if m.key in family else "none")
+                entry["significance"][m.key] = sig
+        unavailable = {"available": False, "reason": "single-task reference"
+                       if method in refs else "not a joint method"}
+        entry["delta_m"] = delta_m(runs, method, DELTA_M_MAIN) if entry["joint"] \
+            else dict(unavailable)
+        entry["delta_m_two"] = delta_m(runs, method, refs) if entry["joint"] \
+            else dict(unavailable)
         out[method] = entry
-    return {"baseline": base, "alpha": alpha, "delta_m_metrics": refs, "methods": out}
+    members = [(method, key) for method in out if method != base for key in family
+               if key in out[method]["significance"]]
+    size = apply_holm([(out[m]["significance"][k], METRIC_BY_KEY[k].higher_is_better)
+                       for m, k in members], alpha)
+    tested = [[m, k] for m, k in members if out[m]["significance"][k]["p"] is not None]
+    return {"baseline": base, "alpha": alpha, "confidence": CONFIDENCE,
+            "delta_m_metrics": refs,
+            "delta_m_main_metrics": {t: list(k) for t, k in DELTA_M_MAIN.items()},
+            "multiple_comparisons": {"correction": "holm", "family_size": size,
+                                     "metrics": list(family), "comparisons": tested},
+            "methods": out}
 
