@@ -71,12 +71,16 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     assert r0.exit_code == 0, r0.output
     assert [p.name for p in (out / "runs").iterdir() if p.is_dir()] == ["fixed-s0"]
     assert not (out / "report.md").exists()  # a shard does not report a partial grid
+    eff = json.loads((out / "runs" / "fixed-s0" / "metrics.json").read_text())["efficiency"]
+    assert eff["latency_e2e_ms"] > 0 and "--retime" in eff["latency_e2e_ort_skipped"]
     r1 = runner.invoke(app, [*common, "--shard", "1/2"])
     assert r1.exit_code == 0, r1.output
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
     rr = runner.invoke(app, ["report", str(out), "--retime", "--latency-budget", "50"])
     assert rr.exit_code == 0, rr.output
     assert "re-timed 2 models" in rr.output
+    eff = json.loads((out / "runs" / "fixed-s0" / "metrics.json").read_text())["efficiency"]
+    assert eff.get("latency_e2e_ort_ms", 0) > 0 or "not installed" in eff["latency_e2e_ort_skipped"]
     # no single-task runs, so no Δm: the budget advice says it has nothing to rank
     assert "no joint method has both a Δm and an end-to-end latency" in " ".join(rr.output.split())
     summary = json.loads((out / "summary.json").read_text())
