@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-data study (docs/study/): which remedy for gradient interference to deploy on echo.
 #
-#   bash benchmarks/study.sh            # CPU budget: 128 px, 10 epochs, size n (~4 h of 2 cores)
+#   bash benchmarks/study.sh            # CPU budget: 128 px, 8 epochs, size n (~2.5 h of 2 cores)
 #   bash benchmarks/study.sh --full     # the GPU protocol: 416 px, 100 epochs
 #
 # 1. train+valid of ../shared/data/regurgitation re-split patient-disjoint into train/val
@@ -28,7 +28,7 @@ if [[ "${1:-}" == "--full" ]]; then
   IMGSZ=${IMGSZ:-416} EPOCHS=${EPOCHS:-100} TRIALS=${TRIALS:-8} OUT=${OUT}-full
   DOCS=${DOCS:-docs/study-full}
 else  # a dry run on other data: DATA=... OUT=/tmp/s DOCS=/tmp/s/docs EPOCHS=1 IMGSZ=64 ...
-  IMGSZ=${IMGSZ:-128} EPOCHS=${EPOCHS:-10} TRIALS=${TRIALS:-4} DOCS=${DOCS:-docs/study}
+  IMGSZ=${IMGSZ:-128} EPOCHS=${EPOCHS:-8} TRIALS=${TRIALS:-3} DOCS=${DOCS:-docs/study}
 fi
 SEEDS=${SEEDS:-3}
 mkdir -p "$OUT"
