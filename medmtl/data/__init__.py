@@ -25,18 +25,21 @@ from medmtl.data.labels import (
     parse_label_text,
     scan_split,
 )
+from medmtl.data.groups import GroupPattern, clip_of, patient_of
 from medmtl.data.splits import group_of, held_out_split, split_by_group
 from medmtl.data.transforms import letterbox, letterbox_boxes, load_image, unletterbox_boxes
 
 __all__ = [
     "DataError",
     "DatasetSpec",
+    "GroupPattern",
     "ImageRecord",
     "LabelProblem",
     "MTLDataset",
     "SplitIndex",
     "audit_dataset",
     "build_dataloader",
+    "clip_of",
     "collate",
     "format_problems",
     "group_of",
@@ -47,6 +50,7 @@ __all__ = [
     "load_data_yaml",
     "load_image",
     "parse_label_text",
+    "patient_of",
     "render_audit",
     "scan_split",
     "split_by_group",

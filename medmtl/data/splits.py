@@ -9,7 +9,6 @@ neither training nor selection saw. Both are deterministic for a seed and write 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,14 @@ import numpy as np
 import yaml
 
 from medmtl.data.dataset_yaml import DataError, DatasetSpec, list_split_images, load_data_yaml
+from medmtl.data.groups import DEFAULT_PATIENT_REGEX, patient_of
 
-DEFAULT_GROUP_REGEX = r"^([^-]+)-"
+DEFAULT_GROUP_REGEX = DEFAULT_PATIENT_REGEX
 
 
 def group_of(path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX) -> str:
     """Group (patient) id from a file name: the regex's first group, else the whole stem."""
-    name = Path(path).name
-    m = re.search(group_regex, name)
-    if m is None:
-        return Path(path).stem
-    return m.group(1) if m.groups() else m.group(0)
+    return patient_of(path, group_regex)
 
 
 def grouped_partition(paths: Sequence[Path], fraction: float, seed: int, group_regex: str,
