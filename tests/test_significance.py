@@ -339,3 +339,36 @@ def test_four_metric_delta_m_by_hand(tmp_path: Path) -> None:
     assert f"{two['mean']:+.2f} ± {two['std']:.2f}" in row
     csv_text = paths["csv"].read_text()
     assert "delta_m_two_mean" in csv_text.splitlines()[0]
+
+
+def test_accuracy_first_verdicts_use_holm_over_the_comparisons_with_the_best(
+        tmp_path: Path) -> None:
+    from scipy import stats as sps
+    vals = {"fixed": (0.60, 0.61, 0.625), "gradnorm": (0.671, 0.702, 0.713),
+            "dual": (0.70, 0.72, 0.73), "pcgrad": (0.69, 0.715, 0.72)}
+    for method, v in vals.items():
+        for seed, x in enumerate(v):
+            write_run(tmp_path, method, seed, metrics={
+                "map50": x, "map50_95": x / 2, "accuracy": 0.8 + x / 10, "macro_f1": 0.7})
+    rec = _summary(tmp_path)["recommendations"]["accuracy_first"]
+    assert rec["score_name"] == "combined" and rec["method"] == "dual"
+    top_map = float(np.mean(vals["dual"]))
+    top_acc = 0.8 + top_map / 10
+
+    def score(m: str) -> list[float]:
+        return [0.5 * (x / top_map + (0.8 + x / 10) / top_acc) for x in vals[m]]
+
+    others = [r["method"] for r in rec["ranking"][1:]]
+    raw = [float(sps.ttest_rel(score(m), score("dual")).pvalue) for m in others]
+    adj = holm_by_definition(raw)
+    assert rec["holm_family_size"] == 3
+    for row, p, pa in zip(rec["ranking"][1:], raw, adj, strict=True):
+        assert row["vs_best"]["p"] == pytest.approx(p, rel=1e-6)
+        assert row["vs_best"]["p_adj"] == pytest.approx(pa, rel=1e-6)
+        assert (row["method"] in rec["worse"]) == (pa < 0.05)
+    assert rec["worse"] == ["fixed"]
+    for m in ("gradnorm", "pcgrad"):  # below 0.05 unadjusted (p ~0.03, ~0.04), not after Holm
+        g = next(r for r in rec["ranking"] if r["method"] == m)["vs_best"]
+        assert g["p"] < 0.05 <= g["p_adj"] and g["verdict_unadjusted"] == "worse"
+        assert m in rec["indistinguishable"]
+    assert "Holm-adjusted over the 3 comparison(s)" in rec["text"]

@@ -3,7 +3,7 @@
 Computed from :func:`medmtl.report.stats.aggregate`'s output and the runs:
 :func:`accuracy_first` ranks the joint methods by Δm (or, without single-task references, by a
 combined mAP@0.5 / view-accuracy score) and sorts the others by a paired t-test against the best
-one; :func:`efficiency_first` gives the Pareto front of Δm against end-to-end latency
+one (Holm-adjusted over those comparisons); :func:`efficiency_first` gives the Pareto front of Δm against end-to-end latency
 (:mod:`medmtl.report.pareto`) and picks the fastest Pareto-optimal method whose Δm is within a
 tolerance of the best; :func:`budget_advice` names the most accurate method within a latency
 budget. Re-exported by :mod:`medmtl.report.stats`.
@@ -24,7 +24,14 @@ from medmtl.report.pareto import (
     points_of,
     tolerance_pick,
 )
-from medmtl.report.significance import ALPHA, NOT_ENOUGH, compare, mean_std, per_seed
+from medmtl.report.significance import (
+    ALPHA,
+    NOT_ENOUGH,
+    apply_holm,
+    compare,
+    mean_std,
+    per_seed,
+)
 
 __all__ = ["DM_TOLERANCE", "accuracy_first", "budget_advice", "efficiency_first", "recommend"]
 
@@ -81,10 +88,14 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
     best = rec["ranking"][0]["method"]
     rec["method"] = best
     for row in rec["ranking"][1:]:
-        verdict = compare(scores[row["method"]], scores[best], True, alpha)
-        row["vs_best"] = verdict
+        row["vs_best"] = compare(scores[row["method"]], scores[best], True, alpha)
+    # the comparisons with the best are a family of their own: Holm over them
+    rec["holm_family_size"] = apply_holm([(row["vs_best"], True) for row in rec["ranking"][1:]],
+                                         alpha)
+    for row in rec["ranking"][1:]:
         bucket = {"worse": "worse", "indistinguishable": "indistinguishable",
-                  NOT_ENOUGH: "not_enough_seeds"}.get(verdict["verdict"], "indistinguishable")
+                  NOT_ENOUGH: "not_enough_seeds"}.get(row["vs_best"]["verdict"],
+                                                      "indistinguishable")
         rec[bucket].append(row["method"])
     top, nd = rec["ranking"][0], rec["decimals"]
     std = "—" if top["std"] is None else f"{top['std']:.{nd}f}"
@@ -93,7 +104,8 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
         f"Accuracy first (diagnosis): {best} has the highest {what}: {top['mean']:.{nd}f} ± {std} "
         f"over {top['n']} seed(s) (mAP@0.5 {mm['map50']['mean']:.3f}, view accuracy "
         f"{mm['accuracy']['mean']:.3f}). Statistically indistinguishable from it (paired t-test "
-        f"across seeds, α = {alpha}): {_fmt_list(rec['indistinguishable'])}. Significantly "
+        f"across seeds, Holm-adjusted over the {rec['holm_family_size']} comparison(s) with it, "
+        f"α = {alpha}): {_fmt_list(rec['indistinguishable'])}. Significantly "
         f"lower: {_fmt_list(rec['worse'])}. Not enough paired seeds to tell: "
         f"{_fmt_list(rec['not_enough_seeds'])}.")
     if rec["excluded_non_finite"]:
