@@ -166,6 +166,13 @@ class TrainConfig(BaseModel):
                            "name (grouped splits)", panel=_DATA)
     split_seed: int = opt(0, "Seed of the grouped test split (keep it equal across the runs of a "
                           "comparison)", panel=_DATA, ge=0)
+    select: Literal["delta-m", "composite", "map50", "map50_95", "accuracy", "macro_f1"] = opt(
+        "delta-m", "Checkpoint selection on val, the report's decision metric too: delta-m "
+        "(against --select-refs; compare and tune fill them from their detect/classify runs) | "
+        "composite (0.1 mAP@0.5 + 0.9 mAP@0.5:0.95, view accuracy) | one metric", panel=_RUN)
+    select_refs: dict[str, float] = opt(dict, "Single-task val references of --select delta-m, "
+                                        "e.g. map50=0.6,map50_95=0.3,accuracy=0.7,macro_f1=0.6",
+                                        panel=_RUN)
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
@@ -176,6 +183,18 @@ class TrainConfig(BaseModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("select_refs")
+    @classmethod
+    def _select_refs(cls, v: dict[str, float]) -> dict[str, float]:
+        known = ("map50", "map50_95", "accuracy", "macro_f1")
+        bad = [k for k in v if k not in known]
+        if bad:
+            raise ValueError(f"select_refs: unknown metric(s) {', '.join(bad)}; known: "
+                             f"{', '.join(known)}")
+        if not all(x > 0 and x == x and x != float("inf") for x in v.values()):
+            raise ValueError(f"select_refs: references must be finite and > 0, got {v}")
+        return dict(v)
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

@@ -38,7 +38,13 @@ def test_val_selected_checkpoint_is_scored_on_test(synth_with_test: Path, tmp_pa
     m = json.loads((run / "metrics.json").read_text())
     assert m["split"] == "val" and m["images"] == 24  # today's keys: the val scores
     assert m["test"]["split"] == "test" and m["test"]["images"] == 24
-    assert m["selection"] == {"split": "val", "metric": "fitness", "test_split": "yaml"}
+    sel = m["selection"]
+    assert (sel["split"], sel["metric"], sel["test_split"]) == ("val", "delta-m", "yaml")
+    # no single-task references given: Δm's fallback, the unweighted mean of the 4 metrics x 100
+    assert sel["references"] is None and sel["references_used"] is False
+    four = [m["detection"]["map50"], m["detection"]["map50_95"], m["classification"]["accuracy"],
+            m["classification"]["macro_f1"]]
+    assert sel["score"] == pytest.approx(100 * sum(four) / 4, rel=1e-9, abs=1e-12)
     assert (run / "eval" / "test" / "predictions.json").exists()
     assert (run / "eval" / "test" / "ground_truth.json").exists()
     # the test block is best.pt (the val-selected checkpoint) scored on test, not on val

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medmtl.engine.tune import search_space, trial_overrides, tune
+from medmtl.evaluation.selection import references_from
 from medmtl.methods import build_config
 
 
@@ -52,6 +54,7 @@ def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path:
 
     runner = CliRunner()
     res = runner.invoke(app, ["tune", "--data", str(synth_tiny), "--methods", "gradnorm,fixed",
+                              "--untuned", "detect,classify",
                               "--trials", "2", "--seeds", "1", "--out", str(out), "--epochs", "1",
                               "--imgsz", "64", "--batch", "16", "--workers", "0",
                               "--diag-steps", "0", "--jobs", "2"])
@@ -68,7 +71,22 @@ def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path:
     cfg = yaml.safe_load((out / "runs" / "gradnorm@tuned-s0" / "config.yaml").read_text())
     assert cfg["method"] == "gradnorm@tuned"
     assert cfg["balancer"]["alpha"] == best["params"]["alpha"] and cfg["lr"] == best["params"]["lr"]
+    # Δm selection: the references ran before any trial; their val figures (where not 0, which a
+    # 1-epoch detector may score) are every later run's references
+    ref = {t: out / "runs" / f"{t}-s0" / "metrics.json" for t in ("detect", "classify")}
+    trial0 = out / "trials" / "fixed" / "t0" / "config.yaml"  # (metrics.json is re-timed later)
+    assert max((p.parent / "history.csv").stat().st_mtime for p in ref.values()) \
+        <= trial0.stat().st_mtime
+    want = references_from({t: [json.loads(p.read_text())] for t, p in ref.items()})
+    assert want.keys() >= {"accuracy", "macro_f1"}  # the view task scores > 0 after an epoch
+    full = len(want) == 4
+    assert result["select_refs"] == (pytest.approx(want, rel=1e-12) if full else None)
+    assert cfg["select"] == "delta-m"
+    assert cfg["select_refs"] == (pytest.approx(want, rel=1e-12) if full else {})
+    sel = json.loads((out / "runs" / "gradnorm@tuned-s0" / "metrics.json").read_text())[
+        "selection"]
+    assert sel["references_used"] is full
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["methods"]) == {"gradnorm@tuned", "fixed@tuned"}
+    assert set(summary["methods"]) == {"gradnorm@tuned", "fixed@tuned", "detect", "classify"}
     md = (out / "report.md").read_text()
     assert "## Tuning" in md and "gradnorm@tuned" in md and (out / "plots/tune_trace.png").exists()

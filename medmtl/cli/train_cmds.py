@@ -221,7 +221,8 @@ def tune(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
-    result = run_tune(data, names, trials, out, overrides=over, storage=storage)
+    result = run_tune(data, names, trials, out, overrides=over, storage=storage,
+                      references=extra, seeds=list(range(max(seeds, 1))))
     if seeds < 1:
         console.print(f"wrote {out / 'tune.json'}")
         return

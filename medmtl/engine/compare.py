@@ -120,6 +120,76 @@ def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
     r.status = "running"
 
 
+def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, threads: int,
+             gpus: list[str], t0: float, cfg_dir: Path, console: Console) -> None:
+    """Run `todo` (n_jobs at a time), showing the whole plan's table."""
+    free_gpus = list(gpus)
+    running: list[tuple[PlannedRun, str | None]] = []
+    queue = list(todo)
+    with Live(_table(plan, t0), console=console, refresh_per_second=1, transient=False) as live:
+        while queue or running:
+            while queue and len(running) < n_jobs:
+                r = queue.pop(0)
+                gpu = free_gpus.pop(0) if gpus else None
+                _start(r, threads, gpu, cfg_dir)
+                running.append((r, gpu))
+            time.sleep(1.0)
+            for r, gpu in list(running):
+                assert r.proc is not None
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                r.returncode = rc
+                r.status = "done" if rc == 0 and (r.run_dir / "metrics.json").exists() else "failed"
+                r.log.close()
+                running.remove((r, gpu))
+                if gpu is not None:
+                    free_gpus.append(gpu)
+            live.update(_table(plan, t0))
+
+
+def _needs_references(r: PlannedRun) -> bool:
+    return len(r.cfg.model.tasks) > 1 and r.cfg.select == "delta-m" and not r.cfg.select_refs
+
+
+def _references_first(plan: list[PlannedRun], todo: list[PlannedRun],
+                      sharded: bool) -> list[PlannedRun]:
+    """The unfinished single-task runs to train before the joint ones (none when no joint run
+    selects by Δm without given references). A shard cannot wait for other shards: it uses the
+    references finished in the folder when it starts."""
+    if sharded or not any(_needs_references(r) for r in todo):
+        return []
+    return [r for r in todo if len(r.cfg.model.tasks) == 1]
+
+
+def reference_values(plan: list[PlannedRun]) -> dict[str, float]:
+    """Δm references: the mean val figures of the plan's finished single-task runs."""
+    from medmtl.evaluation.selection import references_from
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    for r in plan:
+        if len(r.cfg.model.tasks) == 1 and (r.run_dir / "metrics.json").exists():
+            found.setdefault(r.cfg.model.tasks[0], []).append(
+                json.loads((r.run_dir / "metrics.json").read_text()))
+    return references_from(found)
+
+
+def _set_references(plan: list[PlannedRun], console: Console) -> None:
+    """The references into every joint run that selects by Δm without references of its own."""
+    refs = reference_values(plan)
+    if len(refs) < 4:
+        missing = sorted({"map50", "map50_95", "accuracy", "macro_f1"} - set(refs))
+        console.print(f"[yellow]Δm selection: no single-task reference for {', '.join(missing)}; "
+                      "joint runs select by the unweighted mean of their metrics (add the detect "
+                      "and classify methods, or give --select-refs)[/]")
+        return
+    console.print("Δm selection references (val, single-task runs): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
+    for r in plan:
+        if _needs_references(r):
+            r.cfg.select_refs = dict(refs)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'I/N' (0 <= I < N) -> (I, N)."""
     i, sep, n = text.partition("/")
@@ -152,29 +222,13 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
                   f"{n_jobs} at a time, {threads} CPU threads each"
                   + (f", GPUs {','.join(gpus)}" if gpus else ""))
     t0 = time.perf_counter()
-    free_gpus = list(gpus)
-    running: list[tuple[PlannedRun, str | None]] = []
-    queue = list(todo)
-    with Live(_table(plan, t0), console=console, refresh_per_second=1, transient=False) as live:
-        while queue or running:
-            while queue and len(running) < n_jobs:
-                r = queue.pop(0)
-                gpu = free_gpus.pop(0) if gpus else None
-                _start(r, threads, gpu, cfg_dir)
-                running.append((r, gpu))
-            time.sleep(1.0)
-            for r, gpu in list(running):
-                assert r.proc is not None
-                rc = r.proc.poll()
-                if rc is None:
-                    continue
-                r.returncode = rc
-                r.status = "done" if rc == 0 and (r.run_dir / "metrics.json").exists() else "failed"
-                r.log.close()
-                running.remove((r, gpu))
-                if gpu is not None:
-                    free_gpus.append(gpu)
-            live.update(_table(plan, t0))
+    first = _references_first(plan, todo, shard is not None)
+    # the single-task references first: the joint runs select by Δm against them
+    _execute(plan, first, n_jobs, threads, gpus, t0, cfg_dir, console)
+    if any(_needs_references(r) for r in todo):
+        _set_references(plan, console)
+    _execute(plan, [r for r in todo if r not in first], n_jobs, threads, gpus, t0, cfg_dir,
+             console)
     # a shard's timings are superseded by `report --retime` over all shards: no ONNX export here
     remeasure_latency([r.run_dir for r in plan if (r.run_dir / "metrics.json").exists()],
                       console, ort=shard is None)

@@ -26,19 +26,6 @@ from medmtl.evaluation.metrics import (
 from medmtl.evaluation.postprocess import postprocess
 
 
-def fitness(metrics: dict[str, Any]) -> float:
-    """Checkpoint selection score: mean over the model's tasks of
-    detect = 0.1 * mAP@0.5 + 0.9 * mAP@0.5:0.95 and classify = view accuracy."""
-    parts = []
-    det = metrics.get("detection")
-    if det and det.get("map50") is not None:
-        parts.append(0.1 * det["map50"] + 0.9 * det["map50_95"])
-    cls = metrics.get("classification")
-    if cls and cls.get("accuracy") is not None:
-        parts.append(cls["accuracy"])
-    return float(np.mean(parts)) if parts else 0.0
-
-
 def move_targets(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = dict(batch)
     for k in ("boxes", "box_classes", "box_mask", "det_mask", "view", "view_mask"):

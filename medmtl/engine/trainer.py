@@ -36,12 +36,12 @@ from medmtl.distributed import (
 from medmtl.engine.checkpoint import atomic_write_text, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
-from medmtl.engine.evaluate import fitness
 from medmtl.engine.history import val_columns, write_history
 from medmtl.engine.loop import evaluate, flush_sums, train_one_epoch
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
+from medmtl.evaluation.selection import describe, selection_score
 from medmtl.losses import MultiTaskCriterion
 from medmtl.models import build_model
 from medmtl.models.checkpoint import load_checkpoint
@@ -121,6 +121,17 @@ class Trainer:
                                  self.scaler, self.balancer)
             self.console.print(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, "
                                f"step {self.state.step_in_epoch}")
+            self._keep_selection_rule(ckpt.get("config") or {})
+
+    def _keep_selection_rule(self, saved: dict[str, Any]) -> None:
+        """A resumed run keeps the selection rule its best checkpoint was chosen by (a run begun
+        before --select existed used the composite score)."""
+        cfg = self.cfg
+        rule = (saved.get("select", "composite"), dict(saved.get("select_refs") or {}))
+        if rule != (cfg.select, dict(cfg.select_refs)):
+            self.console.print(f"[yellow]resume: keeping the run's selection rule {rule[0]} "
+                               f"{rule[1] or ''} (asked: {cfg.select} {cfg.select_refs or ''})[/]")
+            cfg.select, cfg.select_refs = rule[0], rule[1]
 
     @property
     def val_index(self) -> Any:
@@ -189,7 +200,7 @@ class Trainer:
                     if validate:
                         metrics = self.validate()
                         row.update(val_columns(metrics))
-                        fit = fitness(metrics)
+                        fit = selection_score(metrics, cfg.select, cfg.select_refs)
                         improved = fit > st.best_fitness
                         if improved:
                             st.best_fitness, st.best_epoch = fit, st.epoch
@@ -248,8 +259,9 @@ class Trainer:
             return metrics
         if test is not None:
             metrics["test"] = test
-        metrics["selection"] = {"split": "val", "metric": "fitness",
-                                "test_split": self.cfg.test_split if test is not None else None}
+        metrics["selection"] = {"split": "val",
+                                "test_split": self.cfg.test_split if test is not None else None,
+                                **describe(self.cfg.select, self.cfg.select_refs, metrics)}
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)

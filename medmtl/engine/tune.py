@@ -4,9 +4,10 @@
 hyper-parameters on the val split: the learning rate for every method, the task weight of
 `fixed`, and each balancer option whose field declares a `search` range (GradNorm's alpha, CAGrad's
 c, DWA's temperature, ...). A trial is a real, shorter training run whose objective is the val
-selection score of its best checkpoint (`engine.evaluate.fitness`): the same number a run uses to
-pick its checkpoint. Studies live in a database (`<out>/tune.db`, SQLite, or any Optuna storage URL
-shared by several machines), so a killed search resumes: finished trials are kept, a trial left
+selection score of its best checkpoint (`evaluation.selection`, Δm against the single-task
+references by default, trained first): the same number a run uses to pick its checkpoint.
+Studies live in a database (`<out>/tune.db`, SQLite, or any Optuna storage URL shared by several
+machines), so a killed search resumes: finished trials are kept, a trial left
 RUNNING by a dead process on this host is marked failed and its parameters are tried again, and
 only the missing trials run. The best configuration of each method then runs over the seeds as
 `<method>@tuned` through `compare`, and the report shows the tuned values and the search trace
@@ -25,7 +26,7 @@ from rich.console import Console
 
 from medmtl.balancing import balancer_class
 from medmtl.config import TrainConfig, merge_dicts
-from medmtl.engine.evaluate import fitness
+from medmtl.evaluation.selection import selection_score
 from medmtl.methods import build_config, run_name
 
 LR_RANGE = (0.25, 4.0)  # the learning rate searched in [lr / 4, lr * 4], log scale
@@ -91,18 +92,25 @@ def _objective(method: str, data: str, base: dict[str, Any], out: Path,
         params = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in space.items()}
         over = merge_dicts(base, trial_overrides(params))
         over.update({"data": data, "out": str(out / f"t{trial.number}")})
-        run_dir = train(build_config(method, over), progress=False)
+        cfg = build_config(method, over)
+        run_dir = train(cfg, progress=False)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         trial.set_user_attr("run_dir", str(run_dir))
-        return fitness(metrics)  # val: the split that selects checkpoints, never test
+        # val: the split that selects checkpoints, never test
+        return selection_score(metrics, cfg.select, cfg.select_refs)
 
     return run
 
 
 def tune(data: str, methods: list[str], trials: int, out: str | Path,
          overrides: dict[str, Any] | None = None, storage: str | None = None, seed: int = 0,
-         console: Console | None = None) -> dict[str, Any]:
-    """Run (or finish) `trials` trials per method; returns and writes `<out>/tune.json`."""
+         console: Console | None = None, references: list[str] | None = None,
+         seeds: list[int] | None = None) -> dict[str, Any]:
+    """Run (or finish) `trials` trials per method; returns and writes `<out>/tune.json`.
+
+    With `references` (the single-task methods, e.g. detect and classify) and Δm selection, they
+    are trained first over `seeds` (as `compare` would, into `<out>/runs/`), and every trial
+    selects its checkpoint and is scored by Δm against their val figures."""
     import optuna
 
     console = console or Console(stderr=True)
@@ -111,9 +119,15 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
     storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
     base = dict(overrides or {})
     base.setdefault("seed", seed)
+    refs = _references(data, references or [], seeds or [seed], out, overrides or {}, console)
+    if refs:
+        base["select_refs"] = refs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    probe = build_config(methods[0], {**base, "data": data}) if methods else None
     result: dict[str, Any] = {"trials_per_method": trials, "storage": storage,
-                              "objective": "val fitness of the best epoch", "methods": {}}
+                              "objective": "val selection score of the best epoch ("
+                              + (probe.select if probe else "delta-m") + ")",
+                              "select_refs": refs or None, "methods": {}}
     for method in methods:
         cfg = build_config(method, {**base, "data": data})
         space = search_space(cfg)
@@ -141,6 +155,23 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
                       + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items()))
     (out / "tune.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _references(data: str, references: list[str], seeds: list[int], out: Path,
+                overrides: dict[str, Any], console: Console) -> dict[str, float]:
+    """Train the single-task reference runs (skipping finished ones) and return their Δm
+    references; {} when not asked, when selection is not Δm or references are given."""
+    from medmtl.engine.compare import plan_runs, reference_values, run_compare
+
+    single = [m for m in references
+              if len(build_config(m, {**overrides, "data": data}).model.tasks) == 1]
+    probe = build_config("fixed", {**overrides, "data": data})
+    if not single or probe.select != "delta-m" or probe.select_refs:
+        return {}
+    console.print(f"Δm references first: {', '.join(single)} over {len(seeds)} seed(s)")
+    run_compare(data, single, seeds, out, overrides=overrides, console=console, report=False)
+    refs = reference_values(plan_runs(data, single, seeds, out, overrides))
+    return refs if len(refs) == 4 else {}
 
 
 def tuned_variants(result: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
