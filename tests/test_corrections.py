@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from medmtl.data import load_data_yaml, scan_split
-from medmtl.data.audit import audit_dataset
+from medmtl.data.audit import audit_dataset, check_corrections
 from medmtl.data.corrections import (
     CorrectionError,
     _normalised,
-    check_corrections,
     format_boxes,
     load_corrections,
 )
@@ -122,3 +121,24 @@ def test_audit_reports_the_corrections(tiny: Path, tmp_path: Path) -> None:
     assert report["corrections"]["rows"] == 3
     assert report["splits"]["train"]["summary"]["images_view_masked"] == 2
     assert audit_dataset(tiny)["corrections"] is None
+
+
+def test_commands_fail_in_one_line_before_any_work(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    r = _rec(tiny, "train", 1)
+    wrong = load_data_yaml(tiny).cls_names[(r.view + 1) % 3]
+    path = _write(tmp_path, f"{r.path.stem},view,{wrong},,stale")
+    runner = CliRunner()
+    for args in (["audit", "--data", str(tiny)],
+                 ["compare", "--data", str(tiny), "--methods", "fixed", "--out",
+                  str(tmp_path / "cmp")],
+                 ["train", "--data", str(tiny), "--out", str(tmp_path / "run"), "--epochs", "0",
+                  "--imgsz", "64", "--workers", "0", "--no-cache"]):
+        res = runner.invoke(app, [*args, "--corrections", str(path)])
+        assert res.exit_code == 2, res.output
+        text = "".join(ln.strip(" │") for ln in res.output.splitlines())  # unwrap rich's panel
+        assert f"{path.name}:2: stale correction" in text, res.output
+    assert not (tmp_path / "cmp" / "runs").exists()

@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
-from medmtl.data.corrections import load_corrections
+from medmtl.data.corrections import Corrections, load_corrections
 from medmtl.data.dataset_yaml import load_data_yaml
 from medmtl.data.labels import SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
@@ -60,6 +60,17 @@ def _leakage(groups: dict[str, Counter[str]], group_regex: str) -> dict[str, Any
             "groups_per_split": {s: len(g) for s, g in groups.items()},
             "pairs": pairs,
             "leaks": any(p["shared_groups"] > 0 for p in pairs.values())}
+
+
+def check_corrections(data_yaml: str | Path, path: str | Path) -> Corrections:
+    """Load a corrections file against `data_yaml` and apply it to every split (raising
+    `CorrectionError` on a stale row), so a command that starts several runs fails once, up
+    front."""
+    spec = load_data_yaml(data_yaml)
+    corr = load_corrections(path, spec)
+    for split in spec.splits:
+        scan_split(spec, split, corrections=corr)
+    return corr
 
 
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,

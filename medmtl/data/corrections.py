@@ -218,18 +218,5 @@ def load_corrections(path: str | Path, spec: DatasetSpec) -> Corrections:
     return out
 
 
-def check_corrections(data_yaml: str | Path, path: str | Path) -> Corrections:
-    """Load `path` against `data_yaml` and apply it to every split (raising on a stale row), so a
-    command that starts several runs fails once, up front."""
-    from medmtl.data.dataset_yaml import load_data_yaml
-    from medmtl.data.labels import scan_split
-
-    spec = load_data_yaml(data_yaml)
-    corr = load_corrections(path, spec)
-    for split in spec.splits:
-        scan_split(spec, split, corrections=corr)
-    return corr
-
-
 __all__ = ["BOX_TOL", "Correction", "CorrectionError", "Corrections", "FIELDS", "HEADER",
-           "check_corrections", "format_boxes", "load_corrections"]
+           "format_boxes", "load_corrections"]

@@ -250,6 +250,7 @@ class Trainer:
             metrics["test"] = test
         metrics["selection"] = {"split": "val", "metric": "fitness",
                                 "test_split": self.cfg.test_split if test is not None else None}
+        metrics["data"] = self.data.data_record()
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
