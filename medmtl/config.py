@@ -174,9 +174,9 @@ class TrainConfig(BaseModel):
         "majority view in the training split; ties keep the frame's own) | drop-inconsistent "
         "(frames that disagree with their clip's majority lose their view label). Evaluation "
         "always scores both the original and the clip-majority labels", panel=_DATA)
-    clip_regex: str = opt(r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+$", "Regex whose first group is the "
-                          "clip id in a file stem (clip-majority labels, clip-level view "
-                          "accuracy)", panel=_DATA)
+    clip_regex: str = opt(r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+(?:\(\d+\))?$",
+                          "Regex whose first group is the clip id in a file stem (clip-majority "
+                          "labels, clip-level view accuracy)", panel=_DATA)
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
