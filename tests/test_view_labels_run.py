@@ -61,6 +61,14 @@ def test_corrections_and_policy_change_only_what_training_sees(
     assert plain.train_set.records[0].view != new and fixed.train_set.records[0].view == new
     assert (tmp_path / "b" / "corrections.csv").read_bytes() == path.read_bytes()
     assert fixed.data_record()["corrections"]["applied"] == {"train": 1}
+    # a run resumed with another corrections file than the one it started with fails
+    other = tmp_path / "other.csv"
+    other.write_text(path.read_text() + "\n")
+    from medmtl.data.corrections import CorrectionError
+
+    with pytest.raises(CorrectionError, match=r"other\.csv: differs from .*corrections\.csv"):
+        RunData(_cfg(noisy, tmp_path / "b", corrections=str(other)), LOCAL, torch.device("cpu"),
+                quiet, tmp_path / "b")
     major = RunData(_cfg(noisy, tmp_path / "c", corrections=str(path), view_labels="clip-majority"),
                     LOCAL, torch.device("cpu"), quiet, tmp_path / "c")
     # training labels: one view per clip; the split's own records (scored) keep the noise
@@ -124,6 +132,8 @@ def test_runs_record_corrections_and_score_frames_and_clips(
     assert data["view_labels"]["frames_relabelled"] > 0
     assert (run / "corrections.csv").read_bytes() == path.read_bytes()
     assert yaml.safe_load((run / "config.yaml").read_text())["view_labels"] == "clip-majority"
+    history = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert "val/clip_accuracy" in history and "val/accuracy_clip_majority_labels" in history
     _check_block(m["classification"], run / "eval")
     _check_block(m["test"]["classification"], run / "eval" / "test")
 
