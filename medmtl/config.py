@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX
+
 TASKS = ("detect", "classify")
 
 
@@ -162,10 +164,21 @@ class TrainConfig(BaseModel):
         "test: key, if it has one) | grouped (patients held out of train) | none", panel=_DATA)
     test_fraction: float = opt(0.2, "--test-split grouped: fraction of the training images held "
                                "out", panel=_DATA, gt=0, lt=1)
-    group_regex: str = opt(r"^([^-]+)-", "Regex whose first group is the patient id in a file "
+    group_regex: str = opt(DEFAULT_PATIENT_REGEX, "Regex whose first group is the patient id in a file "
                            "name (grouped splits)", panel=_DATA)
     split_seed: int = opt(0, "Seed of the grouped test split (keep it equal across the runs of a "
                           "comparison)", panel=_DATA, ge=0)
+    corrections: str | None = opt(None, "Corrections CSV (stem,field,old,new,note) applied on top "
+                                  "of the label files of every split; copied into the run",
+                                  panel=_DATA)
+    view_labels: Literal["as-is", "clip-majority", "drop-inconsistent"] = opt(
+        "as-is", "Training view labels: as-is | clip-majority (each frame gets its clip's "
+        "majority view in the training split; ties keep the frame's own) | drop-inconsistent "
+        "(frames that disagree with their clip's majority lose their view label). Evaluation "
+        "always scores both the original and the clip-majority labels", panel=_DATA)
+    clip_regex: str = opt(DEFAULT_CLIP_REGEX,
+                          "Regex whose first group is the clip id in a file stem (clip-majority "
+                          "labels, clip-level view accuracy)", panel=_DATA)
     select: Literal["delta-m", "composite", "map50", "map50_95", "accuracy", "macro_f1"] = opt(
         "delta-m", "Checkpoint selection on val, the report's decision metric too: delta-m "
         "(against --select-refs; compare and tune fill them from their detect/classify runs) | "

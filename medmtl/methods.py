@@ -6,19 +6,23 @@ methods are compared on the same data, budget and evaluation. Every registered b
 preset of its own (a shared backbone with that balancer), so a balancer plug-in needs no entry here.
 
 A *spec* names any configuration: `arch:balancer[:key=value,...]`, e.g. `split2:gradnorm:alpha=0.5`,
-`shared:cagrad:c=0.4`, `shared:fixed:w_classify=0.3`. Its keys are the balancer's options, a task
-weight `w_<task>` (the balancer's `weights`) and `lr`; an unknown key fails in one line that lists
-the keys the spec takes. The spec string is the run's method (config.yaml's `method`), so reports
-group and label runs by it.
+`shared:cagrad:c=0.4`, `shared:fixed:w_classify=0.3`, or a preset with keys,
+`preset:key=value[,...]`, e.g. `original:view_labels=clip-majority`. Its keys are the balancer's
+options, a task weight `w_<task>` (the balancer's `weights`), `lr` and `view_labels` (the training
+view-label policy: as-is | clip-majority | drop-inconsistent); an unknown key fails in one line
+that lists the keys the spec takes. The spec string is the run's method (config.yaml's `method`),
+so reports group and label runs by it and each variant gets a run folder of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
 from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
 from medmtl.config import TASKS, TrainConfig, merge_dicts
+from medmtl.data.view_labels import POLICIES
 from medmtl.models import ARCHS
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -56,10 +60,18 @@ def is_spec(method: str) -> bool:
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
-    """The config overrides of `arch:balancer[:key=value,...]` (ValueError naming the problem)."""
+    """The config overrides of `arch:balancer[:key=value,...]` or `preset:key=value[,...]`
+    (ValueError naming the problem)."""
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ValueError(f"method spec {spec!r}: expected arch:balancer[:key=value,...]")
+        raise ValueError(f"method spec {spec!r}: expected arch:balancer[:key=value,...] or "
+                         "preset:key=value[,...]")
+    if "=" in parts[1]:  # a preset with keys, e.g. original:view_labels=clip-majority
+        preset = presets().get(parts[0])
+        if preset is None:
+            raise ValueError(f"method spec {spec!r}: unknown preset {parts[0]!r}; known: "
+                             f"{', '.join(presets())}")
+        return _spec_keys(spec, copy.deepcopy(preset), parts[1:])
     arch, balancer = parts[0], parts[1]
     if arch not in ARCHS:
         raise ValueError(f"method spec {spec!r}: unknown arch {arch!r}; known: "
@@ -67,15 +79,26 @@ def parse_spec(spec: str) -> dict[str, Any]:
     if balancer not in BALANCERS:
         raise ValueError(f"method spec {spec!r}: unknown balancer {balancer!r}; known: "
                          f"{', '.join(BALANCERS.names())}")
+    return _spec_keys(spec, {"model": {"arch": arch}, "balancer": {"name": balancer}}, parts[2:])
+
+
+def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """`over` updated by the spec's `key=value` items."""
+    balancer = over["balancer"]["name"]
     opts = option_keys(balancer_class(balancer).Options)
-    over: dict[str, Any] = {"model": {"arch": arch}, "balancer": {"name": balancer}}
     weights: dict[str, float] = {}
-    for item in (x for part in parts[2:] for x in part.split(",") if x.strip()):
+    for item in (x for part in parts for x in part.split(",") if x.strip()):
         key, eq, value = (x.strip() for x in item.partition("="))
-        allowed = sorted({*opts, *(f"w_{t}" for t in TASKS), "lr"})
+        allowed = sorted({*opts, *(f"w_{t}" for t in TASKS), "lr", "view_labels"})
         if not eq or key not in allowed:
             raise ValueError(f"method spec {spec!r}: unknown key {key!r}; {balancer} specs take "
                              f"{', '.join(allowed)}")
+        if key == "view_labels":
+            if value not in POLICIES:
+                raise ValueError(f"method spec {spec!r}: view_labels={value!r}; expected one of "
+                                 f"{', '.join(POLICIES)}")
+            over["view_labels"] = value
+            continue
         try:
             number = float(value)
         except ValueError:
@@ -87,7 +110,8 @@ def parse_spec(spec: str) -> dict[str, Any]:
         else:
             over["balancer"][opts[key]] = number  # the field's own name, not an alias
     if weights:
-        over["balancer"]["weights"] = {**{t: 1.0 for t in TASKS}, **weights}
+        base = over["balancer"].get("weights") or {}
+        over["balancer"]["weights"] = {**{t: 1.0 for t in TASKS}, **base, **weights}
     return over
 
 

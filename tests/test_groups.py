@@ -13,6 +13,8 @@ from medmtl.data.splits import group_of
     ("p01-clipA-3.png", "p01", "p01-clipA"),          # no video extension
     ("labels/p01-a.b-c.avi-30.txt", "p01", "p01-a.b-c"),  # dots inside the clip name
     ("lonely.jpg", "lonely", "lonely"),                # no match: its own patient and clip
+    ("Zmpjwqtla8Kawpg=-unnamed_1_2.mp4-16(1).jpg", "Zmpjwqtla8Kawpg=",  # a copy, in the real data
+     "Zmpjwqtla8Kawpg=-unnamed_1_2"),
 ])
 def test_default_patterns(name, patient, clip):
     assert patient_of(name) == patient == group_of(name)
@@ -26,3 +28,10 @@ def test_custom_pattern_and_bad_regex():
     assert g.clip_of("other.jpg") == "other"
     with pytest.raises(ValueError, match=r"bad group regex '\('"):
         GroupPattern(clip="(")
+
+
+def test_train_config_default_clip_regex_is_the_groups_default():
+    from medmtl.config import TrainConfig
+    from medmtl.data.groups import DEFAULT_CLIP_REGEX
+
+    assert TrainConfig().clip_regex == DEFAULT_CLIP_REGEX

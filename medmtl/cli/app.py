@@ -27,6 +27,9 @@ def print_metrics(path: Path) -> None:
     if m.get("classification"):
         c = m["classification"]
         parts.append(f"view accuracy {c['accuracy']:.3f}  macro-F1 {c['macro_f1']:.3f}")
+        if c.get("clip_accuracy") is not None:
+            parts.append(f"against clip-majority labels {c['accuracy_clip_majority_labels']:.3f}"
+                         f"  per clip {c['clip_accuracy']:.3f} ({c['clips']} clips)")
     console.print(f"[bold]{m['split']}[/] ({m['images']} images): " + " | ".join(parts))
     console.print(f"wrote {path}")
 

@@ -19,11 +19,14 @@ def synth(
     test: Annotated[int, Opt(help="Test images")] = 0,
     imgsz: Annotated[int, Opt(help="Image side in pixels")] = 256,
     seed: Annotated[int, Opt(help="Random seed (same seed, same bytes)")] = 0,
+    view_flips: Annotated[float, Opt(min=0.0, max=1.0, help="Probability that a frame's view "
+                                     "label is another view (a minority of each clip)")] = 0.0,
 ) -> None:
     """Write a synthetic colour-Doppler echo data set in the real on-disk format."""
     from medmtl.data.synth import generate
 
-    yaml_path = generate(out, n_train=train, n_val=val, imgsz=imgsz, seed=seed, n_test=test)
+    yaml_path = generate(out, n_train=train, n_val=val, imgsz=imgsz, seed=seed, n_test=test,
+                         view_flips=view_flips)
     console.print(f"wrote {yaml_path}")
 
 
@@ -33,11 +36,17 @@ def audit(
     group_regex: Annotated[str, Opt(help="Regex whose first group is the patient/group id")]
     = r"^([^-]+)-",
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
+    corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
+                                                 "applied on top of the label files")] = None,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits."""
     from medmtl.data.audit import audit_dataset, render_audit
+    from medmtl.data.corrections import CorrectionError
 
-    report = audit_dataset(data, group_regex=group_regex)
+    try:
+        report = audit_dataset(data, group_regex=group_regex, corrections=corrections)
+    except CorrectionError as e:
+        raise typer.BadParameter(str(e), param_hint="--corrections") from None
     console.print(render_audit(report))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

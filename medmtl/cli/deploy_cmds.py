@@ -20,12 +20,20 @@ def val(
     iou: Annotated[float | None, Opt(help="NMS IoU")] = None,
     device: Annotated[str, Opt()] = "auto",
     workers: Annotated[int, Opt()] = 2,
+    corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
+                                                 "applied on top of the label files")] = None,
 ) -> None:
     """Evaluate a checkpoint: metrics.json, predictions.json and ground_truth.json (COCO)."""
+    import typer
+
+    from medmtl.data.corrections import CorrectionError
     from medmtl.engine.validate import validate_checkpoint
 
-    validate_checkpoint(weights, data, split, out, imgsz=imgsz, batch=batch, conf=conf, iou=iou,
-                        device=device, workers=workers)
+    try:
+        validate_checkpoint(weights, data, split, out, imgsz=imgsz, batch=batch, conf=conf,
+                            iou=iou, device=device, workers=workers, corrections=corrections)
+    except CorrectionError as e:
+        raise typer.BadParameter(str(e), param_hint="--corrections") from None
     print_metrics(out / "metrics.json")
 
 
@@ -50,6 +58,9 @@ def predict(
     summary = predict_command(weights, source, out, conf=conf, iou=iou, max_det=max_det,
                               imgsz=imgsz, device=device, save_media=save_media,
                               view_min_prob=view_min_prob)
+    for clip in summary.get("per_clip", []):
+        if clip.get("view"):
+            console.print(f"{clip['source']}: {clip['view']['text']}", markup=False)
     console.print(f"{summary.get('frames', 0)} frames; wrote {out}")
 
 

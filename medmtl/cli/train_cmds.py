@@ -21,6 +21,8 @@ from medmtl.cli.options import (
     with_config_options,
 )
 from medmtl.config import TrainConfig
+from medmtl.data.audit import check_corrections
+from medmtl.data.corrections import CorrectionError
 from medmtl.methods import split_methods
 from medmtl.report.pareto import RUNTIMES
 
@@ -103,7 +105,10 @@ def train(
     if devices > 1 and world_size_from_env() <= 1:
         _launch_distributed(devices)
         return
-    run_dir = run_train(cfg, resume=resume, progress=progress)
+    try:
+        run_dir = run_train(cfg, resume=resume, progress=progress)
+    except CorrectionError as e:
+        raise typer.BadParameter(str(e), param_hint="--corrections") from None
     if world_size_from_env() <= 1 or os.environ.get("RANK") == "0":
         print_metrics(run_dir / "metrics.json")
 
@@ -161,6 +166,7 @@ def compare(
     except ValueError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _check_corrections(data, over)
     try:
         run_compare(data, split_methods(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
                     report=False, shard=part)
@@ -221,6 +227,7 @@ def tune(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _check_corrections(data, over)
     result = run_tune(data, names, trials, out, overrides=over, storage=storage,
                       references=extra, seeds=list(range(max(seeds, 1))))
     if seeds < 1:
@@ -230,6 +237,15 @@ def tune(
     run_compare(data, [*variants, *extra], list(range(seeds)), out, overrides=over, jobs=jobs,
                 report=False, variants=variants)
     _report(out, baseline)
+
+
+def _check_corrections(data: str, over: dict[str, Any]) -> None:
+    """A bad or stale corrections file fails once, before any run starts."""
+    if over.get("corrections"):
+        try:
+            check_corrections(data, over["corrections"])
+        except CorrectionError as e:
+            raise typer.BadParameter(str(e), param_hint="--corrections") from None
 
 
 def _check_runtime(runtime: str) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
+from medmtl.data.corrections import Corrections, load_corrections
 from medmtl.data.dataset_yaml import load_data_yaml
 from medmtl.data.labels import SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
@@ -61,21 +62,36 @@ def _leakage(groups: dict[str, Counter[str]], group_regex: str) -> dict[str, Any
             "leaks": any(p["shared_groups"] > 0 for p in pairs.values())}
 
 
+def check_corrections(data_yaml: str | Path, path: str | Path) -> Corrections:
+    """Load a corrections file against `data_yaml` and apply it to every split (raising
+    `CorrectionError` on a stale row), so a command that starts several runs fails once, up
+    front."""
+    spec = load_data_yaml(data_yaml)
+    corr = load_corrections(path, spec)
+    for split in spec.splits:
+        scan_split(spec, split, corrections=corr)
+    return corr
+
+
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
-                  first_problems: int = 10) -> dict[str, Any]:
-    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring)."""
+                  first_problems: int = 10,
+                  corrections: str | Path | None = None) -> dict[str, Any]:
+    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring), with
+    a corrections file (`medmtl.data.corrections`) applied on top of the labels when given."""
     spec = load_data_yaml(yaml_path)
+    corr = load_corrections(corrections, spec) if corrections is not None else None
     splits: dict[str, Any] = {}
     groups: dict[str, Counter[str]] = {}
     for name, src in spec.splits.items():
-        idx = scan_split(spec, name)
+        idx = scan_split(spec, name, corrections=corr)
         rep = _split_report(idx, first_problems)
         rep["source"] = str(src)
         splits[name] = rep
         groups[name] = Counter(group_of(r.path, group_regex) for r in idx.records)
     return {"yaml": str(spec.yaml_path), "root": str(spec.root), "names": spec.names,
             "cls_names": spec.cls_names, "splits": splits,
-            "leakage": _leakage(groups, group_regex)}
+            "leakage": _leakage(groups, group_regex),
+            "corrections": corr.record() if corr is not None else None}
 
 
 def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
@@ -114,6 +130,11 @@ def render_audit(report: dict[str, Any]) -> Group:
     for label, vals in rows:
         t.add_row(label, *vals)
     parts: list[Any] = [t]
+    corr = report.get("corrections")
+    if corr:
+        per = ", ".join(f"{s} {n}" for s, n in corr["applied"].items()) or "none"
+        parts.append(f"Corrections {corr['file']} (sha256 {corr['sha256'][:12]}): "
+                     f"{sum(corr['applied'].values())} of {corr['rows']} applied ({per})")
 
     probs = Table(title="Label problems (first messages)")
     probs.add_column("split")

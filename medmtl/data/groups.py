@@ -15,8 +15,9 @@ from pathlib import Path
 
 DEFAULT_PATIENT_REGEX = r"^([^-]+)-"
 # `<patient>-<clip>[.<video ext>]-<frame>` on the stem: the clip is everything before the
-# optional video extension and the trailing frame number
-DEFAULT_CLIP_REGEX = r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+$"
+# optional video extension and the trailing frame number; a copy's `(1)` suffix is part of the
+# frame (the real data has `...mp4-16(1)` beside `...mp4-16`)
+DEFAULT_CLIP_REGEX = r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+(?:\(\d+\))?$"
 
 
 @lru_cache(maxsize=64)

@@ -19,7 +19,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -32,6 +32,9 @@ from medmtl.data.dataset_yaml import (
     list_split_images,
     split_source,
 )
+
+if TYPE_CHECKING:
+    from medmtl.data.corrections import Corrections
 
 COORD_TOL = 1e-3  # normalised coordinates this far outside [0, 1] are clipped without a warning
 Severity = Literal["warning", "error"]
@@ -255,8 +258,11 @@ def _orphans(spec: DatasetSpec, split: str, images: list[Path]) -> list[Path]:
 
 
 def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
-               tol: float = COORD_TOL) -> SplitIndex:
+               tol: float = COORD_TOL, corrections: Corrections | None = None) -> SplitIndex:
     """Every image of ``split`` with its parsed labels, the problems, and a summary of counts.
+
+    ``corrections`` (`medmtl.data.corrections`) are applied to the records as they are built
+    (the summary then counts the corrected labels, and ``corrections_applied``).
 
     ``strict=True`` raises `DataError` (listing ``file:line`` of each problem) when any problem,
     warning or error, was found.
@@ -304,6 +310,8 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
                                              "excluded from the view loss and metrics", "warning"))
         rec = ImageRecord(img, image_id, w, h, parsed.boxes, parsed.classes, parsed.view,
                           has_label, lbl if has_label else None)
+        if corrections is not None:
+            counts["corrections"] += corrections.apply(rec, key)
         records.append(rec)
         box_cls.update(rec.classes.tolist())
         if rec.view is not None:
@@ -334,6 +342,8 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
         "boxes_per_class": {n: box_cls[i] for i, n in enumerate(spec.names)},
         "views_per_class": {n: view_cls[i] for i, n in enumerate(spec.cls_names)},
     }
+    if corrections is not None:
+        summary["corrections_applied"] = counts["corrections"]
     if strict and problems:
         raise DataError(f"{spec.yaml_path} [{key}]: strict mode, {len(problems)} label problem(s):\n"
                         + format_problems(problems, limit=50), problems)

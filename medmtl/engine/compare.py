@@ -57,6 +57,8 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             run_dir = out / "runs" / name
             over = dict(overrides or {})
             over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
+            if over.get("corrections"):  # the runs read it from their own working folder
+                over["corrections"] = str(Path(over["corrections"]).resolve())
             if m in variants:
                 base, extra = variants[m]
                 cfg = build_config(base, merge_dicts(over, extra))

@@ -4,6 +4,8 @@ data parallelism."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,12 @@ from rich.console import Console
 
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.data.corrections import CorrectionError, load_corrections
 from medmtl.data.splits import held_out_split
+from medmtl.data.view_labels import apply_view_policy, describe_policy
 from medmtl.distributed import Comm
+
+CORRECTIONS_FILE = "corrections.csv"  # the run's copy of --corrections
 
 
 class RunData:
@@ -27,16 +33,23 @@ class RunData:
         self.cfg, self.comm, self.device = cfg, comm, device
         spec = load_data_yaml(self._data_yaml(run_dir))
         self.names, self.cls_names = list(spec.names), list(spec.cls_names)
-        self.train_index = scan_split(spec, "train", strict=cfg.strict)
-        self.val_index = scan_split(spec, "val", strict=cfg.strict)
+        # corrections apply to every split (evaluation too); the view policy to train only
+        self.corrections = load_corrections(cfg.corrections, spec) if cfg.corrections else None
+        self.train_index = scan_split(spec, "train", cfg.strict, corrections=self.corrections)
+        self.val_index = scan_split(spec, "val", cfg.strict, corrections=self.corrections)
         # the held-out split: scored once, with the checkpoint chosen on val
-        self.test_index = scan_split(spec, "test", strict=cfg.strict) \
+        self.test_index = scan_split(spec, "test", cfg.strict, corrections=self.corrections) \
             if cfg.test_split != "none" and "test" in spec.splits else None
         for name, idx in (("train", self.train_index), ("val", self.val_index),
                           ("test", self.test_index)):
             if idx is not None:
                 print_summary(console, name, idx)
-        self.train_set = MTLDataset(self.train_index.records, cfg.imgsz, train=True,
+        if self.corrections is not None:
+            self._keep_corrections(run_dir, console)
+        train_records, self.view_policy = apply_view_policy(
+            self.train_index.records, cfg.view_labels, cfg.clip_regex)
+        console.print(f"train: {describe_policy(self.view_policy)}")
+        self.train_set = MTLDataset(train_records, cfg.imgsz, train=True,
                                     augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
                                   augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
@@ -62,9 +75,30 @@ class RunData:
         self.comm.barrier()
         return out / "data.yaml"
 
+    def _keep_corrections(self, run_dir: Path, console: Console) -> None:
+        """Copy the corrections file into the run (rank 0); a resumed run must use the same."""
+        corr = self.corrections
+        assert corr is not None
+        kept = run_dir / CORRECTIONS_FILE
+        if kept.exists() and kept.resolve() != corr.path.resolve() \
+                and hashlib.sha256(kept.read_bytes()).hexdigest() != corr.sha256:
+            raise CorrectionError(f"{corr.path}: differs from {kept}, the corrections this run "
+                                  "started with (sha256); resume with the same file")
+        if self.comm.is_main and not kept.exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(corr.path, kept)
+        applied = ", ".join(f"{s} {n}" for s, n in corr.applied.items()) or "none"
+        console.print(f"corrections {corr.path}: {len(corr)} rows, sha256 {corr.sha256[:12]}; "
+                      f"applied: {applied}; copied to {kept}")
+
+    def data_record(self) -> dict[str, Any]:
+        """metrics.json's `data` block: the corrections and the view-label policy of the run."""
+        return {"corrections": self.corrections.record() if self.corrections else None,
+                "view_labels": dict(self.view_policy), "clip_regex": self.cfg.clip_regex}
+
     def partial_labels(self) -> bool:
         """Whether some training image lacks boxes or a view label."""
-        return any(not (r.has_boxes and r.has_view) for r in self.train_index.records)
+        return any(not (r.has_boxes and r.has_view) for r in self.train_set.records)
 
     def batches_per_epoch(self) -> int:
         n, b = len(self.train_set), self.cfg.batch
@@ -144,4 +178,4 @@ def print_summary(console: Console, split: str, index: Any) -> None:
         console.print(format_problems(problems, limit=10))
 
 
-__all__ = ["RunData", "print_summary"]
+__all__ = ["CORRECTIONS_FILE", "RunData", "print_summary"]

@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from medmtl.data.groups import DEFAULT_CLIP_REGEX
 from medmtl.data.transforms import unletterbox_boxes
+from medmtl.data.view_labels import clip_majorities, majority_labels
+from medmtl.evaluation.clip_views import clip_view_metrics
 from medmtl.evaluation.coco import coco_ground_truth, coco_results, evaluate_coco, write_json
 from medmtl.evaluation.metrics import (
     build_metrics_json,
@@ -123,8 +126,11 @@ def score(
     split: str = "val",
     out_dir: str | Path | None = None,
     plots: bool = False,
+    clip_regex: str = DEFAULT_CLIP_REGEX,
 ) -> dict[str, Any]:
-    """metrics.json content from inference outputs; with out_dir also the COCO exports (+ plots)."""
+    """metrics.json content from inference outputs; with out_dir also the COCO exports (+ plots).
+    The classification block also scores the views against clip-majority labels and per clip
+    (`medmtl.evaluation.clip_views`; clips from `clip_regex` on the file names)."""
     det_block = cls_block = None
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -153,10 +159,12 @@ def score(
             else np.zeros((0, len(cls_names)))
         y_pred = y_prob.argmax(1) if len(labelled) else np.zeros(0, np.int64)
         cls_block = classification_metrics(y_true, y_pred, len(cls_names), list(cls_names))
+        cls_block.update(clip_view_metrics(records, inference["view_probs"], cls_names,
+                                           clip_regex))
         extra["classification_images"] = len(labelled)
         if out is not None:
             write_json(out / "view_predictions.json", view_predictions(
-                records, inference["view_probs"], cls_names))
+                records, inference["view_probs"], cls_names, clip_regex))
         if out is not None and plots:
             from medmtl.evaluation.plots import plot_confusion
 
@@ -169,15 +177,20 @@ def score(
 
 
 def view_predictions(records: Sequence[Any], view_probs: dict[int, np.ndarray],
-                     cls_names: Sequence[str]) -> dict[str, Any]:
+                     cls_names: Sequence[str], clip_regex: str = DEFAULT_CLIP_REGEX,
+                     ) -> dict[str, Any]:
     """eval/view_predictions.json: per image (with a prediction) its ``image_id``, true ``view``
-    index (None: unlabelled), predicted index ``pred`` (argmax, as scored) and ``probs``."""
-    rows = []
-    for r in records:
-        p = view_probs.get(int(r.image_id))
-        if p is not None:
-            rows.append({"image_id": int(r.image_id), "view": r.view, "pred": int(np.argmax(p)),
-                         "probs": [round(float(x), 6) for x in p]})
+    index (None: unlabelled), predicted index ``pred`` (argmax, as scored), ``probs``, its
+    ``clip`` and ``view_clip_majority`` (the clip-majority label within these records; both only
+    when the records have a ``path``, which names the clip)."""
+    recs = [r for r in records if int(r.image_id) in view_probs]
+    rows = [{"image_id": int(r.image_id), "view": r.view,
+             "pred": int(np.argmax(view_probs[int(r.image_id)])),
+             "probs": [round(float(x), 6) for x in view_probs[int(r.image_id)]]} for r in recs]
+    if all(hasattr(r, "path") for r in recs):
+        clips, _ = clip_majorities(recs, clip_regex)
+        for row, c, m in zip(rows, clips, majority_labels(recs, clip_regex), strict=True):
+            row.update(clip=c, view_clip_majority=m)
     return {"labels": [str(n) for n in cls_names], "images": rows}
 
 

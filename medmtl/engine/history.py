@@ -25,6 +25,9 @@ def val_columns(m: dict[str, Any]) -> dict[str, Any]:
     if cls:
         row["val/accuracy"] = cls["accuracy"]
         row["val/macro_f1"] = cls["macro_f1"]
+        for k in ("accuracy_clip_majority_labels", "clip_accuracy"):  # issue #17's view measures
+            if k in cls:
+                row[f"val/{k}"] = cls[k]
     for t, v in (m.get("val_loss") or {}).items():
         row[f"val/loss/{t}"] = v
     return row

@@ -245,7 +245,8 @@ def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None, plots:
     metrics = None
     if parts is not None:
         metrics = score(merge_inference(parts), t.data.index(split).records, t.names,
-                        t.cls_names, t.tasks, split=split, out_dir=out_dir, plots=plots)
+                        t.cls_names, t.tasks, split=split, out_dir=out_dir, plots=plots,
+                        clip_regex=cfg.clip_regex)
     return comm.broadcast(metrics)
 
 

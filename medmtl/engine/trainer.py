@@ -262,6 +262,7 @@ class Trainer:
         metrics["selection"] = {"split": "val",
                                 "test_split": self.cfg.test_split if test is not None else None,
                                 **describe(self.cfg.select, self.cfg.select_refs, metrics)}
+        metrics["data"] = self.data.data_record()
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)

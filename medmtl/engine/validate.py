@@ -21,8 +21,12 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
                         out: str | Path = "runs/val", imgsz: int | None = None, batch: int = 16,
                         conf: float | None = None, iou: float | None = None,
                         device: str = "auto", workers: int = 2, plots: bool = True,
-                        strict: bool = False) -> dict[str, Any]:
+                        strict: bool = False,
+                        corrections: str | Path | None = None) -> dict[str, Any]:
+    """Score `weights` on `split` of `data` (with a corrections file applied on top of the labels
+    when given) and write metrics.json and the exports to `out`."""
     from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+    from medmtl.data.corrections import load_corrections
     from medmtl.losses import DetectionLoss, ViewLoss
 
     dev = select_device(device)
@@ -33,7 +37,8 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
                          f"checkpoint's {ck['names']}/{ck['cls_names']} ({weights})")
     if split not in spec.splits:
         raise ValueError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
-    index = scan_split(spec, split, strict=strict)
+    corr = load_corrections(corrections, spec) if corrections is not None else None
+    index = scan_split(spec, split, strict=strict, corrections=corr)
     size = imgsz or cfg.imgsz
     ds = MTLDataset(index.records, size, train=False, augment=cfg.augment, cache=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate,
@@ -45,8 +50,10 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
                         amp_dtype(dev, cfg.amp))
     out = Path(out)
     metrics = score(inf, index.records, spec.names, spec.cls_names, model.tasks, split=split,
-                    out_dir=out, plots=plots)
+                    out_dir=out, plots=plots, clip_regex=cfg.clip_regex)
     metrics["weights"] = str(weights)
     metrics["data_summary"] = index.summary
+    metrics["data"] = {"corrections": corr.record() if corr else None,
+                       "clip_regex": cfg.clip_regex}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -61,9 +61,14 @@ class _Tally:
         if self.with_view:
             mean = {n: round(float(p) / self.with_view, 5) for n, p in zip(self.cls_names, self.prob_sum, strict=True)}
             top = max(self.votes, key=lambda n: (self.votes[n], mean.get(n, 0.0))) if self.votes else None
-            view = {"name": top, "votes": self.votes.get(top, 0) if top else 0,
+            votes = self.votes.get(top, 0) if top else 0
+            view = {"name": top, "votes": votes,
                     "mean_prob": mean.get(top) if top else None, "vote_counts": dict(self.votes),
-                    "mean_probs": mean, "uncertain_frames": self.uncertain}
+                    "mean_probs": mean, "uncertain_frames": self.uncertain,
+                    # how unanimous: the share of the frames with a view output that voted for it
+                    "agreement": round(votes / self.with_view, 5),
+                    "text": f"view {top or 'uncertain'} ({votes}/{self.with_view} frames, "
+                            f"{100 * votes / self.with_view:.0f} %)"}
         return {"frames": self.frames, "view": view, "jets": dict(sorted(self.jets.items()))}
 
 
@@ -78,8 +83,9 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
     annotated mp4 per video/DICOM clip (--no-save-media: none); predictions.jsonl, one line per
     frame (source, frame, image size, boxes in original pixels with class and score, view
     probabilities, view); summary.json (frames, view by majority vote with vote counts and mean
-    probability, jets per class: frames and max score, per clip and overall; thresholds; skipped
-    files). Unreadable files are reported and skipped. A view whose probability is below
+    probability, how unanimous the frames were (`agreement`, and `text` such as "view PLAX (41/45
+    frames, 91 %)"), jets per class: frames and max score, per clip and overall; thresholds;
+    skipped files). Unreadable files are reported and skipped. A view whose probability is below
     VIEW_MIN_PROB is reported as uncertain (view null)."""
     predictor = load_model(weights, device=device, imgsz=imgsz)
     files = resolve_sources(source)

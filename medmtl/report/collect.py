@@ -22,7 +22,8 @@ _RUN_NAME = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
 # metrics.json sections whose listed fields must be numbers (or null) when present.
 _NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "detection": ("map50", "map50_95", "precision", "recall", "f1"),
-    "classification": ("accuracy", "macro_f1"),
+    "classification": ("accuracy", "macro_f1", "accuracy_clip_majority_labels",
+                       "clip_accuracy"),
     "val_loss": ("detect", "classify"),
     "efficiency": ("params", "gflops", "ms_per_image", "images_per_s", "imgsz", "weights_mb",
                    *(f"latency_e2e{rt}_{k}" for rt in ("", "_ort", "_cuda")
@@ -48,6 +49,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("f1", "F1", ("detection", "f1"), True, "metric"),
     Metric("accuracy", "view accuracy", ("classification", "accuracy"), True, "metric"),
     Metric("macro_f1", "view macro-F1", ("classification", "macro_f1"), True, "metric"),
+    Metric("accuracy_clip_labels", "view accuracy vs clip-majority labels",
+           ("classification", "accuracy_clip_majority_labels"), True, "metric"),
+    Metric("clip_accuracy", "view accuracy per clip", ("classification", "clip_accuracy"), True,
+           "metric"),
     Metric("val_loss_detect", "val loss (detect)", ("val_loss", "detect"), False, "loss"),
     Metric("val_loss_classify", "val loss (classify)", ("val_loss", "classify"), False, "loss"),
     Metric("weight_detect", "final weight (detect)", ("training", "final_weights", "detect"),

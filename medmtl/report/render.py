@@ -29,6 +29,7 @@ from medmtl.report.render_stats import (
 )
 from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
+from medmtl.report.view_labels import VIEW_LABEL_KEYS, run_view_labels, view_label_blocks
 
 Block = tuple[Any, ...]
 PLOT_CAPTIONS = {
@@ -116,7 +117,7 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
                         "finished": r.finished, "epochs_logged": len(r.history),
                         "best_epoch": tr.get("best_epoch"), "epochs": tr.get("epochs"),
                         "metrics": extract(r.metrics) if r.metrics else None,
-                        "split": r.split,
+                        "split": r.split, **run_view_labels(r),
                         "val_metrics": extract(r.val_metrics) if r.val_metrics else None})
     return {
         "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
@@ -224,7 +225,8 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
     b.append(("h", 2, "Detection (regurgitation jet boxes)"))
     b.append(_table(summary, ["map50", "map50_95", "precision", "recall", "f1"], ["rel"]))
     b.append(("h", 2, "View classification"))
-    b.append(_table(summary, ["accuracy", "macro_f1"], ["rel"]))
+    b.append(_table(summary, ["accuracy", "macro_f1", *VIEW_LABEL_KEYS], ["rel"]))
+    b += view_label_blocks(summary)
     b.append(("h", 2, "Δm against the single-task models"))
     b += delta_m_blocks(summary)
     sig_keys = summary["multiple_comparisons"]["metrics"]
