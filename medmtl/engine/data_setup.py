@@ -12,6 +12,7 @@ from rich.console import Console
 
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
+from medmtl.data.dataset_yaml import DataError, split_source
 from medmtl.data.splits import held_out_split
 from medmtl.distributed import Comm
 
@@ -27,22 +28,34 @@ class RunData:
         self.cfg, self.comm, self.device = cfg, comm, device
         spec = load_data_yaml(self._data_yaml(run_dir))
         self.names, self.cls_names = list(spec.names), list(spec.cls_names)
-        self.train_index = scan_split(spec, "train", strict=cfg.strict)
-        self.val_index = scan_split(spec, "val", strict=cfg.strict)
+        if "classify" in cfg.model.tasks and not self.cls_names:
+            raise DataError(f"{spec.yaml_path}: 'cls_names' is empty, and this run trains the view "
+                            "task (classify); list the views or train --task detect")
+        scan = {"strict": cfg.strict, "decode": cfg.verify_images, "max_boxes": cfg.max_boxes}
+        self.train_index = scan_split(spec, "train", **scan)
+        self.val_index = scan_split(spec, "val", **scan)
         # the held-out split: scored once, with the checkpoint chosen on val
-        self.test_index = scan_split(spec, "test", strict=cfg.strict) \
+        self.test_index = scan_split(spec, "test", **scan) \
             if cfg.test_split != "none" and "test" in spec.splits else None
         for name, idx in (("train", self.train_index), ("val", self.val_index),
                           ("test", self.test_index)):
             if idx is not None:
                 print_summary(console, name, idx)
+                if not idx.records:
+                    s = idx.summary
+                    raise DataError(f"{spec.yaml_path}: the {name} split "
+                                    f"({split_source(spec, name)}) has no usable image "
+                                    f"({s['images']} found, {s['images_skipped']} skipped, "
+                                    f"{s['files_ignored']} other files); nothing to train on")
         self.train_set = MTLDataset(self.train_index.records, cfg.imgsz, train=True,
-                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed,
+                                    strict=cfg.strict)
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
-                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed,
+                                    strict=cfg.strict)
         self.test_set = None if self.test_index is None else MTLDataset(
             self.test_index.records, cfg.imgsz, train=False, augment=cfg.augment, cache=False,
-            seed=cfg.seed)
+            seed=cfg.seed, strict=cfg.strict)
         if comm.active and len(self.train_set) < cfg.batch:
             raise ValueError(f"{cfg.data}: {len(self.train_set)} training images, fewer than the "
                              f"global batch {cfg.batch}: lower --batch or --devices")
