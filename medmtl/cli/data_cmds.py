@@ -33,11 +33,16 @@ def audit(
     group_regex: Annotated[str, Opt(help="Regex whose first group is the patient/group id")]
     = r"^([^-]+)-",
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
+    decode: Annotated[bool, Opt("--decode/--no-decode",
+                                help="Decode every image to find corrupt files (--no-decode: "
+                                     "headers only, faster)")] = True,
+    max_boxes: Annotated[int, Opt(min=1, help="Boxes per image above which a label file is an "
+                                              "error")] = 1000,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits."""
     from medmtl.data.audit import audit_dataset, render_audit
 
-    report = audit_dataset(data, group_regex=group_regex)
+    report = audit_dataset(data, group_regex=group_regex, decode=decode, max_boxes=max_boxes)
     console.print(render_audit(report))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

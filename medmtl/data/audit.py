@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.table import Table
 
 from medmtl.data.dataset_yaml import load_data_yaml
-from medmtl.data.labels import SplitIndex, scan_split
+from medmtl.data.labels import MAX_BOXES, SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
 
 
@@ -62,13 +62,15 @@ def _leakage(groups: dict[str, Counter[str]], group_regex: str) -> dict[str, Any
 
 
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
-                  first_problems: int = 10) -> dict[str, Any]:
-    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring)."""
+                  first_problems: int = 10, decode: bool = True,
+                  max_boxes: int = MAX_BOXES) -> dict[str, Any]:
+    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring).
+    ``decode``: decode every image (corrupt files are named); False checks headers only."""
     spec = load_data_yaml(yaml_path)
     splits: dict[str, Any] = {}
     groups: dict[str, Counter[str]] = {}
     for name, src in spec.splits.items():
-        idx = scan_split(spec, name)
+        idx = scan_split(spec, name, decode=decode, max_boxes=max_boxes)
         rep = _split_report(idx, first_problems)
         rep["source"] = str(src)
         splits[name] = rep
@@ -95,6 +97,9 @@ def render_audit(report: dict[str, Any]) -> Group:
     rows: list[tuple[str, list[str]]] = [
         ("images", [str(splits[s]["images"]) for s in names]),
         ("images used", [str(splits[s]["images_used"]) for s in names]),
+        ("images skipped", [str(splits[s]["summary"].get("images_skipped", 0)) for s in names]),
+        ("other files (ignored)", [str(splits[s]["summary"].get("files_ignored", 0))
+                                   for s in names]),
         ("boxes", [str(splits[s]["boxes"]) for s in names]),
     ]
     rows += [(f"box {c}", [str(splits[s]["boxes_per_class"].get(c, 0)) for s in names])
