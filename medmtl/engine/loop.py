@@ -160,7 +160,7 @@ class NonFiniteGuard:
         acc["nonfinite_steps"] = acc.get("nonfinite_steps", 0) + 1
         st = t.state
         t.console.print(f"[yellow]epoch {st.epoch + 1} step {st.step_in_epoch + 1}: non-finite "
-                        f"loss or gradient, step skipped ({self.in_a_row} in a row, "
+                        f"loss, gradient or BatchNorm statistics, step skipped ({self.in_a_row} in a row, "
                         f"--nonfinite-limit {self.limit})[/]")
         if self.in_a_row >= self.limit:
             last = self.run_dir / "weights" / "last.pt"
@@ -169,7 +169,7 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 f"{self.run_dir}: stopped at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}: "
                 f"{self.in_a_row} optimiser steps in a row had a non-finite (NaN/inf) loss or "
-                f"gradient; {kept}. Lower --lr, check the task weights, or look for broken labels")
+                f"gradient (or BatchNorm statistics); {kept}. Lower --lr, check the task weights, or look for broken labels")
 
 
 def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, diag_every: int,

@@ -48,7 +48,8 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
                    clip_grad: float, losses: list[torch.Tensor] | None = None) -> bool:
     """Average (DDP multi-backward), unscale, divide by the micro-steps, clip, step, schedule,
     EMA. Returns False, having zeroed the gradients without stepping the optimiser or the EMA,
-    when one of `losses` or the gradient norm is not finite (the non-finite guard; under fp16
+    when one of `losses`, the gradient norm or a BatchNorm statistic is not finite (the
+    non-finite guard; under fp16
     AMP the GradScaler already skips overflowing gradients, so only the losses are checked). The
     schedule advances either way, so a skipped step keeps the run's step count."""
     if comm.active:
@@ -70,6 +71,12 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
     if scaler is None:
         checks.append(norm.detach().float().reshape(()).to(checks[0].device if checks
                                                           else norm.device))
+    # BatchNorm statistics: a forward through exploding weights can overflow them while the
+    # loss stays finite (batch statistics are used in training)
+    bufs = [b.detach() for b in model.buffers() if b.is_floating_point() and b.numel()]
+    if bufs:
+        device = checks[0].device if checks else bufs[0].device
+        checks += [n.float().reshape(()).to(device) for n in torch._foreach_norm(bufs)]
     finite = bool(torch.isfinite(torch.stack(checks)).all()) if checks else True
     if not finite:
         optimizer.zero_grad(set_to_none=True)

@@ -213,10 +213,13 @@ class Trainer:
         if self.ema:
             bad += [f"ema.{k}" for k in nonfinite_tensors(self.ema.module.state_dict())]
         if bad:
+            last = self.run_dir / "weights" / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else \
+                "no checkpoint was saved"
             raise NonFiniteError(f"{self.run_dir}: weights turned non-finite (NaN/inf) at epoch "
                                  f"{self.state.epoch} in {len(bad)} tensor(s), first "
-                                 f"{', '.join(bad[:3])}; not saved: weights/last.pt keeps the "
-                                 "last good state. Lower --lr or check the data")
+                                 f"{', '.join(bad[:3])}; not saved ({kept}). Lower --lr or "
+                                 "check the data")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:

@@ -34,12 +34,9 @@ _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "file:")
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from medmtl import __version__
 
-        return version("medmtl")
-    except Exception:  # noqa: BLE001 -- not installed (a source checkout)
-        return "unknown"
+    return __version__
 
 
 def _feed(h: Any, obj: Any) -> None:
