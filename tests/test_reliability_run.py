@@ -142,7 +142,7 @@ def test_nonfinite_run_stops_keeping_last_good(micro_data: Path, tmp_path: Path,
     good = load_checkpoint(run / "weights" / "last.pt")
     _nan_on(monkeypatch, set(range(100)))
     t = Trainer(_cfg(micro_data, run, epochs=2), resume=True, progress=False)
-    t.cfg.nonfinite_limit = 2
+    t.nonfinite.limit = 2
     t.cfg.epochs = 2
     with pytest.raises(NonFiniteError, match=r"2 optimiser steps in a row .* last good checkpoint"):
         t.fit()
@@ -223,3 +223,18 @@ def test_resume_removes_stale_temps(micro_data: Path, tmp_path: Path, one_thread
     t.close()
     assert not junk.exists()
     time.sleep(0)
+
+
+def test_huge_lr_stops_with_a_clear_error_and_finite_checkpoints(micro_data: Path, tmp_path: Path,
+                                                                 one_thread: None) -> None:
+    """#14.2 as reported: `--task classify --lr 1e6` exited 0 with an all-NaN best.pt."""
+    run = tmp_path / "r"
+    t = Trainer(_cfg(micro_data, run, lr=1e6, epochs=4, nonfinite_limit=3), progress=False)
+    with pytest.raises(NonFiniteError, match="in a row|turned non-finite"):
+        t.fit()
+    assert not (run / "metrics.json").exists()
+    for name in ("best.pt", "last.pt"):
+        if (run / "weights" / name).exists():
+            ck = load_checkpoint(run / "weights" / name)
+            assert all(torch.isfinite(v).all() for v in ck["model"].values()
+                       if v.is_floating_point()), name

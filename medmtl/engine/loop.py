@@ -51,7 +51,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{cfg.epochs}", nb - start_batch,
                         enabled=t.progress)
     micro = 0
-    guard, good = NonFiniteGuard(cfg.nonfinite_limit, t.run_dir), None
+    guard, good = t.nonfinite, None  # counts across epochs
     for i, batch in enumerate(loader, start=start_batch):
         step_t = time.perf_counter()
         # which tasks have labels in the (global) batch: every rank must run the same passes

@@ -41,7 +41,7 @@ from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
 from medmtl.engine.evaluate import fitness
 from medmtl.engine.history import val_columns, write_history
-from medmtl.engine.loop import evaluate, flush_sums, train_one_epoch
+from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_epoch
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
 from medmtl.engine.runlock import RunLock
@@ -148,6 +148,7 @@ class Trainer:
 
         self.state = RunState()
         self.stop = StopSignals(self.console.print)
+        self.nonfinite = NonFiniteGuard(cfg.nonfinite_limit, self.run_dir)
         self.loss_sums: dict[str, torch.Tensor] = {}
         if ckpt is not None:
             self.state = restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medmtl.errors import MedmtlError, clip_text
+from medmtl.errors import MedmtlError, NonFiniteError, clip_text
 from medmtl.fileio import atomic_write_text
 from medmtl.inference.draw import annotate
 from medmtl.inference.loader import load_model
@@ -121,7 +121,7 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
                         if writer is not None:
                             writer.write(annotate(a, r))
                     done += len(arrays)
-            except (ImportError, MedmtlError):
+            except (ImportError, NonFiniteError):  # broken weights: every file would fail
                 raise
             except Exception as e:  # noqa: BLE001 -- report the file, go on with the rest
                 reason = describe_error(e) + (f" (after {done} frames)" if done else "")
