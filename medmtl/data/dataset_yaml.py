@@ -69,6 +69,14 @@ def _names(value: Any, key: str, yaml_path: Path) -> list[str]:
                     f"{clip_text(repr(value))}")
 
 
+def _exists(p: Path, kind: str = "any") -> bool:
+    """``p.exists()`` / ``is_file()`` / ``is_dir()``, False for names the OS refuses (too long)."""
+    try:
+        return p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def safe_load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES,
                    max_depth: int = MAX_YAML_DEPTH) -> Any:
     """`yaml.safe_load` with limits: file size, nesting depth, and the number of values once
@@ -107,7 +115,7 @@ def safe_load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int =
 def load_data_yaml(path: str | Path) -> DatasetSpec:
     """Parse and check a dataset YAML; raise `DataError` naming the YAML on any problem."""
     yaml_path = Path(path).expanduser().resolve()
-    if not yaml_path.is_file():
+    if not _exists(yaml_path, "file"):
         raise DataError(f"{yaml_path}: dataset YAML not found")
     raw = safe_load_yaml(yaml_path)
     if not isinstance(raw, dict):
@@ -118,7 +126,7 @@ def load_data_yaml(path: str | Path) -> DatasetSpec:
     if not root.is_absolute():
         root = yaml_path.parent / root
     root = root.resolve()
-    if not root.is_dir():
+    if not _exists(root, "dir"):
         raise DataError(f"{yaml_path}: 'path' {clip_text(repr(raw.get('path')))} is not a folder")
 
     splits: dict[str, Path] = {}
@@ -136,9 +144,9 @@ def load_data_yaml(path: str | Path) -> DatasetSpec:
                             f"{clip_text(repr(value))}")
         p = Path(str(value)).expanduser()
         p = (p if p.is_absolute() else root / p).resolve()
-        if not p.exists():
+        if not _exists(p):
             raise DataError(f"{yaml_path}: '{keys[0]}: {clip_text(value)}' does not exist")
-        if p.is_file() and p.suffix.lower() != ".txt":
+        if _exists(p, "file") and p.suffix.lower() != ".txt":
             raise DataError(f"{yaml_path}: '{keys[0]}: {clip_text(value)}' must be a folder or a "
                             ".txt list")
         splits[name] = p
@@ -188,7 +196,7 @@ def split_images(spec: DatasetSpec, split: str) -> tuple[list[Path], list[FileNo
             continue
         p = Path(entry).expanduser()
         p = p if p.is_absolute() else spec.root / p
-        if not p.is_file():
+        if not _exists(p, "file"):
             missing.append(f"{src}:{i}: listed image {clip_text(entry)!r} does not exist")
             continue
         if p.suffix.lower() not in IMG_EXTS:

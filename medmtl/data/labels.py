@@ -161,7 +161,7 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
                 if other == tokens:
                     problems.append(_problem(file, j + 1, "view_duplicate", f"view line repeated "
                                              f"(same as line {n}); ignored", "warning"))
-                elif view is not None:
+                else:
                     problems.append(_problem(file, j + 1, "view_conflict", f"view lines {j + 1} "
                                              f"and {n} disagree ({clip_text(lines[j].strip())!r} vs "
                                              f"{clip_text(lines[last].strip())!r}); view skipped",
