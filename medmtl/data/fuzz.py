@@ -4,9 +4,8 @@ files, run through `audit_dataset`, each outcome checked against the reliability
 Every case must end in one of: clean, counted problems (warnings / errors, each naming its file
 and line), or one raised `MedmtlError` whose first line names a file. A traceback (any other
 exception) or a silent drop (a file under images/ or labels/, or a label line, that was neither
-used nor named in a problem) is a failure. `run_fuzz(n, seed, root)` returns the totals;
-tests/test_fuzz.py runs a few hundred cases, benchmarks/fuzz.py many more.
-"""
+used nor named in a problem) is a failure. `run_fuzz(n, seed, root)` returns the totals
+(tests/test_fuzz.py: a few hundred cases; benchmarks/fuzz.py: many more)."""
 
 from __future__ import annotations
 
@@ -45,8 +44,8 @@ class Case:
 
 
 @dataclass
-class Outcome:
-    status: str  # clean | problems | raised | traceback | silent_drop | unnamed_error
+class Outcome:  # status: clean | problems | raised | traceback | silent_drop | unnamed_error
+    status: str
     detail: str = ""
     warnings: int = 0
     errors: int = 0
@@ -258,8 +257,7 @@ MUTATIONS: list[tuple[Callable[[Case, random.Random], str], float]] = [
 def make_case(root: Path, rng: random.Random) -> Case:
     c = base_case(root, rng)
     fns, weights = zip(*MUTATIONS, strict=True)
-    for _ in range(rng.choice([1, 1, 2, 3])):
-        fn = rng.choices(fns, weights)[0]
+    for fn in rng.choices(fns, weights, k=rng.choice([1, 1, 2, 3])):
         try:
             c.mutations.append(fn(c, rng))
         except (IndexError, ValueError, FileNotFoundError):  # nothing left to mutate there
@@ -291,17 +289,13 @@ def _dropped_lines(idx: SplitIndex, label: Path) -> tuple[set[int], int]:
     return lines, bulk
 
 
-def _nonblank(label: Path) -> int:
-    return sum(1 for ln in label.read_text(encoding="utf-8-sig").splitlines() if ln.strip())
-
-
 def silent_drops(root: Path, indexes: list[SplitIndex], sources: list[Path]) -> list[str]:
     """Files in the scanned split folders (``sources`` and their labels/ twins) and label lines
     that were neither used nor named by a problem."""
     used_images = {r.path.resolve() for idx in indexes for r in idx.records}
     named = {Path(p.file).resolve() for idx in indexes for p in idx.problems}
     said = " ".join(p.message for idx in indexes for p in idx.problems)
-    out: list[str] = []
+    out = []
     for src in sources:
         if not src.is_dir() or src.name != "images" or root.resolve() not in src.parents:
             continue
@@ -328,7 +322,8 @@ def silent_drops(root: Path, indexes: list[SplitIndex], sources: list[Path]) -> 
                 continue
             lines, bulk = _dropped_lines(idx, r.label_path)
             used = len(r.boxes) + (r.view is not None)
-            n = _nonblank(r.label_path)
+            n = sum(1 for ln in r.label_path.read_text(encoding="utf-8-sig").splitlines()
+                    if ln.strip())
             if used + len(lines) + bulk != n:
                 out.append(f"{r.label_path}: {n} lines, {used} used, {len(lines) + bulk} named")
     return out
@@ -393,7 +388,7 @@ def run_fuzz(n: int, seed: int, workdir: Path, keep: bool = False) -> dict[str, 
             "failures": failures}
 
 
-def summary_line(t: dict[str, Any]) -> str:
+def summary_line(t: dict[str, Any]) -> str:  # the totals in one line
     return (f"fuzz: {t['cases']} cases (seed {t['seed']}): {t['clean']} clean, "
             f"{t['cases_with_warnings']} with warnings ({t['warnings']} warnings), "
             f"{t['cases_with_errors']} with errors ({t['errors']} counted, {t['raised']} raised), "

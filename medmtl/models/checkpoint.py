@@ -34,9 +34,12 @@ _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "file:")
 
 
 def _version() -> str:
-    from medmtl import __version__
+    try:
+        from importlib.metadata import version
 
-    return __version__
+        return version("medmtl")
+    except Exception:  # noqa: BLE001 -- not installed (a bare source checkout)
+        return "unknown"
 
 
 def _feed(h: Any, obj: Any) -> None:
