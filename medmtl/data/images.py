@@ -28,6 +28,7 @@ from PIL import Image
 IMG_EXTS = frozenset({".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
+_CV2_FAILED = "OpenCV could not decode it"
 _JPEG_WARNINGS = (b"Corrupt JPEG data", b"Premature end of JPEG", b"Invalid JPEG", b"Bogus")
 
 
@@ -126,9 +127,9 @@ def jpeg_warnings(path: Path) -> str | None:
         said = tmp.read(4096)
     lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
     bad = [ln for ln in lines if ln.startswith(_JPEG_WARNINGS)]
-    if out is None:
-        return "OpenCV could not decode it"
-    return bad[0].decode(errors="replace")[:200] if bad else None
+    if bad:
+        return bad[0].decode(errors="replace")[:200]
+    return _CV2_FAILED if out is None else None
 
 
 def check_image(path: Path, decode: bool = True) -> tuple[int, int] | str:
@@ -142,13 +143,15 @@ def check_image(path: Path, decode: bool = True) -> tuple[int, int] | str:
             im.verify()
         with Image.open(path) as im:
             rotated = exif_rotated(im)
-            if decode:
+            if decode and fmt != "JPEG":
                 im.load()
-        if decode:
-            if fmt == "JPEG":
-                complaint = jpeg_warnings(path)
-                if complaint:
-                    return f"corrupt JPEG data: {complaint}"
+        if decode and fmt == "JPEG":  # one decode, by libjpeg through OpenCV, warnings captured
+            complaint = jpeg_warnings(path)
+            if complaint == _CV2_FAILED:  # a JPEG flavour OpenCV lacks: PIL decides
+                with Image.open(path) as im:
+                    im.load()
+            elif complaint:
+                return f"corrupt JPEG data: {complaint}"
         elif fmt == "JPEG":  # verify() does not see a truncated JPEG; decode when the EOI is absent
             with path.open("rb") as f:
                 f.seek(-2, 2)
