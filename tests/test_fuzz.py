@@ -6,9 +6,8 @@ benchmarks/fuzz.py runs the heavier version (more cases and seeds)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from medmtl.data import load_data_yaml, scan_split
 from medmtl.data.fuzz import base_case, run_fuzz, silent_drops, summary_line
@@ -17,12 +16,12 @@ CASES, SEED = 300, 14
 
 
 def test_fuzz_cases_end_in_counted_problems_or_one_named_error(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     t0 = time.perf_counter()
     totals = run_fuzz(CASES, SEED, tmp_path)
     seconds = time.perf_counter() - t0
-    with capsys.disabled():
-        print(f"\n{summary_line(totals)} in {seconds:.1f} s")
+    # printed at the end of the run by conftest.py (also under pytest-xdist)
+    record_property("fuzz_totals", f"{summary_line(totals)} in {seconds:.1f} s")
     assert totals["failures"] == [], totals["failures"]
     assert (totals["tracebacks"], totals["silent_drops"], totals["unnamed_errors"]) == (0, 0, 0)
     assert totals["cases"] == CASES == (totals["clean"] + totals["with_problems"]
