@@ -238,3 +238,26 @@ def test_huge_lr_stops_with_a_clear_error_and_finite_checkpoints(micro_data: Pat
             ck = load_checkpoint(run / "weights" / name)
             assert all(torch.isfinite(v).all() for v in ck["model"].values()
                        if v.is_floating_point()), name
+
+
+def test_old_run_folder_still_resumes(micro_data: Path, tmp_path: Path, one_thread: None) -> None:
+    """A run folder from before #14 (no lock files, last.pt without checksum or header) resumes,
+    with the checkpoint reported as unverified."""
+    import warnings
+
+    run = tmp_path / "r"
+    Trainer(_cfg(micro_data, run), progress=False).fit()
+    last = run / "weights" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    old = {k: v for k, v in ck.items() if k not in ("sha256", "header")}
+    old["config"]["epochs"] = 2
+    torch.save(old, last)
+    (run / ".lock").unlink()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        t = Trainer(_cfg(micro_data, run), resume=True, progress=False)
+    assert any("unverified" in str(x.message) for x in w)
+    assert (t.state.epoch, t.cfg.epochs) == (1, 2)
+    t.fit()
+    new = load_checkpoint(last)
+    assert new["epoch"] == 2 and len(new["sha256"]) == 64 and new["header"]["arch"] == "single"
