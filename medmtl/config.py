@@ -82,6 +82,14 @@ class LossConfig(BaseModel):
                                                  "comma-separated in cls_names order",
                                                  panel=_LOSS)
     assigner_topk: int = opt(10, "Task-aligned assigner: candidates per box", panel=_LOSS, ge=1)
+
+    @field_validator("view_class_weights")
+    @classmethod
+    def _class_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not (w >= 0) for w in v) or not any(v)):
+            raise ValueError(f"view class weights must be >= 0, not all 0, got {v}")
+        return v
+
     assigner_alpha: float = opt(0.5, "Task-aligned assigner: score exponent", panel=_LOSS, ge=0)
     assigner_beta: float = opt(6.0, "Task-aligned assigner: IoU exponent", panel=_LOSS, ge=0)
 

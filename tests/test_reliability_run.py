@@ -160,7 +160,9 @@ def test_nan_task_weight_and_bad_options_exit_2(micro_data: Path, tmp_path: Path
              ("--batch", "0"): "--batch", ("--accumulate", "0"): "--accumulate",
              ("--imgsz", "0"): "--imgsz", ("--imgsz", "50"): "--imgsz",
              ("--lr", "-1"): "--lr", ("--lr", "nan"): "--lr", ("--epochs", "0"): "--epochs",
-             ("--weight-decay", "inf"): "--weight-decay", ("--max-boxes", "0"): "--max-boxes"}
+             ("--weight-decay", "inf"): "--weight-decay", ("--max-boxes", "0"): "--max-boxes",
+             ("--view-class-weights", "1,-1,1"): "--view-class-weights",
+             ("--nonfinite-limit", "0"): "--nonfinite-limit"}
     for args, flag in cases.items():
         code, err = _cli([*base, *args], capsys)
         assert code == 2, (args, err)
