@@ -51,8 +51,6 @@ class Outcome:  # status: clean | problems | raised | traceback | silent_drop | 
     errors: int = 0
 
 
-# --- building blocks ------------------------------------------------------------------------------
-
 def _image_bytes(rng: random.Random, fmt: str, size: int = 32) -> bytes:
     a = np.random.default_rng(rng.randrange(2**31)).integers(0, 255, (size, size, 3), np.uint8)
     buf = io.BytesIO()
@@ -91,8 +89,6 @@ def _labels(c: Case) -> list[Path]:
 def _images(c: Case) -> list[Path]:
     return sorted(p for p in (c.root / "train" / "images").iterdir() if p.is_file())
 
-
-# --- mutations --------------------------------------------------------------------------------------
 
 def m_token(c: Case, rng: random.Random) -> str:
     f = rng.choice(_labels(c))
@@ -239,8 +235,11 @@ def m_yaml(c: Case, rng: random.Random) -> str:
         text = "\n".join(rows) + "\nnames: *g\n"
     elif op == "deep":
         text = "names: " + "[" * 300 + "]" * 300 + "\n"
-    elif op == "escape":
-        raw["train"] = "../" * 12 + "proc/self/fdinfo"
+    elif op == "escape":  # a folder outside the data set, with no images (deterministic)
+        out = c.root.parent / f"{c.root.name}_outside"
+        out.mkdir(exist_ok=True)
+        (out / "passwd").write_text("root:x:0:0")
+        raw["train"] = f"../{out.name}"
     else:
         lst = c.root / "train.txt"
         lst.write_text("train/images/a.png\nmissing/x.png\n" + "z" * 3000 + "\n")
@@ -377,7 +376,8 @@ def run_fuzz(n: int, seed: int, workdir: Path, keep: bool = False) -> dict[str, 
             failures.append({"case": str(root), "mutations": case.mutations,
                              "status": out.status, "detail": out.detail})
         if not keep and out.status not in ("traceback", "silent_drop", "unnamed_error"):
-            shutil.rmtree(root, ignore_errors=True)
+            for d in (root, root.parent / f"{root.name}_outside"):
+                shutil.rmtree(d, ignore_errors=True)
     return {"cases": n, "seed": seed, "clean": totals["clean"],
             "with_problems": totals["problems"], "raised": totals["raised"],
             "cases_with_warnings": totals["cases_with_warnings"],
