@@ -8,13 +8,15 @@
 #    (`medmtl split --by-group`); every run then holds whole patients of that train out as its
 #    test split (`--test-split grouped`, the same for every run): the checkpoint chosen on val is
 #    scored on patients no run trained or selected on.
-# 2. `medmtl tune`: fixed (classify weight, lr) and gradnorm (alpha, lr) get the same number of
+# 2. The single-task references detect and classify run first (3 seeds): every joint run selects
+#    its checkpoint on val by Δm against their val figures (--select delta-m, the default).
+# 3. `medmtl tune`: fixed (classify weight, lr) and gradnorm (alpha, lr) get the same number of
 #    trials of the same length on val; their best configurations run as <method>@tuned.
-# 3. The same command trains, over 3 seeds, the tuned methods and original, fixed, gradnorm,
-#    pcgrad, dual, split2 and the single-task references detect and classify, then writes the
-#    report. Everything resumes: run the script again after a stop (finished runs and trials
-#    are kept).
-# 4. The report (report.md, summary.json, plots/) is copied to docs/study/.
+# 4. The same command trains, over 3 seeds, the tuned methods and original, fixed, pcgrad, dual,
+#    split2, and fixed trained on clip-majority view labels (issue 17's label policy; every run
+#    is scored against both the original and the clip-majority labels), then writes the report.
+#    Everything resumes: run the script again after a stop (finished runs and trials are kept).
+# 5. The report (report.md, summary.json, plots/) is copied to docs/study/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/regurgitation/data.yaml}
@@ -36,7 +38,8 @@ mkdir -p "$OUT"
 "$MEDMTL" audit --data "$OUT/split/data.yaml" --json "$OUT/audit.json" > "$OUT/audit.txt"
 start=$(date +%s)
 "$MEDMTL" tune --data "$OUT/split/data.yaml" --methods fixed,gradnorm --trials "$TRIALS" \
-  --untuned original,fixed,gradnorm,pcgrad,dual,split2,detect,classify --seeds "$SEEDS" \
+  --untuned detect,classify,original,fixed,pcgrad,dual,split2,fixed:view_labels=clip-majority \
+  --seeds "$SEEDS" \
   --epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1 \
   --test-split grouped --test-fraction 0.2 --split-seed 0 --out "$OUT" 2>&1 | tee -a "$OUT/study.log"
 echo "study: $(( ($(date +%s) - start) / 60 )) min this invocation (imgsz $IMGSZ, epochs $EPOCHS, trials $TRIALS, seeds $SEEDS)" | tee -a "$OUT/study.log"

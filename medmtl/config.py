@@ -9,6 +9,7 @@ line before any work starts.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: s
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: str = opt("shared", "Architecture: shared | dual | detach | split<k> (e.g. split2) | "
                     "single, or a registered plug-in", panel="Method")
@@ -72,7 +73,7 @@ _LOSS = "Loss"
 
 
 class LossConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     box: float = opt(7.5, "CIoU term gain inside the detection loss", panel=_LOSS, ge=0)
     dfl: float = opt(1.5, "DFL term gain inside the detection loss", panel=_LOSS, ge=0)
@@ -83,6 +84,14 @@ class LossConfig(BaseModel):
                                                  "comma-separated in cls_names order",
                                                  panel=_LOSS)
     assigner_topk: int = opt(10, "Task-aligned assigner: candidates per box", panel=_LOSS, ge=1)
+
+    @field_validator("view_class_weights")
+    @classmethod
+    def _class_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not (w >= 0) for w in v) or not any(v)):
+            raise ValueError(f"view class weights must be >= 0, not all 0, got {v}")
+        return v
+
     assigner_alpha: float = opt(0.5, "Task-aligned assigner: score exponent", panel=_LOSS, ge=0)
     assigner_beta: float = opt(6.0, "Task-aligned assigner: IoU exponent", panel=_LOSS, ge=0)
 
@@ -92,7 +101,7 @@ class BalancerConfig(BaseModel):
     validated by the balancer's own `Options` model (medmtl/balancing/), e.g. GradNorm's `alpha`.
     `medmtl.balancing.resolve_config` fills their defaults; config.yaml records them resolved."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = opt("fixed", "Task balancer (overrides the preset's)", panel="Method",
                     flag="--balancer")
@@ -100,12 +109,20 @@ class BalancerConfig(BaseModel):
                                     "Fixed task weights, e.g. detect=1,classify=0.1",
                                     panel="Method", flag="--weights")
 
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"task weights must be finite and >= 0, got {bad}")
+        return v
+
 
 _AUG = "Augmentation"
 
 
 class AugmentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     scale: float = opt(0.25, "Random scale in [1 - scale, 1 + scale]", panel=_AUG, ge=0, lt=1)
     translate: float = opt(0.1, "Random translation, fraction of imgsz", panel=_AUG, ge=0, le=1)
@@ -126,12 +143,12 @@ _DATA, _OPTIM, _RUN = "Data", "Optimisation", "Run"
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     data: str = opt("", "Dataset YAML", panel=_DATA)
     out: str = opt("runs/exp", "Run directory", panel=_RUN)
     method: str | None = opt(None, cli=False)  # preset name that filled model/balancer
-    epochs: int = opt(30, "Training epochs", panel=_OPTIM, ge=0)
+    epochs: int = opt(30, "Training epochs", panel=_OPTIM, ge=1)
     imgsz: int = opt(320, "Square training and evaluation image side (a multiple of 32)",
                      panel=_DATA, ge=32, multiple_of=32)
     batch: int = opt(16, "Global batch size", panel=_OPTIM, ge=1)
@@ -158,7 +175,14 @@ class TrainConfig(BaseModel):
     compile: bool = opt(False, "torch.compile the model (eager if it fails)", panel=_RUN)
     val_every: int = opt(1, "Validate every N epochs", panel=_RUN, ge=1)
     patience: int = opt(0, "Early stopping patience in validations (0 = off)", panel=_OPTIM, ge=0)
-    strict: bool = opt(False, "Data warnings are errors", panel=_DATA)
+    strict: bool = opt(False, "Data warnings are errors; an image that fails to decode while "
+                       "training stops the run (else it is skipped and counted)", panel=_DATA)
+    verify_images: bool = opt(True, "Decode every image when the data is scanned, so that corrupt "
+                              "files are named and left out before training", panel=_DATA)
+    max_boxes: int = opt(1000, "Boxes per image above which a label file is an error (a memory "
+                         "guard)", panel=_DATA, ge=1)
+    nonfinite_limit: int = opt(5, "Optimiser steps in a row skipped for a non-finite loss or "
+                               "gradient after which the run stops", panel=_OPTIM, ge=1)
     test_split: Literal["yaml", "grouped", "none"] = opt(
         "yaml", "Held-out split that scores the checkpoint chosen on val: yaml (the data YAML's "
         "test: key, if it has one) | grouped (patients held out of train) | none", panel=_DATA)

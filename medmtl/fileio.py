@@ -25,3 +25,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temps(folder: str | Path, name: str = "*") -> list[Path]:
+    """Delete the temp files ``.{name}.*.tmp`` that `atomic_write_bytes` leaves when its process
+    is killed mid-write; returns them. Only for folders that one process writes (a run folder,
+    under its lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = sorted(folder.glob(f".{name}.*.tmp"))
+    for p in out:
+        p.unlink(missing_ok=True)
+    return out

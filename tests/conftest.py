@@ -47,3 +47,12 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fuzz suite's totals (tests/test_fuzz.py records them as a property, which
+    pytest-xdist carries back from its workers)."""
+    for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for key, value in getattr(rep, "user_properties", []):
+            if key == "fuzz_totals":
+                terminalreporter.write_line(str(value))

@@ -137,11 +137,11 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
     real_step = Trainer._optimizer_step
     calls = {"n": 0}
 
-    def flaky(self: Trainer, n_micro: int) -> None:
+    def flaky(self: Trainer, n_micro: int, losses: list | None = None) -> bool:
         calls["n"] += 1
         if calls["n"] == 7:  # epoch 2 (6 steps per epoch), mid-step: a real signal
             os.kill(os.getpid(), sig)
-        real_step(self, n_micro)
+        return real_step(self, n_micro, losses)
 
     monkeypatch.setattr(Trainer, "_optimizer_step", flaky)
     with pytest.raises(KeyboardInterrupt):

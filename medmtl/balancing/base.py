@@ -58,7 +58,7 @@ class BalancerOptions(BaseModel):
     adds short names, e.g. CAGrad's `cagrad_c` also reads as `c`. `json_schema_extra={"search":
     {"low": 0, "high": 3, "log": False}}` makes the field part of `medmtl tune`'s search."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Balancer:

@@ -38,13 +38,19 @@ def audit(
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
                                                  "applied on top of the label files")] = None,
+    decode: Annotated[bool, Opt("--decode/--no-decode",
+                                help="Decode every image to find corrupt files (--no-decode: "
+                                     "headers only, faster)")] = True,
+    max_boxes: Annotated[int, Opt(min=1, help="Boxes per image above which a label file is an "
+                                              "error")] = 1000,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits."""
     from medmtl.data.audit import audit_dataset, render_audit
     from medmtl.data.corrections import CorrectionError
 
     try:
-        report = audit_dataset(data, group_regex=group_regex, corrections=corrections)
+        report = audit_dataset(data, group_regex=group_regex, corrections=corrections,
+                              decode=decode, max_boxes=max_boxes)
     except CorrectionError as e:
         raise typer.BadParameter(str(e), param_hint="--corrections") from None
     console.print(render_audit(report))

@@ -14,12 +14,12 @@ def val(
     data: Annotated[Path, Opt(help="Dataset YAML")],
     split: Annotated[str, Opt(help="val | test | train")] = "val",
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
-    imgsz: Annotated[int | None, Opt()] = None,
-    batch: Annotated[int, Opt()] = 16,
-    conf: Annotated[float | None, Opt(help="Score threshold before NMS")] = None,
-    iou: Annotated[float | None, Opt(help="NMS IoU")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    batch: Annotated[int, Opt(min=1)] = 16,
+    conf: Annotated[float | None, Opt(help="Score threshold before NMS", min=0.0, max=1.0)] = None,
+    iou: Annotated[float | None, Opt(help="NMS IoU", min=0.0, max=1.0)] = None,
     device: Annotated[str, Opt()] = "auto",
-    workers: Annotated[int, Opt()] = 2,
+    workers: Annotated[int, Opt(min=0)] = 2,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
                                                  "applied on top of the label files")] = None,
 ) -> None:
@@ -42,22 +42,26 @@ def predict(
     weights: Annotated[Path, Opt(help="Checkpoint (.pt) or exported graph (.onnx)")],
     source: Annotated[str, Opt(help="Image, folder, glob, video (mp4/avi) or DICOM file")],
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/predict"),
-    conf: Annotated[float, Opt(help="Box score threshold")] = 0.25,
-    iou: Annotated[float, Opt(help="NMS IoU")] = 0.6,
-    max_det: Annotated[int, Opt()] = 100,
-    imgsz: Annotated[int | None, Opt()] = None,
+    conf: Annotated[float, Opt(help="Box score threshold", min=0.0, max=1.0)] = 0.25,
+    iou: Annotated[float, Opt(help="NMS IoU", min=0.0, max=1.0)] = 0.6,
+    max_det: Annotated[int, Opt(min=1)] = 100,
+    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
     device: Annotated[str, Opt()] = "auto",
     save_media: Annotated[bool, Opt("--save-media/--no-save-media",
                                     help="Write annotated images / videos")] = True,
     view_min_prob: Annotated[float, Opt(help="Below this view probability the view is "
-                                             "reported as uncertain")] = 0.0,
+                                             "reported as uncertain", min=0.0, max=1.0)] = 0.0,
+    allow_backbone_path: Annotated[bool, Opt(help="Let the checkpoint's config name a backbone "
+                                                  "folder or hub id (only for files you trust)")]
+    = False,
 ) -> None:
     """Detect jets and name the view on images, folders, globs, videos or DICOM cines."""
     from medmtl.inference.app import predict_command
 
     summary = predict_command(weights, source, out, conf=conf, iou=iou, max_det=max_det,
                               imgsz=imgsz, device=device, save_media=save_media,
-                              view_min_prob=view_min_prob)
+                              view_min_prob=view_min_prob,
+                              allow_backbone_path=allow_backbone_path)
     for clip in summary.get("per_clip", []):
         if clip.get("view"):
             console.print(f"{clip['source']}: {clip['view']['text']}", markup=False)
@@ -71,8 +75,8 @@ def export(
     out: Annotated[Path | None, Opt(help="Output path (default: WEIGHTS with .onnx)")] = None,
     dynamic: Annotated[bool, Opt(help="Dynamic batch and image size")] = False,
     half: Annotated[bool, Opt(help="fp16 weights (needs CUDA)")] = False,
-    opset: Annotated[int, Opt()] = 17,
-    imgsz: Annotated[int | None, Opt()] = None,
+    opset: Annotated[int, Opt(min=7)] = 17,
+    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
 ) -> None:
     """Export to ONNX: boxes and scores before NMS, plus view logits; checked against PyTorch."""
     from medmtl.inference.export import export_command

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from medmtl.data.corrections import Corrections, load_corrections
 from medmtl.data.dataset_yaml import load_data_yaml
-from medmtl.data.labels import SplitIndex, scan_split
+from medmtl.data.labels import MAX_BOXES, SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
 
 
@@ -75,15 +75,17 @@ def check_corrections(data_yaml: str | Path, path: str | Path) -> Corrections:
 
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
                   first_problems: int = 10,
-                  corrections: str | Path | None = None) -> dict[str, Any]:
+                  corrections: str | Path | None = None, decode: bool = True,
+                  max_boxes: int = MAX_BOXES) -> dict[str, Any]:
     """JSON-serialisable audit of every split of a dataset YAML (see the module docstring), with
-    a corrections file (`medmtl.data.corrections`) applied on top of the labels when given."""
+    a corrections file (`medmtl.data.corrections`) applied on top of the labels when given.
+    ``decode``: decode every image (corrupt files are named); False checks headers only."""
     spec = load_data_yaml(yaml_path)
     corr = load_corrections(corrections, spec) if corrections is not None else None
     splits: dict[str, Any] = {}
     groups: dict[str, Counter[str]] = {}
     for name, src in spec.splits.items():
-        idx = scan_split(spec, name, corrections=corr)
+        idx = scan_split(spec, name, corrections=corr, decode=decode, max_boxes=max_boxes)
         rep = _split_report(idx, first_problems)
         rep["source"] = str(src)
         splits[name] = rep
@@ -111,6 +113,9 @@ def render_audit(report: dict[str, Any]) -> Group:
     rows: list[tuple[str, list[str]]] = [
         ("images", [str(splits[s]["images"]) for s in names]),
         ("images used", [str(splits[s]["images_used"]) for s in names]),
+        ("images skipped", [str(splits[s]["summary"].get("images_skipped", 0)) for s in names]),
+        ("other files (ignored)", [str(splits[s]["summary"].get("files_ignored", 0))
+                                   for s in names]),
         ("boxes", [str(splits[s]["boxes"]) for s in names]),
     ]
     rows += [(f"box {c}", [str(splits[s]["boxes_per_class"].get(c, 0)) for s in names])

@@ -19,8 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medmtl.config import AugmentConfig
+from medmtl.data.dataset_yaml import DataError
 from medmtl.data.labels import ImageRecord
 from medmtl.data.transforms import (
+    PAD_VALUE,
     augment_colour,
     hflip,
     letterbox,
@@ -45,7 +47,8 @@ class MTLDataset(Dataset[dict[str, Any]]):
 
     def __init__(self, records: Sequence[ImageRecord], imgsz: int, train: bool = False,
                  augment: AugmentConfig | None = None, cache: bool = False,
-                 names: Sequence[str] = (), cls_names: Sequence[str] = (), seed: int = 0) -> None:
+                 names: Sequence[str] = (), cls_names: Sequence[str] = (), seed: int = 0,
+                 strict: bool = False) -> None:
         self.records = list(records)
         self.imgsz = int(imgsz)
         self.train = bool(train)
@@ -53,7 +56,11 @@ class MTLDataset(Dataset[dict[str, Any]]):
         self.names = list(names)
         self.cls_names = list(cls_names)
         self.seed = int(seed)
+        self.strict = bool(strict)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # samples whose image failed to decode (skipped: grey, no labels), counted over workers
+        self._unreadable = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._bad: set[int] = set()  # this process's failed indices
         self._cache: np.ndarray | None = None
         if self.augment is not None and self.augment.mosaic > 0:
             self._pool: dict[int | None, list[int]] = {None: []}
@@ -85,8 +92,28 @@ class MTLDataset(Dataset[dict[str, Any]]):
             list(ex.map(work, range(len(self.records))))
         self._cache = arr
 
+    @property
+    def unreadable(self) -> int:
+        """Sample loads skipped so far because the image did not decode (all workers)."""
+        return int(self._unreadable.item())
+
+    def _read(self, i: int) -> np.ndarray:
+        """The decoded image; on a decode error `DataError` naming the file (``strict``), else a
+        grey image of the record's size, the sample masked out of both losses and counted."""
+        rec = self.records[i]
+        try:
+            return load_image(rec.path)
+        except DataError as e:
+            if self.strict:
+                raise
+            self._bad.add(i)
+            self._unreadable.add_(1)
+            print(f"warning: {e}; sample skipped (no labels), counted in history.csv "
+                  "unreadable_samples (--strict stops instead)", file=sys.stderr)
+            return np.full((rec.height, rec.width, 3), PAD_VALUE, dtype=np.uint8)
+
     def _decode(self, i: int) -> np.ndarray:
-        return letterbox(load_image(self.records[i].path), self.imgsz)[0]
+        return letterbox(self._read(i), self.imgsz)[0]
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
         """Letterboxed image, boxes in letterboxed pixels, classes, (scale, pad_x, pad_y)."""
@@ -95,8 +122,10 @@ class MTLDataset(Dataset[dict[str, Any]]):
             img = self._cache[i]
             lb = letterbox_params(rec.height, rec.width, self.imgsz)[:3]
         else:
-            img, *params = letterbox(load_image(rec.path), self.imgsz)
+            img, *params = letterbox(self._read(i), self.imgsz)
             lb = (params[0], params[1], params[2])
+        if i in self._bad:
+            return img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), lb
         boxes = letterbox_boxes(rec.boxes.astype(np.float64), *lb).astype(np.float32)
         return img, boxes, rec.classes.copy(), lb
 
@@ -133,13 +162,14 @@ class MTLDataset(Dataset[dict[str, Any]]):
             img = augment_colour(img, rng, aug.hsv_h, aug.hsv_s, aug.hsv_v, aug.brightness,
                                  aug.contrast)
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        ok = index not in self._bad
         return {
             "image": image,
             "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "box_classes": torch.from_numpy(np.asarray(classes, np.int64).reshape(-1)),
-            "det_mask": rec.has_boxes,
-            "view": -1 if rec.view is None else int(rec.view),
-            "view_mask": rec.view is not None,
+            "det_mask": rec.has_boxes and ok,
+            "view": -1 if rec.view is None or not ok else int(rec.view),
+            "view_mask": rec.view is not None and ok,
             "meta": {"image_id": rec.image_id, "path": str(rec.path),
                      "orig_size": (rec.height, rec.width), "letterbox": lb},
         }

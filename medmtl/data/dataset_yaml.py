@@ -14,11 +14,16 @@ from typing import Any
 
 import yaml
 
-IMG_EXTS = frozenset({".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+from medmtl.data.images import IMG_EXTS, FileNote, dedupe_stems, discover, label_path_for
+from medmtl.errors import MedmtlError, clip_text
+
+MAX_YAML_BYTES = 1 << 20  # a dataset YAML is a few lines; 1 MiB is far beyond any real one
+MAX_YAML_NODES = 100_000  # values after alias expansion
+MAX_YAML_DEPTH = 50
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
-class DataError(ValueError):
+class DataError(MedmtlError, ValueError):
     """A data set that cannot be used as asked; the message names the file (and line)."""
 
     def __init__(self, message: str, problems: list[Any] | None = None) -> None:
@@ -43,34 +48,86 @@ def _names(value: Any, key: str, yaml_path: Path) -> list[str]:
         try:
             ids = sorted(int(k) for k in value)
         except (TypeError, ValueError) as e:
-            raise DataError(f"{yaml_path}: '{key}' dict keys must be integers, got {list(value)}") from e
+            raise DataError(f"{yaml_path}: '{key}' dict keys must be integers, got "
+                            f"{clip_text(list(value))}") from e
         if ids != list(range(len(ids))):
-            raise DataError(f"{yaml_path}: '{key}' ids must be 0..{len(ids) - 1}, got {ids}")
+            raise DataError(f"{yaml_path}: '{key}' ids must be 0..{len(ids) - 1}, got "
+                            f"{clip_text(ids)}")
+        bad = [v for v in value.values() if not isinstance(v, str | int | float)]
+        if bad:
+            raise DataError(f"{yaml_path}: '{key}' entries must be names (strings), got "
+                            f"{clip_text(repr(bad[0]))}")
         by_id = {int(k): str(v) for k, v in value.items()}
         return [by_id[i] for i in ids]
     if isinstance(value, list | tuple):
+        bad = [v for v in value if not isinstance(v, str | int | float) or isinstance(v, bool)]
+        if bad:
+            raise DataError(f"{yaml_path}: '{key}' entries must be names (strings), got "
+                            f"{clip_text(repr(bad[0]))}")
         return [str(v) for v in value]
-    raise DataError(f"{yaml_path}: '{key}' must be a list or an {{id: name}} dict, got {value!r}")
+    raise DataError(f"{yaml_path}: '{key}' must be a list or an {{id: name}} dict, got "
+                    f"{clip_text(repr(value))}")
+
+
+def _exists(p: Path, kind: str = "any") -> bool:
+    """``p.exists()`` / ``is_file()`` / ``is_dir()``, False for names the OS refuses (too long)."""
+    try:
+        return p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def safe_load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES,
+                   max_depth: int = MAX_YAML_DEPTH) -> Any:
+    """`yaml.safe_load` with limits: file size, nesting depth, and the number of values once
+    aliases are expanded (an alias bomb is tiny on disk and exponential in memory walks)."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DataError(f"{path}: {size} bytes, more than the {max_bytes} a dataset YAML may "
+                            "have")
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read (more than {max_depth} levels)") \
+            from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        first = str(e).strip().splitlines()
+        raise DataError(f"{path}: not a valid YAML file: {clip_text(' '.join(first[:4]), 300)}") \
+            from e
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > max_nodes:
+            raise DataError(f"{path}: more than {max_nodes} values once YAML aliases are expanded "
+                            "(an alias bomb?)")
+        if depth > max_depth:
+            raise DataError(f"{path}: nested more than {max_depth} levels deep")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for kv in node.items() for v in kv]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+    return raw
 
 
 def load_data_yaml(path: str | Path) -> DatasetSpec:
     """Parse and check a dataset YAML; raise `DataError` naming the YAML on any problem."""
     yaml_path = Path(path).expanduser().resolve()
-    if not yaml_path.is_file():
+    if not _exists(yaml_path, "file"):
         raise DataError(f"{yaml_path}: dataset YAML not found")
-    try:
-        raw = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DataError(f"{yaml_path}: not a valid YAML file: {e}") from e
+    raw = safe_load_yaml(yaml_path)
     if not isinstance(raw, dict):
-        raise DataError(f"{yaml_path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise DataError(f"{yaml_path}: expected a mapping at the top level, got "
+                        f"{type(raw).__name__}")
 
     root = Path(str(raw.get("path") or "."))
     if not root.is_absolute():
         root = yaml_path.parent / root
     root = root.resolve()
-    if not root.is_dir():
-        raise DataError(f"{yaml_path}: 'path' {raw.get('path')!r} -> {root} is not a folder")
+    if not _exists(root, "dir"):
+        raise DataError(f"{yaml_path}: 'path' {clip_text(repr(raw.get('path')))} is not a folder")
 
     splits: dict[str, Path] = {}
     for name, aliases in SPLIT_ALIASES.items():
@@ -83,13 +140,15 @@ def load_data_yaml(path: str | Path) -> DatasetSpec:
             continue
         value = raw[keys[0]]
         if not isinstance(value, str | Path):
-            raise DataError(f"{yaml_path}: '{keys[0]}' must be one path (folder or .txt), got {value!r}")
+            raise DataError(f"{yaml_path}: '{keys[0]}' must be one path (folder or .txt), got "
+                            f"{clip_text(repr(value))}")
         p = Path(str(value)).expanduser()
         p = (p if p.is_absolute() else root / p).resolve()
-        if not p.exists():
-            raise DataError(f"{yaml_path}: '{keys[0]}: {value}' -> {p} does not exist")
-        if p.is_file() and p.suffix.lower() != ".txt":
-            raise DataError(f"{yaml_path}: '{keys[0]}: {value}' must be a folder or a .txt list")
+        if not _exists(p):
+            raise DataError(f"{yaml_path}: '{keys[0]}: {clip_text(value)}' does not exist")
+        if _exists(p, "file") and p.suffix.lower() != ".txt":
+            raise DataError(f"{yaml_path}: '{keys[0]}: {clip_text(value)}' must be a folder or a "
+                            ".txt list")
         splits[name] = p
 
     if "names" not in raw:
@@ -114,35 +173,42 @@ def split_source(spec: DatasetSpec, split: str) -> Path:
 def list_split_images(spec: DatasetSpec, split: str) -> list[Path]:
     """Image paths of a split, sorted (the order that defines ``image_id``), duplicates removed.
 
-    A listed path that does not exist raises `DataError` naming the list file and line.
-    """
+    A listed path that does not exist raises `DataError` naming the list file and line."""
+    return split_images(spec, split)[0]
+
+
+def split_images(spec: DatasetSpec, split: str) -> tuple[list[Path], list[FileNote]]:
+    """`list_split_images` and a `FileNote` for every file met and not used (unsupported type,
+    a second image for the same label file)."""
     src = split_source(spec, split)
     if src.is_dir():
-        files = [p for p in src.rglob("*") if p.suffix.lower() in IMG_EXTS and p.is_file()]
-        return sorted(set(files))
+        return discover(src)
     out: set[Path] = set()
+    notes: list[FileNote] = []
     missing: list[str] = []
-    for i, line in enumerate(src.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{src}: cannot read the image list ({type(e).__name__})") from e
+    for i, line in enumerate(lines, start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         p = Path(entry).expanduser()
         p = p if p.is_absolute() else spec.root / p
-        if not p.is_file():
-            missing.append(f"{src}:{i}: listed image {entry!r} -> {p} does not exist")
+        if not _exists(p, "file"):
+            missing.append(f"{src}:{i}: listed image {clip_text(entry)!r} does not exist")
+            continue
+        if p.suffix.lower() not in IMG_EXTS:
+            notes.append(FileNote(str(p), "unsupported_file", f"{src}:{i}: {clip_text(entry)} is "
+                                  "not an image type medmtl reads; line ignored", "warning"))
             continue
         out.add(p.resolve())
     if missing:
         more = f"\n... and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise DataError("\n".join(missing[:20]) + more)
-    return sorted(out)
+    return dedupe_stems(sorted(out), notes)
 
 
-def label_path_for(image: Path) -> Path:
-    """``.../images/x.jpg`` -> ``.../labels/x.txt`` (last ``images`` component); same folder if none."""
-    parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] == "images":
-            parts[i] = "labels"
-            return Path(*parts).with_suffix(".txt")
-    return image.with_suffix(".txt")
+__all__ = ["IMG_EXTS", "DataError", "DatasetSpec", "label_path_for", "list_split_images",
+           "load_data_yaml", "safe_load_yaml", "split_images", "split_source"]

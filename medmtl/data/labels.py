@@ -22,20 +22,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from medmtl.data.dataset_yaml import (
-    IMG_EXTS,
     DataError,
     DatasetSpec,
     label_path_for,
-    list_split_images,
+    split_images,
     split_source,
 )
+from medmtl.data.images import check_image
+from medmtl.errors import clip_text
 
 if TYPE_CHECKING:
     from medmtl.data.corrections import Corrections
 
+MAX_BOXES = 1000  # boxes per image (default of --max-boxes): the assigner's memory grows with it
+MAX_LABEL_BYTES = 16 << 20  # a label file larger than this is not read
 COORD_TOL = 1e-3  # normalised coordinates this far outside [0, 1] are clipped without a warning
 Severity = Literal["warning", "error"]
 
@@ -124,14 +126,18 @@ def _could_be_box(n_tokens: int) -> bool:
 
 
 def parse_label_text(text: str, file: Path | str, width: int, height: int,
-                     num_classes: int, num_views: int, tol: float = COORD_TOL) -> ParsedLabels:
-    """Parse one label file's text for an image of ``width`` x ``height`` pixels."""
+                     num_classes: int, num_views: int, tol: float = COORD_TOL,
+                     max_boxes: int = MAX_BOXES) -> ParsedLabels:
+    """Parse one label file's text for an image of ``width`` x ``height`` pixels. Box lines past
+    ``max_boxes`` are skipped with one error; two view lines that disagree are an error naming
+    both lines (the view is skipped)."""
     problems: list[LabelProblem] = []
     counts: Counter[str] = Counter()
     lines = text.splitlines()
     nonblank = [i for i, ln in enumerate(lines) if ln.strip()]
     view: int | None = None
     view_line: int | None = None
+    view_extra: set[int] = set()
     if nonblank and num_views > 0:
         last = nonblank[-1]
         tokens = lines[last].split()
@@ -144,17 +150,39 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
                 problems.append(_problem(file, n, "view_length", f"view one-hot has {len(tokens)} "
                                          f"values, expected {num_views} (cls_names); view skipped", "error"))
             elif len(ones) != 1:
-                problems.append(_problem(file, n, "view_onehot", f"view line {lines[last].strip()!r} "
-                                         f"has {len(ones)} ones, expected exactly 1; view skipped", "error"))
+                problems.append(_problem(file, n, "view_onehot", f"view line "
+                                         f"{clip_text(lines[last].strip())!r} has {len(ones)} ones, "
+                                         "expected exactly 1; view skipped", "error"))
             else:
                 view = ones[0]
+            # another line that can only be a view line: a conflict (or a repeat)
+            for j in nonblank[:-1]:
+                other = lines[j].split()
+                if not (_is_view_tokens(other) and not _could_be_box(len(other))):
+                    continue
+                view_extra.add(j)
+                if other == tokens:
+                    problems.append(_problem(file, j + 1, "view_duplicate", f"view line repeated "
+                                             f"(same as line {n}); ignored", "warning"))
+                else:
+                    problems.append(_problem(file, j + 1, "view_conflict", f"view lines {j + 1} "
+                                             f"and {n} disagree ({clip_text(lines[j].strip())!r} vs "
+                                             f"{clip_text(lines[last].strip())!r}); view skipped",
+                                             "error"))
+                    view = None
             counts["views_skipped" if view is None else "views"] += 1
 
     boxes: list[list[float]] = []
     classes: list[int] = []
-    for i in nonblank:
-        if i == view_line:
-            continue
+    box_lines = [i for i in nonblank if i != view_line and i not in view_extra]
+    if len(box_lines) > max_boxes:
+        extra = len(box_lines) - max_boxes
+        problems.append(_problem(file, box_lines[max_boxes] + 1, "too_many_boxes", f"{len(box_lines)} "
+                                 f"box lines, more than --max-boxes {max_boxes}; the last {extra} "
+                                 "skipped", "error"))
+        counts["boxes_skipped"] += extra
+        box_lines = box_lines[:max_boxes]
+    for i in box_lines:
         n = i + 1
         tokens = lines[i].split()
         if not _could_be_box(len(tokens)):
@@ -167,8 +195,8 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
             vals = [float(t) for t in tokens]
         except ValueError:
             bad = next(t for t in tokens if not _is_float(t))
-            problems.append(_problem(file, n, "non_numeric", f"non-numeric token {bad!r}; box skipped",
-                                     "error"))
+            problems.append(_problem(file, n, "non_numeric", f"non-numeric token "
+                                     f"{clip_text(bad)!r}; box skipped", "error"))
             counts["boxes_skipped"] += 1
             continue
         if not all(math.isfinite(v) for v in vals):
@@ -178,7 +206,7 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
             continue
         c = vals[0]
         if not c.is_integer() or not 0 <= c < num_classes:
-            problems.append(_problem(file, n, "class_id", f"class id {tokens[0]!r} not an integer in "
+            problems.append(_problem(file, n, "class_id", f"class id {clip_text(tokens[0])!r} not an integer in "
                                      f"[0, {num_classes - 1}] (names); box skipped", "error"))
             counts["boxes_skipped"] += 1
             continue
@@ -215,27 +243,6 @@ def _is_float(t: str) -> bool:
     return True
 
 
-def _image_header(path: Path) -> tuple[int, int] | str:
-    """(width, height) from the header after PIL's ``verify()``; an error message otherwise."""
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            fmt = im.format
-            im.verify()
-        if fmt == "JPEG":  # verify() does not see a truncated JPEG; decode when the EOI is absent
-            with path.open("rb") as f:
-                f.seek(-2, 2)
-                tail = f.read(2)
-            if tail != b"\xff\xd9":
-                with Image.open(path) as im:
-                    im.load()
-    except Exception as e:  # any decoder failure means "unreadable image"
-        return f"{type(e).__name__}: {e}"
-    if size[0] <= 0 or size[1] <= 0:
-        return f"empty image size {size}"
-    return size
-
-
 def _orphans(spec: DatasetSpec, split: str, images: list[Path]) -> list[Path]:
     """Label files in the scanned label folders whose image does not exist on disk."""
     src = split_source(spec, split)
@@ -250,33 +257,41 @@ def _orphans(spec: DatasetSpec, split: str, images: list[Path]) -> list[Path]:
     for ldir, idir in sorted(pairs):
         if not ldir.is_dir():
             continue
-        if idir not in stems:
-            stems[idir] = {p.stem for p in idir.iterdir() if p.suffix.lower() in IMG_EXTS} \
+        if idir not in stems:  # any file: an unsupported image is reported as such, not here
+            stems[idir] = {p.stem for p in idir.iterdir() if p.is_file()} \
                 if idir.is_dir() else set()
         out += [t for t in sorted(ldir.glob("*.txt")) if t.stem not in stems[idir]]
     return sorted(set(out))
 
 
 def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
-               tol: float = COORD_TOL, corrections: Corrections | None = None) -> SplitIndex:
+               tol: float = COORD_TOL, corrections: Corrections | None = None,
+               decode: bool = True, max_boxes: int = MAX_BOXES) -> SplitIndex:
     """Every image of ``split`` with its parsed labels, the problems, and a summary of counts.
 
     ``corrections`` (`medmtl.data.corrections`) are applied to the records as they are built
     (the summary then counts the corrected labels, and ``corrections_applied``).
+    Every file under the split's folder is accounted for (`medmtl.data.images.discover`): used,
+    or named in a problem. ``decode=True`` decodes every image (corrupt files are named and
+    skipped); ``decode=False`` checks headers only.
 
     ``strict=True`` raises `DataError` (listing ``file:line`` of each problem) when any problem,
     warning or error, was found.
     """
     key = "val" if split == "valid" else split
-    images = list_split_images(spec, key)
+    images, notes = split_images(spec, key)
     nc, nv = len(spec.names), len(spec.cls_names)
     records: list[ImageRecord] = []
-    problems: list[LabelProblem] = []
-    counts: Counter[str] = Counter()
+    problems = [LabelProblem(n.file, None, n.kind, n.message, n.severity)  # type: ignore[arg-type]
+                for n in notes]
+    counts: Counter[str] = Counter(n.kind for n in notes)
+    if not images:
+        problems.append(_problem(split_source(spec, key), None, "no_images", f"the {key} split "
+                                 f"has no images ({len(notes)} other file(s))", "warning"))
     box_cls: Counter[int] = Counter()
     view_cls: Counter[int] = Counter()
     for image_id, img in enumerate(images):
-        size = _image_header(img)
+        size = check_image(img, decode=decode)
         if isinstance(size, str):
             problems.append(_problem(img, None, "image_corrupt", f"unreadable or corrupt image "
                                      f"({size}); image skipped", "error"))
@@ -292,14 +307,18 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
             counts["images_unlabelled"] += 1
         else:
             try:
+                nbytes = lbl.stat().st_size
+                if nbytes > MAX_LABEL_BYTES:
+                    raise OSError(f"{nbytes} bytes, more than {MAX_LABEL_BYTES}")
                 text = lbl.read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError) as e:
                 problems.append(_problem(lbl, None, "label_unreadable", f"cannot read label file "
-                                         f"({type(e).__name__}: {e}); labels skipped", "error"))
+                                         f"({type(e).__name__}: {clip_text(e, 200)}); labels "
+                                         "skipped", "error"))
                 counts["images_unlabelled"] += 1
                 has_label = False
             else:
-                parsed = parse_label_text(text, lbl, w, h, nc, nv, tol)
+                parsed = parse_label_text(text, lbl, w, h, nc, nv, tol, max_boxes)
                 problems += parsed.problems
                 counts.update(parsed.counts)
                 if len(parsed.boxes) == 0 and nc > 0:
@@ -323,9 +342,11 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
                                  "beside it; label ignored", "warning"))
     summary: dict[str, Any] = {
         "split": key,
-        "images": len(images),
+        "images": len(images) + counts["duplicate_stem"],
+        "files_ignored": counts["unsupported_file"],
+        "images_duplicate": counts["duplicate_stem"],
         "images_used": len(records),
-        "images_skipped": counts["images_skipped"],
+        "images_skipped": counts["images_skipped"] + counts["duplicate_stem"],
         "images_unlabelled": counts["images_unlabelled"],
         "images_det": sum(r.has_boxes for r in records),
         "images_det_masked": sum(not r.has_boxes for r in records),

@@ -13,7 +13,10 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from medmtl.data.dataset_yaml import DataError
+from medmtl.data.images import exif_rotated
 
 PAD_VALUE = 114
 BoxT = TypeVar("BoxT")  # np.ndarray or torch.Tensor, (..., 4) xyxy
@@ -37,10 +40,24 @@ def to_rgb_uint8(im: Image.Image) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB (PNG, JPEG, BMP, TIFF, grey/colour, 8/16-bit)."""
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb_uint8(im)
+    """Decode an image file to (H, W, 3) uint8 RGB (PNG, JPEG, BMP, TIFF, grey/colour, 8/16-bit),
+    EXIF orientation applied. A file that does not decode raises `DataError` naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if exif_rotated(im) or _exif_orientation(im) not in (0, 1):
+                return to_rgb_uint8(ImageOps.exif_transpose(im))
+            return to_rgb_uint8(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from e
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 -- a broken EXIF block: no orientation
+        return 1
 
 
 def letterbox_params(h: int, w: int, imgsz: int) -> tuple[float, float, float, int, int]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.data.corrections import CorrectionError, load_corrections
+from medmtl.data.dataset_yaml import DataError, split_source
 from medmtl.data.splits import held_out_split
 from medmtl.data.view_labels import apply_view_policy, describe_policy
 from medmtl.distributed import Comm
@@ -33,29 +34,42 @@ class RunData:
         self.cfg, self.comm, self.device = cfg, comm, device
         spec = load_data_yaml(self._data_yaml(run_dir))
         self.names, self.cls_names = list(spec.names), list(spec.cls_names)
+        if "classify" in cfg.model.tasks and not self.cls_names:
+            raise DataError(f"{spec.yaml_path}: 'cls_names' is empty, and this run trains the view "
+                            "task (classify); list the views or train --task detect")
         # corrections apply to every split (evaluation too); the view policy to train only
         self.corrections = load_corrections(cfg.corrections, spec) if cfg.corrections else None
-        self.train_index = scan_split(spec, "train", cfg.strict, corrections=self.corrections)
-        self.val_index = scan_split(spec, "val", cfg.strict, corrections=self.corrections)
+        scan = {"strict": cfg.strict, "decode": cfg.verify_images, "max_boxes": cfg.max_boxes,
+                "corrections": self.corrections}
+        self.train_index = scan_split(spec, "train", **scan)
+        self.val_index = scan_split(spec, "val", **scan)
         # the held-out split: scored once, with the checkpoint chosen on val
-        self.test_index = scan_split(spec, "test", cfg.strict, corrections=self.corrections) \
+        self.test_index = scan_split(spec, "test", **scan) \
             if cfg.test_split != "none" and "test" in spec.splits else None
         for name, idx in (("train", self.train_index), ("val", self.val_index),
                           ("test", self.test_index)):
             if idx is not None:
                 print_summary(console, name, idx)
+                if not idx.records:
+                    s = idx.summary
+                    raise DataError(f"{spec.yaml_path}: the {name} split "
+                                    f"({split_source(spec, name)}) has no usable image "
+                                    f"({s['images']} found, {s['images_skipped']} skipped, "
+                                    f"{s['files_ignored']} other files); nothing to train on")
         if self.corrections is not None:
             self._keep_corrections(run_dir, console)
         train_records, self.view_policy = apply_view_policy(
             self.train_index.records, cfg.view_labels, cfg.clip_regex)
         console.print(f"train: {describe_policy(self.view_policy)}")
         self.train_set = MTLDataset(train_records, cfg.imgsz, train=True,
-                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+                                    augment=cfg.augment, cache=cfg.cache, seed=cfg.seed,
+                                  strict=cfg.strict)
         self.val_set = MTLDataset(self.val_index.records, cfg.imgsz, train=False,
-                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed)
+                                  augment=cfg.augment, cache=cfg.cache, seed=cfg.seed,
+                                  strict=cfg.strict)
         self.test_set = None if self.test_index is None else MTLDataset(
             self.test_index.records, cfg.imgsz, train=False, augment=cfg.augment, cache=False,
-            seed=cfg.seed)
+            seed=cfg.seed, strict=cfg.strict)
         if comm.active and len(self.train_set) < cfg.batch:
             raise ValueError(f"{cfg.data}: {len(self.train_set)} training images, fewer than the "
                              f"global batch {cfg.batch}: lower --batch or --devices")

@@ -29,6 +29,7 @@ from medmtl.engine.evaluate import (
 from medmtl.engine.progress import EpochProgress
 from medmtl.engine.run_state import StopAtStep
 from medmtl.engine.utils import peak_memory_mb
+from medmtl.errors import NonFiniteError
 from medmtl.evaluation.interference import gradient_interference
 
 
@@ -50,6 +51,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{cfg.epochs}", nb - start_batch,
                         enabled=t.progress)
     micro = 0
+    guard, good = t.nonfinite, None  # counts across epochs
     for i, batch in enumerate(loader, start=start_batch):
         step_t = time.perf_counter()
         # which tasks have labels in the (global) batch: every rank must run the same passes
@@ -64,6 +66,8 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
         # balancer; otherwise gradients are averaged once, before the optimiser step
         sync_ctx = t.eager.no_sync() if comm.active and (
             t.balancer.multi_backward or not last_micro) else contextlib.nullcontext()
+        if micro == 0:
+            good = guard.snapshot(t)
         with sync_ctx:
             losses, passes = guarded_micro_step(t, batch, present, i, diag_every, acc)
         last_batch = (batch, present)
@@ -71,11 +75,15 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
         pending.append((step_losses, passes))
         micro += 1
         if last_micro:
-            t._optimizer_step(micro)
-            t.balancer.after_step(reforward_losses(t, *last_batch) if t.balancer.reforward
-                                  else step_losses)
+            stepped = t._optimizer_step(micro, [v for sl, _ in pending for v in sl.values()])
+            if stepped:
+                guard.ok()
+                t.balancer.after_step(reforward_losses(t, *last_batch) if t.balancer.reforward
+                                      else step_losses)
+            else:
+                guard.skipped(t, good, acc)
             for step_losses, passes in pending:
-                for k, v in step_losses.items():
+                for k, v in step_losses.items() if stepped else ():
                     sums[k] += v
                     acc[f"n/loss/{k}"] = acc.get(f"n/loss/{k}", 0) + 1
                 acc["backward_passes"] = acc.get("backward_passes", 0) + passes
@@ -118,9 +126,50 @@ def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
                 "step_ms": round(1000 * acc.get("step_seconds", 0.0) / steps, 2),
                 "backward_passes": acc.get("backward_passes", 0) / steps,
                 "peak_mem_mb": round(peak_memory_mb(t.device), 1),
-                "skipped_batches": acc.get("skipped_batches", 0)})
+                "skipped_batches": acc.get("skipped_batches", 0),
+                "nonfinite_steps": acc.get("nonfinite_steps", 0),
+                "unreadable_samples": getattr(t.data.train_set, "unreadable", 0)})
     row.update(rank_spread(t, weights))
     return row
+
+
+class NonFiniteGuard:
+    """Counts optimiser steps skipped for a non-finite loss or gradient (`optimizer_step` skips
+    them) and stops the run after `limit` in a row. A skipped step restores what its forward and
+    backward changed outside the optimiser: BatchNorm statistics and the balancer's state."""
+
+    def __init__(self, limit: int, run_dir: Path) -> None:
+        self.limit, self.run_dir, self.in_a_row = limit, run_dir, 0
+
+    @staticmethod
+    def snapshot(t: Any) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        with torch.no_grad():
+            buffers = [b.detach().clone() for b in t.model.buffers()]
+        return buffers, copy.deepcopy(t.balancer.state_dict())
+
+    def ok(self) -> None:
+        self.in_a_row = 0
+
+    def skipped(self, t: Any, good: tuple[list[torch.Tensor], dict[str, Any]],
+                acc: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for b, saved in zip(t.model.buffers(), good[0], strict=True):
+                b.copy_(saved)
+        t.balancer.load_state_dict(good[1])
+        self.in_a_row += 1
+        acc["nonfinite_steps"] = acc.get("nonfinite_steps", 0) + 1
+        st = t.state
+        t.console.print(f"[yellow]epoch {st.epoch + 1} step {st.step_in_epoch + 1}: non-finite "
+                        f"loss, gradient or BatchNorm statistics, step skipped ({self.in_a_row} in a row, "
+                        f"--nonfinite-limit {self.limit})[/]")
+        if self.in_a_row >= self.limit:
+            last = self.run_dir / "weights" / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else \
+                "no checkpoint was saved"
+            raise NonFiniteError(
+                f"{self.run_dir}: stopped at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}: "
+                f"{self.in_a_row} optimiser steps in a row had a non-finite (NaN/inf) loss or "
+                f"gradient (or BatchNorm statistics); {kept}. Lower --lr, check the task weights, or look for broken labels")
 
 
 def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, diag_every: int,
@@ -250,4 +299,4 @@ def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None, plots:
     return comm.broadcast(metrics)
 
 
-__all__ = ["evaluate", "global_losses", "micro_step", "train_one_epoch"]
+__all__ = ["NonFiniteGuard", "evaluate", "global_losses", "micro_step", "train_one_epoch"]

@@ -45,7 +45,13 @@ class WarmupCosine:
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                    scaler: Any, ema: Any, balancer: Any, comm: Comm, n_micro: int,
-                   clip_grad: float) -> None:
+                   clip_grad: float, losses: list[torch.Tensor] | None = None) -> bool:
+    """Average (DDP multi-backward), unscale, divide by the micro-steps, clip, step, schedule,
+    EMA. Returns False, having zeroed the gradients without stepping the optimiser or the EMA,
+    when one of `losses`, the gradient norm or a BatchNorm statistic is not finite (the
+    non-finite guard; under fp16
+    AMP the GradScaler already skips overflowing gradients, so only the losses are checked). The
+    schedule advances either way, so a skipped step keeps the run's step count."""
     if comm.active:
         # the balancer's own parameters are outside DDP; gradient surgery bypassed its reducer
         params = list(balancer.parameters())
@@ -58,8 +64,26 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
         for p in (p for g in optimizer.param_groups for p in g["params"]):
             if p.grad is not None:
                 p.grad.div_(n_micro)
-    if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    checks = [v.detach().float().reshape(()) for v in losses or []]
+    # the total norm (clip = inf leaves the gradients as they are): one value to check
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                          clip_grad if clip_grad > 0 else float("inf"))
+    if scaler is None:
+        checks.append(norm.detach().float().reshape(()).to(checks[0].device if checks
+                                                          else norm.device))
+    # BatchNorm statistics: a forward through exploding weights can overflow them while the
+    # loss stays finite (batch statistics are used in training)
+    bufs = [b.detach() for b in model.buffers() if b.is_floating_point() and b.numel()]
+    if bufs:
+        device = checks[0].device if checks else bufs[0].device
+        checks += [n.float().reshape(()).to(device) for n in torch._foreach_norm(bufs)]
+    finite = bool(torch.isfinite(torch.stack(checks)).all()) if checks else True
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.update()
+        scheduler.step()
+        return False
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -69,6 +93,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
     scheduler.step()
     if ema:
         ema.update(model)
+    return True
 
 
 __all__ = ["WarmupCosine", "build_optimizer", "optimizer_step"]

@@ -12,11 +12,13 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from medmtl.engine.utils import rng_state, set_rng_state
+from medmtl.models.checkpoint import load_weights
 
 
 @dataclass
@@ -65,9 +67,9 @@ def checkpoint_dict(state: RunState, model: torch.nn.Module, ema: Any, config: d
 
 
 def restore(ck: dict[str, Any], model: torch.nn.Module, ema: Any, optimizer: Any, scheduler: Any,
-            scaler: Any, balancer: Any) -> RunState:
+            scaler: Any, balancer: Any, path: str | Path = "last.pt") -> RunState:
     """Load a `last.pt` into the components and the global RNG; returns its counters."""
-    model.load_state_dict(ck["model"])
+    load_weights(model, ck["model"], path)
     if ema and ck.get("ema"):
         ema.load_state_dict(ck["ema"])
     optimizer.load_state_dict(ck["optimizer"])

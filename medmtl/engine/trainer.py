@@ -18,7 +18,10 @@ run directory; validation is sharded over the ranks and scored on rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +36,53 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.checkpoint import atomic_write_text, save_checkpoint
+from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
 from medmtl.engine.history import val_columns, write_history
-from medmtl.engine.loop import evaluate, flush_sums, train_one_epoch
+from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_epoch
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
+from medmtl.engine.runlock import RunLock
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
+from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
 from medmtl.losses import MultiTaskCriterion
 from medmtl.models import build_model
-from medmtl.models.checkpoint import load_checkpoint
+from medmtl.models.checkpoint import load_checkpoint, load_weights, nonfinite_tensors
+
+
+def os_env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
                  console: Console | None = None) -> None:
         self.run_dir = Path(cfg.out)
+        self.lock: RunLock | None = None
+        if world_size_from_env() <= 1 or os_env_rank() == 0:  # one writer: rank 0
+            self.lock = RunLock(self.run_dir).acquire()
+            if self.lock.stale_owner and progress:
+                Console(stderr=True).print(f"{self.run_dir}: took over the lock of "
+                                           f"{self.lock.stale_owner}, which is gone")
+        try:
+            self._setup(cfg, resume, progress, console)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (the lock); the end of `fit` does it."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, cfg: TrainConfig, resume: bool, progress: bool,
+               console: Console | None) -> None:
         ckpt = None
         last = self.run_dir / "weights" / "last.pt"
+        removed = remove_stale_temps(self.run_dir / "weights")
         if resume:
             ckpt = load_checkpoint(last)
             cfg = TrainConfig.model_validate(ckpt["config"])
@@ -69,6 +99,9 @@ class Trainer:
         self.is_main = self.comm.is_main
         self.console = console or Console(stderr=True, quiet=not self.is_main)
         self.progress = progress and self.is_main
+        if removed:
+            self.console.print(f"removed {len(removed)} partial checkpoint file(s) left by a "
+                               f"killed save: {', '.join(p.name for p in removed)}")
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = ddp_device or select_device(cfg.device)
         if self.device.type == "cpu":
@@ -115,10 +148,11 @@ class Trainer:
 
         self.state = RunState()
         self.stop = StopSignals(self.console.print)
+        self.nonfinite = NonFiniteGuard(cfg.nonfinite_limit, self.run_dir)
         self.loss_sums: dict[str, torch.Tensor] = {}
         if ckpt is not None:
             self.state = restore(ckpt, self.model, self.ema, self.optimizer, self.scheduler,
-                                 self.scaler, self.balancer)
+                                 self.scaler, self.balancer, last)
             self.console.print(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, "
                                f"step {self.state.step_in_epoch}")
             self._keep_selection_rule(ckpt.get("config") or {})
@@ -169,9 +203,9 @@ class Trainer:
             net = compile_module(net)
         return net
 
-    def _optimizer_step(self, n_micro: int) -> None:
-        optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
-                       self.balancer, self.comm, n_micro, self.cfg.clip_grad)
+    def _optimizer_step(self, n_micro: int, losses: list[torch.Tensor] | None = None) -> bool:
+        return optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
+                              self.balancer, self.comm, n_micro, self.cfg.clip_grad, losses)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, with_optimizer: bool = True) -> dict[str, Any]:
@@ -182,7 +216,22 @@ class Trainer:
 
     def save_last(self) -> None:
         if self.is_main:
+            self._check_finite()
             save_checkpoint(self._checkpoint(), self.run_dir / "weights" / "last.pt")
+
+    def _check_finite(self) -> None:
+        """No checkpoint is saved with NaN/inf weights: the run stops, keeping the last good one."""
+        bad = nonfinite_tensors(self.model.state_dict())
+        if self.ema:
+            bad += [f"ema.{k}" for k in nonfinite_tensors(self.ema.module.state_dict())]
+        if bad:
+            last = self.run_dir / "weights" / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else \
+                "no checkpoint was saved"
+            raise NonFiniteError(f"{self.run_dir}: weights turned non-finite (NaN/inf) at epoch "
+                                 f"{self.state.epoch} in {len(bad)} tensor(s), first "
+                                 f"{', '.join(bad[:3])}; not saved ({kept}). Lower --lr or "
+                                 "check the data")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path:
@@ -191,17 +240,19 @@ class Trainer:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
         bad_epochs = 0
-        with self.stop:
+        with self.stop, contextlib.ExitStack() as stack:
+            stack.callback(self.close)
             try:
                 while st.epoch < cfg.epochs:
                     row = train_one_epoch(self)
+                    self._check_finite()
                     validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == cfg.epochs
                     improved = False
                     if validate:
                         metrics = self.validate()
                         row.update(val_columns(metrics))
                         fit = selection_score(metrics, cfg.select, cfg.select_refs)
-                        improved = fit > st.best_fitness
+                        improved = math.isfinite(fit) and fit > st.best_fitness
                         if improved:
                             st.best_fitness, st.best_epoch = fit, st.epoch
                     st.history.append(row)
@@ -230,8 +281,8 @@ class Trainer:
                 self.console.print(f"interrupted: state saved to "
                                    f"{self.run_dir / 'weights/last.pt'}; continue with --resume")
                 raise KeyboardInterrupt from None
-        self.comm.barrier()  # best.pt is written before any rank reads it
-        self.finalize()
+            self.comm.barrier()  # best.pt is written before any rank reads it
+            self.finalize()
         return self.run_dir
 
     # ------------------------------------------------------------------ evaluation
@@ -250,7 +301,8 @@ class Trainer:
         best = self.run_dir / "weights" / "best.pt"
         if best.exists():
             ck = load_checkpoint(best)
-            self.eval_model().load_state_dict(ck["ema"]["module"] if ck.get("ema") else ck["model"])
+            load_weights(self.eval_model(), ck["ema"]["module"] if ck.get("ema") else ck["model"],
+                         best)
         metrics = self.validate(out_dir=self.run_dir / "eval", plots=True)
         test = None
         if self.data.test_set is not None:
@@ -292,6 +344,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         return trainer.fit()
     finally:
         if trainer is not None:
+            trainer.close()
             cleanup(trainer.comm)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.errors import MedmtlError, NonFiniteError, clip_text
 from medmtl.fileio import atomic_write_text
 from medmtl.inference.draw import annotate
 from medmtl.inference.loader import load_model
@@ -75,7 +76,8 @@ class _Tally:
 def predict_command(weights: str | Path, source: str | Path, out: str | Path = "runs/predict",
                     conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
                     imgsz: int | None = None, device: str = "auto", save_media: bool = True,
-                    view_min_prob: float = 0.0) -> dict[str, Any]:
+                    view_min_prob: float = 0.0, allow_backbone_path: bool = False,
+                    ) -> dict[str, Any]:
     """Detect jets and classify the view on images, a folder, a glob, videos or DICOM files.
 
     WEIGHTS: a checkpoint (.pt) or an exported graph (.onnx). Writes to OUT: one annotated image
@@ -86,8 +88,11 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
     probability, how unanimous the frames were (`agreement`, and `text` such as "view PLAX (41/45
     frames, 91 %)"), jets per class: frames and max score, per clip and overall; thresholds;
     skipped files). Unreadable files are reported and skipped. A view whose probability is below
-    VIEW_MIN_PROB is reported as uncertain (view null)."""
-    predictor = load_model(weights, device=device, imgsz=imgsz)
+    VIEW_MIN_PROB is reported as uncertain (view null). When no input could be read at all, it
+    raises `MedmtlError` with the count (after writing summary.json); non-finite model outputs
+    raise `NonFiniteError` (never "no detections")."""
+    predictor = load_model(weights, device=device, imgsz=imgsz,
+                           allow_backbone_path=allow_backbone_path)
     files = resolve_sources(source)
     if not files:
         raise FileNotFoundError(f"no image, video or DICOM file in {source}")
@@ -116,13 +121,13 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
                     results = predictor.predict_batch(arrays, conf, iou, max_det, view_min_prob,
                                                       [str(path)] * len(arrays), idx)
                     for a, r in zip(arrays, results, strict=True):
-                        jf.write(json.dumps(r.to_dict(ndigits=2)) + "\n")
+                        jf.write(json.dumps(r.to_dict(ndigits=2), allow_nan=False) + "\n")
                         tally.add(r)
                         total.add(r)
                         if writer is not None:
                             writer.write(annotate(a, r))
                     done += len(arrays)
-            except ImportError:
+            except (ImportError, NonFiniteError):  # broken weights: every file would fail
                 raise
             except Exception as e:  # noqa: BLE001 -- report the file, go on with the rest
                 reason = describe_error(e) + (f" (after {done} frames)" if done else "")
@@ -144,5 +149,9 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
                "files": len(files), "images": n_images, "clips": len(clips), **total.to_dict(),
                "per_clip": clips, "skipped": len(problems),
                "problems": [{"file": p.file, "reason": p.reason} for p in problems]}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
+    if problems and total.frames == 0:
+        raise MedmtlError(f"{clip_text(source, 200)}: none of the {len(files)} input file(s) could "
+                          f"be read ({len(problems)} failed; first: {clip_text(problems[0].file, 200)}"
+                          f": {clip_text(problems[0].reason, 200)}); see {out / 'summary.json'}")
     return summary

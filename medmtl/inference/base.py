@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from medmtl.data.transforms import letterbox, unletterbox_boxes
+from medmtl.errors import InputError, NonFiniteError
 from medmtl.evaluation.postprocess import select_detections
 from medmtl.inference.results import Detection, FrameResult, ImageInput, source_name, to_rgb_array
 
@@ -32,7 +34,7 @@ class BasePredictor:
     def __init__(self, names: Sequence[str], cls_names: Sequence[str], tasks: Sequence[str],
                  imgsz: int, max_batch: int = 16) -> None:
         if imgsz % 32:
-            raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
+            raise InputError(f"--imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
         self.names, self.cls_names = list(names), list(cls_names)
         self.tasks, self.imgsz, self.max_batch = tuple(tasks), int(imgsz), max(1, int(max_batch))
 
@@ -65,6 +67,11 @@ class BasePredictor:
         lbs = [letterbox(a, self.imgsz) for a in arrays]
         x = np.stack([lb[0] for lb in lbs]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         boxes, scores, logits = self._forward(np.ascontiguousarray(x))
+        for name, t in (("boxes", boxes), ("scores", scores), ("view logits", logits)):
+            if t is not None and not bool(torch.isfinite(torch.as_tensor(t)).all()):
+                raise NonFiniteError(f"{getattr(self, 'weights', 'the model')}: non-finite "
+                                     f"(NaN/inf) {name} in the model's output; the weights are "
+                                     "broken, this is not 'no detections'")
         dets = (select_detections(boxes, scores, (self.imgsz, self.imgsz), conf, iou, max_det)
                 if boxes is not None and scores is not None else [None] * len(arrays))
         probs = None if logits is None else logits.float().softmax(-1).cpu().numpy()

@@ -13,14 +13,16 @@ from medmtl.inference.torch_predictor import Predictor
 
 
 def load_model(weights: str | Path, device: str | torch.device = "cpu", imgsz: int | None = None,
-               use_ema: bool = True, max_batch: int = 16) -> BasePredictor:
+               use_ema: bool = True, max_batch: int = 16,
+               allow_backbone_path: bool = False) -> BasePredictor:
     """Load a checkpoint (``.pt``, safe load) or an exported ``.onnx`` graph as a predictor.
 
     ``device``: "cpu", "cuda", "cuda:1", "auto". ``imgsz``: letterbox size (a multiple of 32;
     default: the size the checkpoint was trained at, or the ONNX graph's). EMA weights are used
-    when the checkpoint has them (``use_ema``).
+    when the checkpoint has them (``use_ema``). A checkpoint whose config names a backbone that
+    is not a timm model name (a folder, a hub id) is refused unless ``allow_backbone_path``.
     """
     if Path(weights).suffix.lower() == ".onnx":
         return OnnxPredictor.from_file(weights, device=device, imgsz=imgsz, max_batch=max_batch)
     return Predictor.from_checkpoint(weights, device=device, imgsz=imgsz, use_ema=use_ema,
-                                     max_batch=max_batch)
+                                     max_batch=max_batch, allow_backbone_path=allow_backbone_path)

@@ -28,13 +28,16 @@ class Predictor(BasePredictor):
     @classmethod
     def from_checkpoint(cls, weights: str | Path, device: str | torch.device = "cpu",
                         imgsz: int | None = None, use_ema: bool = True,
-                        max_batch: int = 16) -> Predictor:
+                        max_batch: int = 16, allow_backbone_path: bool = False) -> Predictor:
         """A checkpoint (``.pt``) as a predictor; see `medmtl.inference.load_model`."""
         dev = select_device(str(device)) if not isinstance(device, torch.device) else device
-        model, cfg, ck = model_from_checkpoint(weights, dev, use_ema=use_ema)
+        model, cfg, ck = model_from_checkpoint(weights, dev, use_ema=use_ema,
+                                               allow_backbone_path=allow_backbone_path)
         names = list(ck.get("names") or [str(i) for i in range(cfg.model.num_classes)])
         cls_names = list(ck.get("cls_names") or [str(i) for i in range(cfg.model.num_views)])
-        return cls(model, names, cls_names, int(imgsz or cfg.imgsz), dev, max_batch)
+        pred = cls(model, names, cls_names, int(imgsz or cfg.imgsz), dev, max_batch)
+        pred.weights = str(weights)
+        return pred
 
     @torch.no_grad()
     def _forward(self, images: np.ndarray) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -35,7 +35,9 @@ def dfl_loss(logits: Tensor, target: Tensor) -> Tensor:
     logits (..., reg_max) over integer bins, target (...) continuous in [0, reg_max - 1) ->
     (...): cross entropy on the two bins bracketing the target, weighted linearly by proximity.
     """
-    left = target.floor().long()
+    # NaN targets (from NaN predictions on background rows) give a NaN loss that the trainer's
+    # non-finite guard counts, not an out-of-range index
+    left = target.nan_to_num(0.0).floor().long().clamp(0, logits.shape[-1] - 2)
     right = left + 1
     w_left = right.to(target.dtype) - target
     w_right = 1.0 - w_left

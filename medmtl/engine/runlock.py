@@ -1,0 +1,87 @@
+"""One writer per run folder: an advisory file lock (`filelock`, ``flock`` on Unix) held for the
+run's life, in ``<run>/.lock``, with the holder written to ``<run>/.lock.owner`` (pid, host,
+start time).
+
+The kernel drops an ``flock`` when its process dies, ``kill -9`` included, so a lock left behind
+by a dead run is free: the next run takes it over and says whose it was. A second live writer gets
+`RunLocked` (exit status 2) naming the holder's pid and host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from medmtl.errors import RunLocked
+from medmtl.fileio import atomic_write_text
+
+LOCK_NAME, OWNER_NAME = ".lock", ".lock.owner"
+
+
+def _owner(run_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((run_dir / OWNER_NAME).read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(info: dict[str, Any]) -> str:
+    if not info:
+        return "another process (owner unknown)"
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} (since " \
+           f"{info.get('started', '?')})"
+
+
+class RunLock:
+    """``with RunLock(run_dir): ...`` or ``acquire()`` / ``release()``. Re-entrant within one
+    process (the same folder locked twice by one process is one hold)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.previous: dict[str, Any] = {}  # the owner record found when taking the lock
+        self._lock: FileLock | None = None
+
+    def acquire(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.run_dir / LOCK_NAME, timeout=0, is_singleton=True)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunLocked(f"{self.run_dir}: run folder in use by {_describe(_owner(self.run_dir))}"
+                            "; wait for it to finish or choose another --out") from None
+        self._lock = lock
+        if lock.lock_counter == 1:  # first hold in this process: record the owner
+            self.previous = _owner(self.run_dir)
+            me = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_text(self.run_dir / OWNER_NAME, json.dumps(me))
+        return self
+
+    @property
+    def stale_owner(self) -> str | None:
+        """Who held the lock before and died without releasing it (None if nobody)."""
+        return _describe(self.previous) if self.previous else None
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        if lock.lock_counter == 1:
+            (self.run_dir / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+__all__ = ["LOCK_NAME", "OWNER_NAME", "RunLock"]

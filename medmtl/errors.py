@@ -1,0 +1,47 @@
+"""Errors that the command line turns into one line (``error: ...``) and an exit status, instead
+of a traceback: bad input (a data set, a checkpoint, an option) and a run that had to stop.
+
+`MedmtlError.exit_code` is what ``medmtl`` exits with: 2 for input the user can fix (the usual
+status of a bad command line), 1 for a run that failed on its own (a non-finite loss).
+"""
+
+from __future__ import annotations
+
+MAX_ECHO = 80  # characters of user-supplied text echoed in one message
+
+
+class MedmtlError(Exception):
+    """A failure with a message fit to show as it is (it names the file, and line where there
+    is one)."""
+
+    exit_code = 2
+
+
+class RunLocked(MedmtlError):
+    """Another process holds the run folder."""
+
+
+class CheckpointError(MedmtlError, ValueError):
+    """A checkpoint that cannot be used: unreadable, corrupted, or not fitting the model."""
+
+
+class InputError(MedmtlError, ValueError):
+    """A value given by the user (an option, a file) outside what medmtl accepts."""
+
+
+class NonFiniteError(MedmtlError):
+    """Training or inference produced NaN/inf values."""
+
+    exit_code = 1
+
+
+def clip_text(text: object, limit: int = MAX_ECHO) -> str:
+    """``repr``-free shortening of user text for messages: at most ``limit`` characters, with
+    the number left out (a 5 MB token is never echoed whole)."""
+    s = str(text)
+    if len(s) <= limit:
+        return s
+    return f"{s[:limit]}... ({len(s) - limit} more characters)"
+
+
+__all__ = ["CheckpointError", "InputError", "MedmtlError", "NonFiniteError", "RunLocked", "clip_text"]
