@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_main as _cli
 
-from medmtl.cli import main
 from medmtl.engine.checkpoint import save_checkpoint
 from medmtl.errors import CheckpointError, NonFiniteError
 from medmtl.inference import load_model
@@ -41,14 +41,6 @@ def _copy(ck: dict) -> dict:
 
     return copy.deepcopy(ck)
 
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def test_flipped_bytes_are_caught(packed: dict, tmp_path: Path) -> None:

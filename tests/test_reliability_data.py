@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _cli import run_main as _cli
 from PIL import Image
 
-from medmtl.cli import main
 from medmtl.data import DataError, MTLDataset, load_data_yaml, scan_split
 from medmtl.data.audit import audit_dataset
 from medmtl.data.transforms import load_image
@@ -55,14 +55,6 @@ def make_set(root: Path, train: dict[str, bytes | None], labels: dict[str, str] 
     (root / "data.yaml").write_text(yaml.safe_dump(cfg))
     return root / "data.yaml"
 
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def _kinds(problems: list) -> dict[str, list[str]]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_main as _cli
 
-from medmtl.cli import main
 from medmtl.engine.checkpoint import save_checkpoint
 from medmtl.engine.runlock import OWNER_NAME, RunLock
 from medmtl.engine.trainer import Trainer
@@ -41,15 +41,6 @@ def _cfg(data: Path, out: Path, method: str = "classify", **kw: object) -> objec
             "workers": 0, "seed": 0, "ema": False, "diag_steps": 0, "cache": False}
     return build_config(method, {**base, **kw})
 
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run `medmtl ARGS` in this process; (exit status, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
 
 
 def _holder(run: Path, seconds: float) -> subprocess.Popen[str]:
