@@ -135,7 +135,7 @@ def test_commands_fail_in_one_line_before_any_work(tiny: Path, tmp_path: Path) -
     for args in (["audit", "--data", str(tiny)],
                  ["compare", "--data", str(tiny), "--methods", "fixed", "--out",
                   str(tmp_path / "cmp")],
-                 ["train", "--data", str(tiny), "--out", str(tmp_path / "run"), "--epochs", "0",
+                 ["train", "--data", str(tiny), "--out", str(tmp_path / "run"), "--epochs", "1",
                   "--imgsz", "64", "--workers", "0", "--no-cache"]):
         res = runner.invoke(app, [*args, "--corrections", str(path)])
         assert res.exit_code == 2, res.output
