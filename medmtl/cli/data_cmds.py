@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from medmtl.cli.app import Opt, app, console
+from medmtl.data.groups import DEFAULT_CLIP_REGEX
 
 
 @app.command()
@@ -32,12 +33,20 @@ def audit(
     data: Annotated[Path, Opt(help="Dataset YAML")],
     group_regex: Annotated[str, Opt(help="Regex whose first group is the patient/group id")]
     = r"^([^-]+)-",
+    clip_regex: Annotated[str, Opt(help="Regex whose first group, on the file stem, is the clip "
+                                        "id (default fits <patient>-<clip>.mp4-<frame>)")]
+    = DEFAULT_CLIP_REGEX,
+    clip_threshold: Annotated[float, Opt(min=0.0, max=0.99, help="Flag a frame when the other "
+                                         "frames' majority view disagrees and holds more than "
+                                         "this share of them")] = 0.5,
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
 ) -> None:
-    """Count images, boxes, views and label problems per split; find groups leaking across splits."""
+    """Count images, boxes, views and label problems per split; find groups leaking across splits
+    and clips whose frames carry different view labels."""
     from medmtl.data.audit import audit_dataset, render_audit
 
-    report = audit_dataset(data, group_regex=group_regex)
+    report = audit_dataset(data, group_regex=group_regex, clip_regex=clip_regex,
+                           clip_threshold=clip_threshold)
     console.print(render_audit(report))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

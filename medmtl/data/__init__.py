@@ -17,6 +17,7 @@ from medmtl.data.dataset_yaml import (
     list_split_images,
     load_data_yaml,
 )
+from medmtl.data.groups import GroupPattern, clip_of, patient_of
 from medmtl.data.labels import (
     ImageRecord,
     LabelProblem,
@@ -25,7 +26,6 @@ from medmtl.data.labels import (
     parse_label_text,
     scan_split,
 )
-from medmtl.data.groups import GroupPattern, clip_of, patient_of
 from medmtl.data.splits import group_of, held_out_split, split_by_group
 from medmtl.data.transforms import letterbox, letterbox_boxes, load_image, unletterbox_boxes
 

@@ -1,4 +1,5 @@
-"""Data-set audit (counts, label problems, sizes, patient leakage) and patient-grouped splitting."""
+"""Data-set audit: counts, label problems, sizes, patient leakage, and the view labels' clip
+consistency (`medmtl.data.consistency`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
+from medmtl.data.consistency import DEFAULT_CLIP_THRESHOLD, clip_consistency, render_consistency
 from medmtl.data.dataset_yaml import load_data_yaml
+from medmtl.data.groups import DEFAULT_CLIP_REGEX, GroupPattern
 from medmtl.data.labels import SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
 
@@ -62,20 +65,27 @@ def _leakage(groups: dict[str, Counter[str]], group_regex: str) -> dict[str, Any
 
 
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
-                  first_problems: int = 10) -> dict[str, Any]:
-    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring)."""
+                  first_problems: int = 10, clip_regex: str = DEFAULT_CLIP_REGEX,
+                  clip_threshold: float = DEFAULT_CLIP_THRESHOLD) -> dict[str, Any]:
+    """JSON-serialisable audit of every split of a dataset YAML (see the module docstring).
+    ``consistency``: the clips whose frames carry different view labels, over all splits pooled
+    (`medmtl.data.consistency.clip_consistency`)."""
+    pattern = GroupPattern(patient=group_regex, clip=clip_regex)
     spec = load_data_yaml(yaml_path)
     splits: dict[str, Any] = {}
     groups: dict[str, Counter[str]] = {}
+    views: list[tuple[str, Path, int | None]] = []
     for name, src in spec.splits.items():
         idx = scan_split(spec, name)
         rep = _split_report(idx, first_problems)
         rep["source"] = str(src)
         splits[name] = rep
         groups[name] = Counter(group_of(r.path, group_regex) for r in idx.records)
+        views += [(name, r.path, r.view) for r in idx.records]
     return {"yaml": str(spec.yaml_path), "root": str(spec.root), "names": spec.names,
             "cls_names": spec.cls_names, "splits": splits,
-            "leakage": _leakage(groups, group_regex)}
+            "leakage": _leakage(groups, group_regex),
+            "consistency": clip_consistency(views, spec.cls_names, pattern, clip_threshold)}
 
 
 def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
@@ -137,4 +147,6 @@ def render_audit(report: dict[str, Any]) -> Group:
         lt.add_row(pair, str(info["shared_groups"]), imgs, ", ".join(info["examples"][:5]),
                    style=style)
     parts.append(lt)
+    if "consistency" in report:
+        parts += render_consistency(report["consistency"])
     return Group(*parts)
