@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medmtl.cli.app import Opt, app, console
+from medmtl.cli.app import Opt, app, console, err
 from medmtl.data.groups import DEFAULT_CLIP_REGEX
 
 
@@ -28,6 +28,9 @@ def synth(
     console.print(f"wrote {yaml_path}")
 
 
+_LI = "Label issues (--label-issues)"
+
+
 @app.command()
 def audit(
     data: Annotated[Path, Opt(help="Dataset YAML")],
@@ -40,10 +43,42 @@ def audit(
                                          "frames' majority view disagrees and holds more than "
                                          "this share of them")] = 0.5,
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
+    label_issues: Annotated[bool, Opt("--label-issues", help="Also rank likely view and box "
+                                      "label errors (cleanlab + clip consistency): writes a CSV "
+                                      "and review.html", rich_help_panel=_LI)] = False,
+    out: Annotated[Path, Opt(help="Folder for the label-issue outputs and fold runs",
+                             rich_help_panel=_LI)] = Path("label_issues"),
+    probs: Annotated[Path | None, Opt(help="Out-of-sample view probabilities (CSV: stem + one "
+                                      "column per view) instead of training folds",
+                                      rich_help_panel=_LI)] = None,
+    runs: Annotated[list[Path] | None, Opt("--runs", help="Finished run folders whose val "
+                                           "predictions (eval/) are out-of-sample; repeatable",
+                                           rich_help_panel=_LI)] = None,
+    folds: Annotated[int, Opt(min=2, help="Patient-grouped folds (short runs)",
+                              rich_help_panel=_LI)] = 5,
+    task: Annotated[str, Opt(help="Fold runs: classify (views only) | joint (views + boxes)",
+                             rich_help_panel=_LI)] = "classify",
+    epochs: Annotated[int, Opt(min=1, help="Epochs per fold run", rich_help_panel=_LI)] = 3,
+    imgsz: Annotated[int, Opt(min=32, help="Image side of the fold runs",
+                              rich_help_panel=_LI)] = 128,
+    size: Annotated[str, Opt(help="Model size of the fold runs (n, s, m)",
+                             rich_help_panel=_LI)] = "n",
+    batch: Annotated[int, Opt(min=1, help="Batch of the fold runs", rich_help_panel=_LI)] = 16,
+    seed: Annotated[int, Opt(min=0, help="Seed of the folds and runs", rich_help_panel=_LI)] = 0,
+    device: Annotated[str, Opt(help="Device of the fold runs", rich_help_panel=_LI)] = "auto",
+    workers: Annotated[int, Opt(min=0, help="Loader workers of the fold runs",
+                                rich_help_panel=_LI)] = 0,
+    box_conf: Annotated[float, Opt(min=0.0, max=1.0, help="Predicted boxes at or above this "
+                                   "score are the suggested box label", rich_help_panel=_LI)]
+    = 0.25,
+    review_max: Annotated[int, Opt(min=1, help="At most this many rows on the review page",
+                                   rich_help_panel=_LI)] = 400,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits
-    and clips whose frames carry different view labels."""
+    and clips whose frames carry different view labels; with --label-issues rank likely label
+    errors for review."""
     from medmtl.data.audit import audit_dataset, render_audit
+    from medmtl.data.groups import GroupPattern
 
     report = audit_dataset(data, group_regex=group_regex, clip_regex=clip_regex,
                            clip_threshold=clip_threshold)
@@ -52,6 +87,26 @@ def audit(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_out}")
+    if label_issues:
+        from rich.markup import escape
+
+        from medmtl.labelissues.run import label_issues as run_label_issues
+
+        if task not in ("classify", "joint"):
+            raise typer.BadParameter(f"{task!r}: classify or joint", param_hint="--task")
+        if size not in ("n", "s", "m"):
+            raise typer.BadParameter(f"{size!r}: n, s or m", param_hint="--size")
+        if imgsz % 32:
+            raise typer.BadParameter(f"{imgsz} is not a multiple of 32", param_hint="--imgsz")
+        try:
+            run_label_issues(data, out, pattern=GroupPattern(group_regex, clip_regex),
+                             clip_threshold=clip_threshold, probs=probs, runs=runs, folds=folds,
+                             task=task, epochs=epochs, imgsz=imgsz, size=size, batch=batch,
+                             seed=seed, device=device, workers=workers, box_conf=box_conf,
+                             review_max=review_max, log=console.print)
+        except (ValueError, FileNotFoundError) as e:
+            err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(2) from None
 
 
 @app.command()

@@ -62,8 +62,10 @@ def grouped_partition(paths: Sequence[Path], fraction: float, seed: int, group_r
     return kept, held, len(order) - len(held_set), len(held_set)
 
 
-def _write(out: Path, lists: dict[str, list[Path]], spec: DatasetSpec, extra: dict[str, Path],
-           header: str) -> Path:
+def write_file_lists(out: Path, lists: dict[str, list[Path]], spec: DatasetSpec,
+                     extra: dict[str, Path], header: str) -> Path:
+    """``<out>/<name>.txt`` per list (absolute image paths) and ``<out>/data.yaml`` pointing at
+    them (``path``: the data root, ``extra`` splits as given, ``names``, ``cls_names``)."""
     out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"path": str(spec.root)}
     for name, paths in lists.items():
@@ -96,8 +98,8 @@ def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int =
     header = (f"# patient-grouped split of {spec.yaml_path} (seed {seed}, val_fraction "
               f"{val_fraction}, group regex {group_regex!r}): {len(train)} train / {len(val)} val "
               f"images, {n_train_g} / {n_val_g} groups\n")
-    return _write(Path(out_dir).expanduser().resolve(), {"train": train, "val": val}, spec, extra,
-                  header)
+    return write_file_lists(Path(out_dir).expanduser().resolve(), {"train": train, "val": val},
+                            spec, extra, header)
 
 
 def held_out_split(yaml_path: str | Path, out_dir: str | Path, fraction: float = 0.2,
@@ -115,9 +117,9 @@ def held_out_split(yaml_path: str | Path, out_dir: str | Path, fraction: float =
               f"fraction {fraction}, group regex {group_regex!r}): {len(train)} train / "
               f"{len(test)} test images, {n_train_g} / {n_test_g} groups; test groups also in "
               f"val: {len(shared)}\n")
-    return _write(Path(out_dir).expanduser().resolve(), {"train": train, "test": test}, spec,
-                  {"val": spec.splits["val"]}, header)
+    return write_file_lists(Path(out_dir).expanduser().resolve(), {"train": train, "test": test},
+                            spec, {"val": spec.splits["val"]}, header)
 
 
 __all__ = ["DEFAULT_GROUP_REGEX", "group_of", "grouped_partition", "held_out_split",
-           "split_by_group"]
+           "split_by_group", "write_file_lists"]
