@@ -113,3 +113,20 @@ def test_real_data_mixed_clips(real_data: Path) -> None:
     out = buf.getvalue()
     assert "Clips with more than one view label (32" in out and "0.905 (1065 of 1177" in out
     assert np.isfinite(loo["agreement"])
+
+
+def test_split_reports_clips_across_train_and_val(tmp_path: Path) -> None:
+    from medmtl.data.synth import generate
+
+    y = generate(tmp_path / "d", n_train=40, n_val=10, imgsz=32, seed=8)
+    ok = CliRunner().invoke(app, ["split", "--data", str(y), "--out", str(tmp_path / "s1")])
+    assert ok.exit_code == 0 and "warning" not in ok.output
+    assert "clips in both (clip regex" in (tmp_path / "s1" / "data.yaml").read_text()
+    assert "): 0\n" in (tmp_path / "s1" / "data.yaml").read_text().splitlines(True)[0]
+    # a "patient" regex that makes every frame its own group splits clips
+    bad = CliRunner().invoke(app, ["split", "--data", str(y), "--out", str(tmp_path / "s2"),
+                                   "--group-regex", r"^(.+)\.jpg$"], env={"COLUMNS": "300"})
+    assert bad.exit_code == 0 and "clip(s) have frames in both train and val" in bad.output
+    n = int(bad.output.split("warning: ")[1].split(" clip(s)")[0])
+    head = (tmp_path / "s2" / "data.yaml").read_text().splitlines()[0]
+    assert n > 0 and head.endswith(f"): {n}")

@@ -64,14 +64,14 @@ def audit(
     size: Annotated[str, Opt(help="Model size of the fold runs (n, s, m)",
                              rich_help_panel=_LI)] = "n",
     batch: Annotated[int, Opt(min=1, help="Batch of the fold runs", rich_help_panel=_LI)] = 16,
-    seed: Annotated[int, Opt(min=0, help="Seed of the folds and runs", rich_help_panel=_LI)] = 0,
+    seed: Annotated[int, Opt(min=0, help="Seed of the fold runs", rich_help_panel=_LI)] = 0,
     device: Annotated[str, Opt(help="Device of the fold runs", rich_help_panel=_LI)] = "auto",
     workers: Annotated[int, Opt(min=0, help="Loader workers of the fold runs",
                                 rich_help_panel=_LI)] = 0,
     box_conf: Annotated[float, Opt(min=0.0, max=1.0, help="Predicted boxes at or above this "
                                    "score are the suggested box label", rich_help_panel=_LI)]
     = 0.25,
-    review_max: Annotated[int, Opt(min=1, help="At most this many rows on the review page",
+    review_max: Annotated[int, Opt(min=1, help="At most this many rows per field (view, boxes) on the review page",
                                    rich_help_panel=_LI)] = 400,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits
@@ -116,13 +116,25 @@ def split(
     by_group: Annotated[bool, Opt("--by-group/--no-by-group", help="Keep groups whole")] = True,
     val: Annotated[float, Opt(help="Fraction of images for validation")] = 0.2,
     seed: Annotated[int, Opt()] = 0,
-    group_regex: Annotated[str, Opt()] = r"^([^-]+)-",
+    group_regex: Annotated[str, Opt(help="Regex whose first group is the patient id (the group "
+                                         "kept whole)")] = r"^([^-]+)-",
+    clip_regex: Annotated[str, Opt(help="Regex whose first group, on the file stem, is the clip "
+                                        "id: clips split across train/val are reported")]
+    = DEFAULT_CLIP_REGEX,
 ) -> None:
     """Re-split train+val so that no group (patient) is in both; writes file lists, no copies."""
-    from medmtl.data.splits import split_by_group
+    from medmtl.data.splits import crossing_clips, split_by_group
 
     if not by_group:
         raise typer.BadParameter("only grouped splitting is offered: a random frame split leaks "
                                  "patients", param_hint="--by-group")
-    path = split_by_group(data, val_fraction=val, seed=seed, out_dir=out, group_regex=group_regex)
+    path = split_by_group(data, val_fraction=val, seed=seed, out_dir=out, group_regex=group_regex,
+                          clip_regex=clip_regex)
+    lists = [[Path(p) for p in (path.parent / f"{s}.txt").read_text().split("\n") if p]
+             for s in ("train", "val")]
+    crossing = crossing_clips(*lists, clip_regex=clip_regex)
+    if crossing:
+        err.print(f"[yellow]warning:[/] {len(crossing)} clip(s) have frames in both train and "
+                  f"val (e.g. {', '.join(crossing[:3])}): --group-regex does not keep clips "
+                  "whole", soft_wrap=True, markup=True)
     console.print(f"wrote {path}")

@@ -2,7 +2,7 @@
 ranking.
 
 A fold run is an ordinary run directory whose val split is the held-out fold (patients never cross
-folds: scikit-learn's GroupKFold over `GroupPattern.patient_of`). It is validated once, after the
+folds: scikit-learn's GroupKFold over `GroupPattern.patient_of`, sizes balanced). It is validated once, after the
 last epoch, so nothing is selected on the held-out labels; its `eval/view_predictions.json` and
 `eval/predictions.json` are the out-of-fold predictions, read back by
 `medmtl.labelissues.oof.read_runs` exactly as a user's own runs are.
@@ -41,8 +41,10 @@ class FoldTrainer(Trainer):
         return m
 
 
-def assign_folds(pool: Pool, folds: int, seed: int, pattern: GroupPattern) -> np.ndarray:
-    """(N,) fold index per image: scikit-learn's GroupKFold over patients (shuffled by seed)."""
+def assign_folds(pool: Pool, folds: int, pattern: GroupPattern) -> np.ndarray:
+    """(N,) fold index per image: scikit-learn's GroupKFold over patients, unshuffled (it then
+    balances the folds' image counts, largest patient first; shuffled it does not, and one
+    patient can hold a sixth of the frames). Deterministic; no seed."""
     from sklearn.model_selection import GroupKFold
 
     patients = [pattern.patient_of(r.path) for r in pool.records]
@@ -51,7 +53,7 @@ def assign_folds(pool: Pool, folds: int, seed: int, pattern: GroupPattern) -> np
         raise ValueError(f"--folds {folds}: needs 2 <= folds <= patients ({n_groups} with "
                          f"--group-regex {pattern.patient!r})")
     out = np.full(len(patients), -1, np.int64)
-    kf = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    kf = GroupKFold(n_splits=folds)
     for k, (_, held) in enumerate(kf.split(np.zeros(len(patients)), groups=patients)):
         out[held] = k
     return out
@@ -78,7 +80,7 @@ def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "clas
             continue
         keep = [r.path for r, f in zip(pool.records, fold_of, strict=True) if f != k]
         yml = write_file_lists(out / f"fold{k}-data", {"train": keep, "val": held}, pool.spec, {},
-                               f"# fold {k} of {folds} (patient-grouped, seed {seed}): "
+                               f"# fold {k} of {folds} (patient-grouped): "
                                f"{len(keep)} train / {len(held)} held-out images\n")
         cfg = build_config("classify" if task == "classify" else "fixed", {
             "data": str(yml), "out": str(run), "epochs": epochs, "imgsz": imgsz, "batch": batch,

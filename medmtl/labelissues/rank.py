@@ -169,8 +169,16 @@ def rank_boxes(pool: Pool, oof: OOF, pattern: GroupPattern,
     rows.sort(key=lambda r: (-r["score"], r["stem"]))
     for k, r in enumerate(rows, start=1):
         r["rank"] = k
-    return rows, {"ranked": len(rows), "issues": int(issues.sum()), "box_conf": box_conf,
-                  "median_quality": float(np.median(quality))}
+    top = np.array([oof.detections[pool.stems[i]][:, 4].max(initial=0.0) for i in idx])
+    summary = {"ranked": len(rows), "issues": int(issues.sum()), "box_conf": box_conf,
+               "median_quality": float(np.median(quality)),
+               "images_with_a_prediction_over_0.5": int((top > 0.5).sum()),
+               "images_with_a_prediction_over_0.95": int((top > 0.95).sum())}
+    if not (top > 0.5).any():
+        summary["note"] = ("no predicted box scores above 0.5, the least cleanlab uses (0.95 "
+                           "for swapped and overlooked boxes): the boxes are not judged; train "
+                           "longer (--epochs) for box issues")
+    return rows, summary
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:

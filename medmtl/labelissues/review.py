@@ -74,11 +74,14 @@ def _script() -> str:
 def review_items(rows: list[dict[str, Any]], boxes_of: dict[str, np.ndarray],
                  max_items: int = 400) -> list[dict[str, Any]]:
     """The rows a reviewer should see: flagged or with a suggestion that differs from the label,
-    highest score first, at most ``max_items``; each with its thumbnail."""
-    pick = [r for r in rows if r["issue"] or r["suggested"] != r["given"]]
-    pick.sort(key=lambda r: -r["score"])
+    highest score first, at most ``max_items`` per field (view, boxes); each with its thumbnail."""
+    pick = []
+    for field in ("view", "boxes"):
+        mine = [r for r in rows if r["field"] == field and (r["issue"] or
+                                                            r["suggested"] != r["given"])]
+        pick += sorted(mine, key=lambda r: -r["score"])[:max_items]
     items = []
-    for r in pick[:max_items]:
+    for r in pick:
         pred = np.asarray(r["pred_boxes"]) if r.get("pred_boxes") else None
         items.append({k: r[k] for k in ("field", "rank", "stem", "clip", "given", "suggested",
                                         "clip_majority", "clip_votes", "score", "model_quality",

@@ -18,7 +18,7 @@ def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: di
                       log: Callable[[str], None]) -> OOF:
     from medmtl.labelissues.folds import assign_folds, train_folds
 
-    fold_of = assign_folds(pool, settings["folds"], settings["seed"], pattern)
+    fold_of = assign_folds(pool, settings["folds"], pattern)
     manifest = {"settings": settings, "folds": dict(zip(pool.stems, fold_of.tolist(),
                                                           strict=True))}
     mpath = out / "folds" / "folds.json"
@@ -78,15 +78,16 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
              f"boxes: {box_sum.get('issues', 0)} flagged of {box_sum['ranked']} ranked"
              + (f" ({box_sum['skipped']})" if "skipped" in box_sum else ""),
              f"shown here: {len(items)} rows (flagged or with a different suggestion, highest "
-             f"score first{', capped' if len(items) == review_max else ''}); every row is in "
-             f"{csv_path.name}"]
+             f"score first, at most {review_max} per field); every row is in {csv_path.name}"]
     page = write_review_page(out / "review.html", items, list(pool.spec.cls_names),
                              f"Label review: {Path(yaml_path).name}", lines)
     summary = {"data": str(pool.spec.yaml_path), "images": len(pool.records),
                "source": source, "sources": oof.sources, "settings": settings,
                "clip_regex": pattern.clip, "clip_threshold": clip_threshold,
                "views": view_sum, "boxes": box_sum, "flagged": flagged,
-               "review_rows": len(items), "notes": oof.notes + view_sum["notes"],
+               "review_rows": len(items),
+               "notes": oof.notes + view_sum["notes"] + ([box_sum["note"]] if "note" in box_sum
+                                                         else []),
                "csv": str(csv_path), "review": str(page)}
     (out / "label_issues.json").write_text(json.dumps(summary, indent=2))
     for line in lines[1:3] + [f"note: {n}" for n in summary["notes"]]:
