@@ -113,6 +113,13 @@ def test_fold_runs_are_patient_grouped_and_cover_every_image(tmp_path: Path,
         assert len(vp["images"]) == sum(v == k for v in fold_of.values())
     assert s["views"]["with_probabilities"] == 104 and s["boxes"]["ranked"] == 0
     assert s["views"]["clip_issues"] >= 9  # the clip signal does not need a good model
+    # the same runs given with --runs rank the same
+    res = CliRunner().invoke(app, ["audit", "--data", str(y), "--label-issues", "--out",
+                                   str(tmp_path / "again"), "--runs", str(out / "folds" / "fold0"),
+                                   "--runs", str(out / "folds" / "fold1")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "again" / "label_issues.csv").read_text() == \
+        (out / "label_issues.csv").read_text()
     # a rerun keeps the finished folds; other settings in the same folder are refused
     logs.clear()
     label_issues(y, out, **kw)
