@@ -86,6 +86,7 @@ def review_items(rows: list[dict[str, Any]], boxes_of: dict[str, np.ndarray],
         items.append({k: r[k] for k in ("field", "rank", "stem", "clip", "given", "suggested",
                                         "clip_majority", "clip_votes", "score", "model_quality",
                                         "model_issue", "clip_issue")}
+                     | {"probs": r.get("probs")}
                      | {"key": f"{r['field']}:{r['stem']}",
                         "thumb": thumbnail(r["image"], boxes_of.get(r["stem"], np.zeros((0, 4))),
                                            pred if r["field"] == "boxes" else None)})

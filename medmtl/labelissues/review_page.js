@@ -85,6 +85,7 @@ if (typeof document !== "undefined") {
       el("div", { class: "kv" }, el("span", {}, it.field === "view" ? "given view" : "given boxes"), el("pre", {}, fmt(it.given))),
       el("div", { class: "kv" }, el("span", {}, "suggested"), el("pre", { class: "sugg" }, fmt(it.suggested))),
       it.field === "view" ? el("div", { class: "kv" }, el("span", {}, "clip majority"), el("pre", {}, (it.clip_majority || "-") + (it.clip_votes ? "  (" + it.clip_votes + ")" : ""))) : "",
+      it.probs ? el("div", { class: "kv" }, el("span", {}, "model"), el("pre", {}, DATA.cls_names.map((n, k) => n + " " + it.probs[k].toFixed(2)).join("  "))) : "",
       el("div", { class: "kv" }, el("span", {}, "score"), el("pre", {}, it.score.toFixed(3) + "  flagged by: " + sig + (it.model_quality === null ? "" : "  model quality " + it.model_quality.toFixed(3)))),
       el("div", { class: "actions" }, btn("accept", "Accept"), btn("reject", "Reject"), btn("edit", "Edit")),
       d.state === "edit" ? editor(it, d) : "",
