@@ -264,3 +264,37 @@ def test_review_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count('<article class="card') == len(flipped)
     assert f"{len(flipped)} shown, 0 of {len(flipped)} decided" in out.stdout
+
+
+def test_adjusted_probabilities_undo_a_bias_against_one_view(tmp_path: Path) -> None:
+    """A model that never predicts A4C (as the short runs on the real data): with raw
+    probabilities every clean A4C frame gets PLAX suggested and ranks right after the flips;
+    cleanlab's class-threshold adjustment (the default) removes that."""
+    from medmtl.labelissues.rank import rank_views
+
+    y, truth, flipped = _flipped_set(tmp_path / "d")
+    pool = load_pool(y)
+    rng = np.random.default_rng(3)
+    probs = {}
+    for stem, v in truth.items():
+        p = np.full(3, 0.05) + rng.dirichlet([2.0, 2.0, 2.0]) * 0.05
+        p[v] += 0.55 if v else 0.25  # the true view, but true A4C frames lean to PLAX
+        if v == 0:
+            p[1] += 0.35
+        probs[stem] = p / p.sum()
+    assert sum(int(np.argmax(p)) == 0 for p in probs.values()) == 0
+    a4c = {s for s, v in truth.items() if v == 0 and s not in flipped}
+    alone = GroupPattern(clip=r"^(.+)$")  # every frame its own clip: the model signal alone
+    res = {}
+    for pattern in (alone, GroupPattern()):
+        for adjust in (False, True):
+            rows, s = rank_views(pool, OOF(view_probs=probs), pattern, adjust=adjust)
+            assert s["probabilities_adjusted"] is adjust and s["predicted_per_view"]["A4C"] == 0
+            assert {r["stem"] for r in rows[:len(flipped)]} == set(flipped)
+            res[pattern is alone, adjust] = (
+                sum(r["stem"] in a4c and r["suggested"] != r["given"] for r in rows),
+                sum(r["stem"] in a4c for r in rows[len(flipped):len(flipped) + 30]))
+    # measured (30 clean A4C frames): model alone, raw suggests PLAX for all 30, adjusted for
+    # none; with clips, ranks 11-40 hold 29 clean A4C frames raw, 12 adjusted
+    assert len(a4c) == 30 and res[True, False][0] == 30 and res[True, True][0] == 0
+    assert res[False, False][1] >= 25 and res[False, True][1] <= 15

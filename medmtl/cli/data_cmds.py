@@ -71,6 +71,10 @@ def audit(
     box_conf: Annotated[float, Opt(min=0.0, max=1.0, help="Predicted boxes at or above this "
                                    "score are the suggested box label", rich_help_panel=_LI)]
     = 0.25,
+    adjust_probs: Annotated[bool, Opt("--adjust-probs/--raw-probs", help="Adjust the view "
+                                      "probabilities for class imbalance (cleanlab's "
+                                      "adjust_pred_probs) before ranking", rich_help_panel=_LI)]
+    = True,
     review_max: Annotated[int, Opt(min=1, help="At most this many rows per field (view, boxes) on the review page",
                                    rich_help_panel=_LI)] = 400,
 ) -> None:
@@ -103,7 +107,7 @@ def audit(
                              clip_threshold=clip_threshold, probs=probs, runs=runs, folds=folds,
                              task=task, epochs=epochs, imgsz=imgsz, size=size, batch=batch,
                              seed=seed, device=device, workers=workers, box_conf=box_conf,
-                             review_max=review_max, log=console.print)
+                             review_max=review_max, adjust=adjust_probs, log=console.print)
         except (ValueError, FileNotFoundError) as e:
             err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None

@@ -1,8 +1,10 @@
 """Ranking of likely label errors: views by confident learning combined with clip consistency,
 boxes by cleanlab's object-detection label quality.
 
-View rule (per image with a view label; ``p`` = its out-of-sample probabilities, ``s`` = the view
-shares of the other labelled frames of its clip, `medmtl.data.consistency.loo_clip_counts`):
+View rule (per image with a view label; ``p`` = its out-of-sample probabilities, adjusted for
+class imbalance as cleanlab's ``adjust_pred_probs`` does (`adjust_probs`; ``adjust=False`` keeps
+them raw), ``s`` = the view shares of the other labelled frames of its clip,
+`medmtl.data.consistency.loo_clip_counts`):
 
 * support ``m_v = (p_v + s_v) / 2`` when both exist, else whichever exists;
 * ``score = 1 - m_given`` (0: both signals back the label, 1: neither does), the rank order;
@@ -11,7 +13,7 @@ shares of the other labelled frames of its clip, `medmtl.data.consistency.loo_cl
   ``clip_issue``: the clip majority disagrees with more than the clip threshold
   (`medmtl.data.consistency.clip_flags`); ``issue = model_issue or clip_issue``.
 
-``model_quality`` is cleanlab's self-confidence ``p_given``. Box rows: ``model_quality`` is
+``model_quality`` is cleanlab's self-confidence ``p_given`` (of the adjusted ``p``). Box rows: ``model_quality`` is
 `cleanlab.object_detection.rank.get_label_quality_scores`, ``score = 1 - quality``, ``issue`` its
 `find_label_issues`, ``suggested`` the predicted boxes with score >= ``box_conf``.
 """
@@ -46,12 +48,23 @@ def yolo_lines(boxes: np.ndarray, classes: np.ndarray, width: int, height: int) 
     return ";".join(out)
 
 
-def _cleanlab_view_issues(labels: np.ndarray, probs: np.ndarray,
+def adjust_probs(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """cleanlab's class-imbalance adjustment (``adjust_pred_probs``): subtract each class's
+    confident threshold (its mean self-confidence), shift by the largest, renormalise."""
+    from cleanlab.count import get_confident_thresholds
+
+    t = get_confident_thresholds(labels, probs)
+    adj = probs - t + t.max()
+    return adj / adj.sum(axis=1, keepdims=True)
+
+
+def _cleanlab_view_issues(labels: np.ndarray, probs: np.ndarray, adjust: bool,
                           notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    quality = get_label_quality_scores(labels, probs, method="self_confidence",
+                                       adjust_pred_probs=adjust)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -65,8 +78,8 @@ def _cleanlab_view_issues(labels: np.ndarray, probs: np.ndarray,
     return np.asarray(quality, np.float64), np.asarray(issues, bool)
 
 
-def rank_views(pool: Pool, oof: OOF, pattern: GroupPattern,
-               clip_threshold: float = 0.5) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def rank_views(pool: Pool, oof: OOF, pattern: GroupPattern, clip_threshold: float = 0.5,
+               adjust: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per image with a view label (see the module docstring), best candidates first."""
     names = list(pool.spec.cls_names)
     nv = len(names)
@@ -81,10 +94,20 @@ def rank_views(pool: Pool, oof: OOF, pattern: GroupPattern,
     probs = np.stack([oof.view_probs.get(pool.stems[i], np.full(nv, np.nan)) for i in lab_idx]) \
         if lab_idx else np.zeros((0, nv))
     notes: list[str] = []
+    raw = probs.copy()
+    probs_raw_argmax = raw[has_p].argmax(1) if has_p.any() else np.zeros(0, np.int64)
     quality = np.full(len(lab_idx), np.nan)
     missue = np.zeros(len(lab_idx), bool)
     if has_p.any():
-        quality[has_p], missue[has_p] = _cleanlab_view_issues(given[has_p], probs[has_p], notes)
+        present = np.unique(given[has_p])
+        if adjust and len(present) < nv:
+            notes.append(f"views {[names[k] for k in range(nv) if k not in present]} have no "
+                         "example with probabilities: probabilities not adjusted")
+            adjust = False
+        quality[has_p], missue[has_p] = _cleanlab_view_issues(given[has_p], probs[has_p],
+                                                              adjust, notes)
+        if adjust:
+            probs[has_p] = adjust_probs(given[has_p], probs[has_p])
     total = counts.sum(1, keepdims=True)
     share = np.where(total > 0, counts / np.maximum(total, 1), np.nan)
     has_s = total[:, 0] > 0
@@ -106,11 +129,11 @@ def rank_views(pool: Pool, oof: OOF, pattern: GroupPattern,
             "model_quality": None if np.isnan(quality[j]) else float(quality[j]),
             "model_issue": bool(missue[j]), "clip_issue": bool(cflag[j]),
             "issue": bool(missue[j] or cflag[j]), "image": str(rec.path),
-            "probs": None if not has_p[j] else [round(float(x), 4) for x in probs[j]]})
+            "probs": None if not has_p[j] else [round(float(x), 4) for x in raw[j]]})
     rows.sort(key=lambda r: (-r["score"], r["stem"]))
     for k, r in enumerate(rows, start=1):
         r["rank"] = k
-    acc = float((probs[has_p].argmax(1) == given[has_p]).mean()) if has_p.any() else None
+    acc = float((probs_raw_argmax == given[has_p]).mean()) if has_p.any() else None
     summary = {
         "images_with_view": len(lab_idx), "ranked": len(rows),
         "with_probabilities": int(has_p.sum()), "with_clip_votes": int(has_s.sum()),
@@ -120,6 +143,9 @@ def rank_views(pool: Pool, oof: OOF, pattern: GroupPattern,
         "issues": sum(r["issue"] for r in rows),
         "suggested_differs": sum(r["suggested"] != r["given"] for r in rows),
         "issues_by_given": dict(Counter(r["given"] for r in rows if r["issue"])),
+        "probabilities_adjusted": bool(adjust and has_p.any()),
+        "predicted_per_view": dict(zip(names, np.bincount(probs_raw_argmax, minlength=nv)
+                                       .tolist(), strict=True)),
         "notes": notes}
     missing = len(lab_idx) - int(has_p.sum())
     if missing:
@@ -174,10 +200,11 @@ def rank_boxes(pool: Pool, oof: OOF, pattern: GroupPattern,
                "median_quality": float(np.median(quality)),
                "images_with_a_prediction_over_0.5": int((top > 0.5).sum()),
                "images_with_a_prediction_over_0.95": int((top > 0.95).sum())}
-    if not (top > 0.5).any():
-        summary["note"] = ("no predicted box scores above 0.5, the least cleanlab uses (0.95 "
-                           "for swapped and overlooked boxes): the boxes are not judged; train "
-                           "longer (--epochs) for box issues")
+    if not (top > 0.95).any():
+        summary["note"] = (f"no predicted box scores above 0.95, so cleanlab judges no swapped "
+                           f"class or overlooked box, and only the {int((top > 0.5).sum())} "
+                           f"images with a box above 0.5 for its location: the box ranking "
+                           "says little; train longer (--epochs) or give better runs (--runs)")
     return rows, summary
 
 
@@ -194,4 +221,4 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-__all__ = ["CSV_COLUMNS", "rank_boxes", "rank_views", "write_csv", "yolo_lines"]
+__all__ = ["CSV_COLUMNS", "adjust_probs", "rank_boxes", "rank_views", "write_csv", "yolo_lines"]

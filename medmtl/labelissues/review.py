@@ -73,12 +73,13 @@ def _script() -> str:
 
 def review_items(rows: list[dict[str, Any]], boxes_of: dict[str, np.ndarray],
                  max_items: int = 400) -> list[dict[str, Any]]:
-    """The rows a reviewer should see: flagged or with a suggestion that differs from the label,
-    highest score first, at most ``max_items`` per field (view, boxes); each with its thumbnail."""
+    """The rows a reviewer should see, highest score first, at most ``max_items`` per field: view
+    rows flagged or with a suggestion that differs from the label, box rows flagged (predicted
+    boxes never equal the label to the digit); each with its thumbnail."""
     pick = []
     for field in ("view", "boxes"):
-        mine = [r for r in rows if r["field"] == field and (r["issue"] or
-                                                            r["suggested"] != r["given"])]
+        mine = [r for r in rows if r["field"] == field and (
+            r["issue"] or (field == "view" and r["suggested"] != r["given"]))]
         pick += sorted(mine, key=lambda r: -r["score"])[:max_items]
     items = []
     for r in pick:

@@ -41,7 +41,8 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
                  runs: Sequence[Path] | None = None, folds: int = 5, task: str = "classify",
                  epochs: int = 3, imgsz: int = 128, size: str = "n", batch: int = 16,
                  seed: int = 0, device: str = "auto", workers: int = 0, box_conf: float = 0.25,
-                 review_max: int = 400, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 review_max: int = 400, adjust: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Rank likely label errors of every image but the test split's and write ``out/``:
     ``label_issues.csv`` (all ranked rows), ``review.html`` (the flagged ones) and
     ``label_issues.json`` (settings, counts, notes). Returns that summary."""
@@ -63,7 +64,7 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
             f"{workers_note}) for out-of-fold predictions under {out / 'folds'}")
         oof = _fold_predictions(pool, out, pattern, settings, log)
         source = f"{folds}-fold out-of-fold predictions ({task}, {epochs} epochs, {imgsz} px)"
-    view_rows, view_sum = rank_views(pool, oof, pattern, clip_threshold)
+    view_rows, view_sum = rank_views(pool, oof, pattern, clip_threshold, adjust)
     box_rows, box_sum = rank_boxes(pool, oof, pattern, box_conf)
     csv_path = write_csv(view_rows + box_rows, out / "label_issues.csv")
     boxes_of = {s: r.boxes for s, r in zip(pool.stems, pool.records, strict=True)}
@@ -77,13 +78,15 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
              f"{'-' if acc is None else f'{acc:.3f}'}",
              f"boxes: {box_sum.get('issues', 0)} flagged of {box_sum['ranked']} ranked"
              + (f" ({box_sum['skipped']})" if "skipped" in box_sum else ""),
-             f"shown here: {len(items)} rows (flagged or with a different suggestion, highest "
-             f"score first, at most {review_max} per field); every row is in {csv_path.name}"]
+             f"shown here: {len(items)} rows (views flagged or with a different suggestion, "
+             f"boxes flagged; highest score first, at most {review_max} per field); every row "
+             f"is in {csv_path.name}"]
     page = write_review_page(out / "review.html", items, list(pool.spec.cls_names),
                              f"Label review: {Path(yaml_path).name}", lines)
     summary = {"data": str(pool.spec.yaml_path), "images": len(pool.records),
                "source": source, "sources": oof.sources, "settings": settings,
                "clip_regex": pattern.clip, "clip_threshold": clip_threshold,
+               "adjust_probs": adjust,
                "views": view_sum, "boxes": box_sum, "flagged": flagged,
                "review_rows": len(items),
                "notes": oof.notes + view_sum["notes"] + ([box_sum["note"]] if "note" in box_sum
