@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from medmtl.cli.app import Opt, app, console
+from medmtl.cli.app import Opt, app, console, err
+from medmtl.data.groups import DEFAULT_CLIP_REGEX
 
 
 @app.command()
@@ -30,11 +31,20 @@ def synth(
     console.print(f"wrote {yaml_path}")
 
 
+_LI = "Label issues (--label-issues)"
+
+
 @app.command()
 def audit(
     data: Annotated[Path, Opt(help="Dataset YAML")],
     group_regex: Annotated[str, Opt(help="Regex whose first group is the patient/group id")]
     = r"^([^-]+)-",
+    clip_regex: Annotated[str, Opt(help="Regex whose first group, on the file stem, is the clip "
+                                        "id (default fits <patient>-<clip>.mp4-<frame>)")]
+    = DEFAULT_CLIP_REGEX,
+    clip_threshold: Annotated[float, Opt(min=0.0, max=0.99, help="Flag a frame when the other "
+                                         "frames' majority view disagrees and holds more than "
+                                         "this share of them")] = 0.5,
     json_out: Annotated[Path | None, Opt("--json", help="Also write the report as JSON")] = None,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
                                                  "applied on top of the label files")] = None,
@@ -43,14 +53,52 @@ def audit(
                                      "headers only, faster)")] = True,
     max_boxes: Annotated[int, Opt(min=1, help="Boxes per image above which a label file is an "
                                               "error")] = 1000,
+    label_issues: Annotated[bool, Opt("--label-issues", help="Also rank likely view and box "
+                                      "label errors (cleanlab + clip consistency): writes a CSV "
+                                      "and review.html", rich_help_panel=_LI)] = False,
+    out: Annotated[Path, Opt(help="Folder for the label-issue outputs and fold runs",
+                             rich_help_panel=_LI)] = Path("label_issues"),
+    probs: Annotated[Path | None, Opt(help="Out-of-sample view probabilities (CSV: stem + one "
+                                      "column per view) instead of training folds",
+                                      rich_help_panel=_LI)] = None,
+    runs: Annotated[list[Path] | None, Opt("--runs", help="Finished run folders whose val "
+                                           "predictions (eval/) are out-of-sample; repeatable",
+                                           rich_help_panel=_LI)] = None,
+    folds: Annotated[int, Opt(min=2, help="Patient-grouped folds (short runs)",
+                              rich_help_panel=_LI)] = 5,
+    task: Annotated[str, Opt(help="Fold runs: classify (views only) | joint (views + boxes)",
+                             rich_help_panel=_LI)] = "classify",
+    epochs: Annotated[int, Opt(min=1, help="Epochs per fold run", rich_help_panel=_LI)] = 3,
+    imgsz: Annotated[int, Opt(min=32, help="Image side of the fold runs",
+                              rich_help_panel=_LI)] = 128,
+    size: Annotated[str, Opt(help="Model size of the fold runs (n, s, m)",
+                             rich_help_panel=_LI)] = "n",
+    batch: Annotated[int, Opt(min=1, help="Batch of the fold runs", rich_help_panel=_LI)] = 16,
+    seed: Annotated[int, Opt(min=0, help="Seed of the fold runs", rich_help_panel=_LI)] = 0,
+    device: Annotated[str, Opt(help="Device of the fold runs", rich_help_panel=_LI)] = "auto",
+    workers: Annotated[int, Opt(min=0, help="Loader workers of the fold runs",
+                                rich_help_panel=_LI)] = 0,
+    box_conf: Annotated[float, Opt(min=0.0, max=1.0, help="Predicted boxes at or above this "
+                                   "score are the suggested box label", rich_help_panel=_LI)]
+    = 0.25,
+    adjust_probs: Annotated[bool, Opt("--adjust-probs/--raw-probs", help="Adjust the view "
+                                      "probabilities for class imbalance (cleanlab's "
+                                      "adjust_pred_probs) before ranking", rich_help_panel=_LI)]
+    = True,
+    review_max: Annotated[int, Opt(min=1, help="At most this many rows per field (view, boxes) on the review page",
+                                   rich_help_panel=_LI)] = 400,
 ) -> None:
-    """Count images, boxes, views and label problems per split; find groups leaking across splits."""
+    """Count images, boxes, views and label problems per split; find groups leaking across splits
+    and clips whose frames carry different view labels; with --label-issues rank likely label
+    errors for review."""
     from medmtl.data.audit import audit_dataset, render_audit
     from medmtl.data.corrections import CorrectionError
+    from medmtl.data.groups import GroupPattern
 
     try:
         report = audit_dataset(data, group_regex=group_regex, corrections=corrections,
-                              decode=decode, max_boxes=max_boxes)
+                               decode=decode, max_boxes=max_boxes, clip_regex=clip_regex,
+                               clip_threshold=clip_threshold)
     except CorrectionError as e:
         raise typer.BadParameter(str(e), param_hint="--corrections") from None
     console.print(render_audit(report))
@@ -58,6 +106,26 @@ def audit(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_out}")
+    if label_issues:
+        from rich.markup import escape
+
+        from medmtl.labelissues.run import label_issues as run_label_issues
+
+        if task not in ("classify", "joint"):
+            raise typer.BadParameter(f"{task!r}: classify or joint", param_hint="--task")
+        if size not in ("n", "s", "m"):
+            raise typer.BadParameter(f"{size!r}: n, s or m", param_hint="--size")
+        if imgsz % 32:
+            raise typer.BadParameter(f"{imgsz} is not a multiple of 32", param_hint="--imgsz")
+        try:
+            run_label_issues(data, out, pattern=GroupPattern(group_regex, clip_regex),
+                             clip_threshold=clip_threshold, probs=probs, runs=runs, folds=folds,
+                             task=task, epochs=epochs, imgsz=imgsz, size=size, batch=batch,
+                             seed=seed, device=device, workers=workers, box_conf=box_conf,
+                             review_max=review_max, adjust=adjust_probs, log=console.print)
+        except (ValueError, FileNotFoundError) as e:
+            err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(2) from None
 
 
 @app.command()
@@ -67,13 +135,25 @@ def split(
     by_group: Annotated[bool, Opt("--by-group/--no-by-group", help="Keep groups whole")] = True,
     val: Annotated[float, Opt(help="Fraction of images for validation")] = 0.2,
     seed: Annotated[int, Opt()] = 0,
-    group_regex: Annotated[str, Opt()] = r"^([^-]+)-",
+    group_regex: Annotated[str, Opt(help="Regex whose first group is the patient id (the group "
+                                         "kept whole)")] = r"^([^-]+)-",
+    clip_regex: Annotated[str, Opt(help="Regex whose first group, on the file stem, is the clip "
+                                        "id: clips split across train/val are reported")]
+    = DEFAULT_CLIP_REGEX,
 ) -> None:
     """Re-split train+val so that no group (patient) is in both; writes file lists, no copies."""
-    from medmtl.data.splits import split_by_group
+    from medmtl.data.splits import crossing_clips, split_by_group
 
     if not by_group:
         raise typer.BadParameter("only grouped splitting is offered: a random frame split leaks "
                                  "patients", param_hint="--by-group")
-    path = split_by_group(data, val_fraction=val, seed=seed, out_dir=out, group_regex=group_regex)
+    path = split_by_group(data, val_fraction=val, seed=seed, out_dir=out, group_regex=group_regex,
+                          clip_regex=clip_regex)
+    lists = [[Path(p) for p in (path.parent / f"{s}.txt").read_text().split("\n") if p]
+             for s in ("train", "val")]
+    crossing = crossing_clips(*lists, clip_regex=clip_regex)
+    if crossing:
+        err.print(f"[yellow]warning:[/] {len(crossing)} clip(s) have frames in both train and "
+                  f"val (e.g. {', '.join(crossing[:3])}): --group-regex does not keep clips "
+                  "whole", soft_wrap=True, markup=True)
     console.print(f"wrote {path}")

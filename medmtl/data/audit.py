@@ -1,4 +1,5 @@
-"""Data-set audit (counts, label problems, sizes, patient leakage) and patient-grouped splitting."""
+"""Data-set audit: counts, label problems, sizes, patient leakage, and the view labels' clip
+consistency (`medmtl.data.consistency`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 from rich.console import Group
 from rich.table import Table
 
+from medmtl.data.consistency import DEFAULT_CLIP_THRESHOLD, clip_consistency, render_consistency
 from medmtl.data.corrections import Corrections, load_corrections
 from medmtl.data.dataset_yaml import load_data_yaml
+from medmtl.data.groups import DEFAULT_CLIP_REGEX, GroupPattern
 from medmtl.data.labels import MAX_BOXES, SplitIndex, scan_split
 from medmtl.data.splits import DEFAULT_GROUP_REGEX, group_of
 
@@ -76,24 +79,31 @@ def check_corrections(data_yaml: str | Path, path: str | Path) -> Corrections:
 def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
                   first_problems: int = 10,
                   corrections: str | Path | None = None, decode: bool = True,
-                  max_boxes: int = MAX_BOXES) -> dict[str, Any]:
+                  max_boxes: int = MAX_BOXES, clip_regex: str = DEFAULT_CLIP_REGEX,
+                  clip_threshold: float = DEFAULT_CLIP_THRESHOLD) -> dict[str, Any]:
     """JSON-serialisable audit of every split of a dataset YAML (see the module docstring), with
     a corrections file (`medmtl.data.corrections`) applied on top of the labels when given.
-    ``decode``: decode every image (corrupt files are named); False checks headers only."""
+    ``decode``: decode every image (corrupt files are named); False checks headers only.
+    ``consistency``: the clips whose frames carry different view labels, over all splits pooled
+    (`medmtl.data.consistency.clip_consistency`)."""
+    pattern = GroupPattern(patient=group_regex, clip=clip_regex)
     spec = load_data_yaml(yaml_path)
     corr = load_corrections(corrections, spec) if corrections is not None else None
     splits: dict[str, Any] = {}
     groups: dict[str, Counter[str]] = {}
+    views: list[tuple[str, Path, int | None]] = []
     for name, src in spec.splits.items():
         idx = scan_split(spec, name, corrections=corr, decode=decode, max_boxes=max_boxes)
         rep = _split_report(idx, first_problems)
         rep["source"] = str(src)
         splits[name] = rep
         groups[name] = Counter(group_of(r.path, group_regex) for r in idx.records)
+        views += [(name, r.path, r.view) for r in idx.records]
     return {"yaml": str(spec.yaml_path), "root": str(spec.root), "names": spec.names,
             "cls_names": spec.cls_names, "splits": splits,
             "leakage": _leakage(groups, group_regex),
-            "corrections": corr.record() if corr is not None else None}
+            "corrections": corr.record() if corr is not None else None,
+            "consistency": clip_consistency(views, spec.cls_names, pattern, clip_threshold)}
 
 
 def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
@@ -163,4 +173,6 @@ def render_audit(report: dict[str, Any]) -> Group:
         lt.add_row(pair, str(info["shared_groups"]), imgs, ", ".join(info["examples"][:5]),
                    style=style)
     parts.append(lt)
+    if "consistency" in report:
+        parts += render_consistency(report["consistency"])
     return Group(*parts)

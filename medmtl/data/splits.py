@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from medmtl.data.dataset_yaml import DataError, DatasetSpec, list_split_images, load_data_yaml
-from medmtl.data.groups import DEFAULT_PATIENT_REGEX, patient_of
+from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX, clip_of, patient_of
 
 DEFAULT_GROUP_REGEX = DEFAULT_PATIENT_REGEX
 
@@ -62,8 +62,10 @@ def grouped_partition(paths: Sequence[Path], fraction: float, seed: int, group_r
     return kept, held, len(order) - len(held_set), len(held_set)
 
 
-def _write(out: Path, lists: dict[str, list[Path]], spec: DatasetSpec, extra: dict[str, Path],
-           header: str) -> Path:
+def write_file_lists(out: Path, lists: dict[str, list[Path]], spec: DatasetSpec,
+                     extra: dict[str, Path], header: str) -> Path:
+    """``<out>/<name>.txt`` per list (absolute image paths) and ``<out>/data.yaml`` pointing at
+    them (``path``: the data root, ``extra`` splits as given, ``names``, ``cls_names``)."""
     out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"path": str(spec.root)}
     for name, paths in lists.items():
@@ -76,12 +78,21 @@ def _write(out: Path, lists: dict[str, list[Path]], spec: DatasetSpec, extra: di
     return yml
 
 
+def crossing_clips(a: Sequence[Path], b: Sequence[Path],
+                   clip_regex: str = DEFAULT_CLIP_REGEX) -> list[str]:
+    """Clip ids (`clip_of`) with frames in both lists: none when the patient regex keeps clips
+    whole, as it should."""
+    return sorted({clip_of(p, clip_regex) for p in a} & {clip_of(p, clip_regex) for p in b})
+
+
 def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int = 0,
                    out_dir: str | Path = "splits", group_regex: str = DEFAULT_GROUP_REGEX,
-                   source_splits: tuple[str, ...] = ("train", "val")) -> Path:
+                   source_splits: tuple[str, ...] = ("train", "val"),
+                   clip_regex: str = DEFAULT_CLIP_REGEX) -> Path:
     """Pool ``source_splits``, give whole groups (patients) to val until ~``val_fraction`` of the
     images, write ``train.txt``/``val.txt`` (absolute image paths) and ``data.yaml`` (``path``: the
-    data root, ``train``/``val``/``test``: absolute paths, ``names``, ``cls_names``); return it."""
+    data root, ``train``/``val``/``test``: absolute paths, ``names``, ``cls_names``); return it.
+    The YAML's header counts the clips (``clip_regex``) with frames on both sides (0 expected)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     spec = load_data_yaml(yaml_path)
@@ -95,9 +106,10 @@ def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int =
     extra = {"test": spec.splits["test"]} if "test" in spec.splits else {}
     header = (f"# patient-grouped split of {spec.yaml_path} (seed {seed}, val_fraction "
               f"{val_fraction}, group regex {group_regex!r}): {len(train)} train / {len(val)} val "
-              f"images, {n_train_g} / {n_val_g} groups\n")
-    return _write(Path(out_dir).expanduser().resolve(), {"train": train, "val": val}, spec, extra,
-                  header)
+              f"images, {n_train_g} / {n_val_g} groups; clips in both (clip regex "
+              f"{clip_regex!r}): {len(crossing_clips(train, val, clip_regex))}\n")
+    return write_file_lists(Path(out_dir).expanduser().resolve(), {"train": train, "val": val},
+                            spec, extra, header)
 
 
 def held_out_split(yaml_path: str | Path, out_dir: str | Path, fraction: float = 0.2,
@@ -115,9 +127,9 @@ def held_out_split(yaml_path: str | Path, out_dir: str | Path, fraction: float =
               f"fraction {fraction}, group regex {group_regex!r}): {len(train)} train / "
               f"{len(test)} test images, {n_train_g} / {n_test_g} groups; test groups also in "
               f"val: {len(shared)}\n")
-    return _write(Path(out_dir).expanduser().resolve(), {"train": train, "test": test}, spec,
-                  {"val": spec.splits["val"]}, header)
+    return write_file_lists(Path(out_dir).expanduser().resolve(), {"train": train, "test": test},
+                            spec, {"val": spec.splits["val"]}, header)
 
 
-__all__ = ["DEFAULT_GROUP_REGEX", "group_of", "grouped_partition", "held_out_split",
-           "split_by_group"]
+__all__ = ["DEFAULT_GROUP_REGEX", "crossing_clips", "group_of", "grouped_partition", "held_out_split",
+           "split_by_group", "write_file_lists"]

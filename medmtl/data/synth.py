@@ -21,7 +21,8 @@ look like colour-Doppler echo:
   colour-box outline, depth ticks; plus random gain, depth (zoom), fan size and probe tilt.
 
 File names are ``<patient>-unnamed_1_<clip>.mp4-<frame>``; a patient has 1-3 clips of 2-5
-frames. A clip keeps its view, valve, anatomy, gain and depth; the frames vary the jet and the
+frames (``clip_frames``). `plant_view_flips` changes the view label of a fraction of the frames
+afterwards (label noise with a known answer, for the clip-consistency audit's tests). A clip keeps its view, valve, anatomy, gain and depth; the frames vary the jet and the
 speckle. Patients never cross splits. Views cycle over the clips (balanced); the jet class cycles
 over the valves each view shows, which gives roughly AR 34 %, MR 30 %, TR 25 %, PR 11 %.
 
@@ -46,7 +47,7 @@ from PIL import Image
 from medmtl.data.synth_render import render
 from medmtl.data.synth_scene import A4C, AR, MR, NAMES, PLAX, PR, PSAX, TR, VIEWS, make_clip
 
-__all__ = ["NAMES", "VIEWS", "generate"]
+__all__ = ["NAMES", "VIEWS", "generate", "plant_view_flips"]
 
 _MARKER = "# medmtl synthetic colour-Doppler echo data set"
 _SPLITS: tuple[tuple[str, int], ...] = (("train", 1), ("valid", 2), ("test", 3))
@@ -99,6 +100,7 @@ def _write_split(
     no_view: set[int],
     used_ids: set[str],
     view_flips: float = 0.0,
+    clip_frames: tuple[int, int] = (2, 5),
 ) -> None:
     img_dir, lbl_dir = root / split / "images", root / split / "labels"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +127,7 @@ def _write_split(
             clip_no += 1
             crng = np.random.default_rng([seed, _TAG_CLIP, code, patient, ci])
             clip = make_clip(view, cls, crng)
-            n_frames = int(crng.integers(2, 6))
+            n_frames = int(crng.integers(clip_frames[0], clip_frames[1] + 1))
             frames = sorted(crng.choice(np.arange(1, 60), size=n_frames, replace=False).tolist())
             # flips stay a minority of the frames written (the last clip may be cut short)
             flips, max_flips = 0, (min(n_frames, n - count) - 1) // 2
@@ -177,6 +179,7 @@ def generate(
     defects: bool = False,
     overwrite: bool = False,
     view_flips: float = 0.0,
+    clip_frames: tuple[int, int] = (2, 5),
 ) -> Path:
     """Write a synthetic data set in the real on-disk format; return the path of its data.yaml.
 
@@ -188,6 +191,8 @@ def generate(
     with this probability, labelled with another view than the one drawn, in every split, but
     never more than (frames - 1) // 2 frames of a clip, so that the clip majority stays the true
     view (clips of 2 frames are never flipped). The images are unchanged.
+    ``clip_frames``: the least and most frames per clip (at most 59; the default keeps the bytes
+    of earlier versions).
     An ``out`` folder that already holds a data set written here is regenerated; any other
     existing data set there raises ``FileExistsError`` unless ``overwrite=True``.
     """
@@ -198,6 +203,9 @@ def generate(
         raise ValueError(f"view_flips must be in [0, 1], got {view_flips}")
     if imgsz < 32:
         raise ValueError(f"imgsz must be >= 32, got {imgsz}")
+    if not 1 <= clip_frames[0] <= clip_frames[1] <= 59:
+        raise ValueError(f"clip_frames must be (least, most) with 1 <= least <= most <= 59, got "
+                         f"{clip_frames}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     _prepare(root, overwrite)
@@ -222,6 +230,7 @@ def generate(
             no_view if split == "train" else set(),
             used,
             view_flips,
+            clip_frames,
         )
 
     lines = [
@@ -241,3 +250,31 @@ def generate(
     yaml_path = root / "data.yaml"
     yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
     return yaml_path
+
+
+def plant_view_flips(yaml_path: str | Path, fraction: float, seed: int = 0,
+                     splits: Sequence[str] = ("train", "valid")) -> dict[str, tuple[int, int]]:
+    """Give ``round(fraction * n)`` of the view-labelled frames of ``splits`` (of a data set
+    written by `generate`) another view, drawn uniformly; rewrites their label files and returns
+    ``{stem: (old view, new view)}``. Deterministic for ``seed``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    root = Path(yaml_path).parent
+    files = sorted(f for s in splits for f in (root / s / "labels").glob("*.txt"))
+    labelled = []
+    for f in files:
+        lines = f.read_text(encoding="utf-8").splitlines()
+        if lines and lines[-1].split().count("1") == 1 and set(lines[-1].split()) <= {"0", "1"}:
+            labelled.append((f, lines))
+    rng = np.random.default_rng([seed, 16])
+    k = int(round(fraction * len(labelled)))
+    flipped: dict[str, tuple[int, int]] = {}
+    for i in sorted(rng.choice(len(labelled), size=k, replace=False).tolist()):
+        f, lines = labelled[i]
+        onehot = lines[-1].split()
+        old = onehot.index("1")
+        new = int(rng.choice([v for v in range(len(onehot)) if v != old]))
+        lines[-1] = " ".join("1" if j == new else "0" for j in range(len(onehot)))
+        f.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+        flipped[f.stem] = (old, new)
+    return flipped

@@ -1,0 +1,105 @@
+"""K short training runs on patient-grouped folds: the out-of-fold predictions of the label-issue
+ranking.
+
+A fold run is an ordinary run directory whose val split is the held-out fold (patients never cross
+folds: scikit-learn's GroupKFold over `GroupPattern.patient_of`, sizes balanced). It is validated once, after the
+last epoch, so nothing is selected on the held-out labels; its `eval/view_predictions.json` and
+`eval/predictions.json` are the out-of-fold predictions, read back by
+`medmtl.labelissues.oof.read_runs` exactly as a user's own runs are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from medmtl.data.groups import GroupPattern
+from medmtl.data.splits import write_file_lists
+from medmtl.engine.checkpoint import atomic_write_text
+from medmtl.engine.trainer import Trainer
+from medmtl.labelissues.oof import Pool
+from medmtl.methods import build_config
+
+
+class FoldTrainer(Trainer):
+    """Scores the final weights on the held-out fold and writes eval/ and metrics.json (no plots,
+    no latency timing: the run exists for its predictions)."""
+
+    fold_metrics: dict[str, Any] = {}
+
+    def finalize(self) -> dict[str, Any]:
+        m = self.validate(out_dir=self.run_dir / "eval", plots=False)
+        self.fold_metrics = m or {}
+        if self.is_main:
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(m, indent=2))
+        return m
+
+
+def assign_folds(pool: Pool, folds: int, pattern: GroupPattern) -> np.ndarray:
+    """(N,) fold index per image: scikit-learn's GroupKFold over patients, unshuffled (it then
+    balances the folds' image counts, largest patient first; shuffled it does not, and one
+    patient can hold a sixth of the frames). Deterministic; no seed."""
+    from sklearn.model_selection import GroupKFold
+
+    patients = [pattern.patient_of(r.path) for r in pool.records]
+    n_groups = len(set(patients))
+    if folds < 2 or n_groups < folds:
+        raise ValueError(f"--folds {folds}: needs 2 <= folds <= patients ({n_groups} with "
+                         f"--group-regex {pattern.patient!r})")
+    out = np.full(len(patients), -1, np.int64)
+    kf = GroupKFold(n_splits=folds)
+    for k, (_, held) in enumerate(kf.split(np.zeros(len(patients)), groups=patients)):
+        out[held] = k
+    return out
+
+
+def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "classify",
+                epochs: int = 3, imgsz: int = 128, size: str = "n", batch: int = 16,
+                seed: int = 0, device: str = "auto", workers: int = 0,
+                log: Callable[[str], None] = print) -> list[Path]:
+    """One short run per fold (train: the other folds, val: this fold) under ``out/fold<k>``;
+    a finished fold (its eval files exist) is kept, an interrupted one resumed."""
+    if task not in ("classify", "joint"):
+        raise ValueError(f"--task must be classify or joint, got {task!r}")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    runs = []
+    folds = int(fold_of.max()) + 1
+    for k in range(folds):
+        run = out / f"fold{k}"
+        runs.append(run)
+        held = [r.path for r, f in zip(pool.records, fold_of, strict=True) if f == k]
+        if (run / "eval" / "view_predictions.json").is_file():
+            log(f"fold {k + 1}/{folds}: kept {run} (finished earlier)")
+            continue
+        keep = [r.path for r, f in zip(pool.records, fold_of, strict=True) if f != k]
+        yml = write_file_lists(out / f"fold{k}-data", {"train": keep, "val": held}, pool.spec, {},
+                               f"# fold {k} of {folds} (patient-grouped): "
+                               f"{len(keep)} train / {len(held)} held-out images\n")
+        cfg = build_config("classify" if task == "classify" else "fixed", {
+            "data": str(yml), "out": str(run), "epochs": epochs, "imgsz": imgsz, "batch": batch,
+            "workers": workers, "seed": seed, "device": device, "val_every": epochs,
+            "test_split": "none", "diag_steps": 0, "model": {"size": size}})
+        resume = (run / "weights" / "last.pt").is_file()
+        if run.exists() and not resume:
+            shutil.rmtree(run)  # a fold folder of ours that never saved a checkpoint
+        trainer = FoldTrainer(cfg, resume=resume, progress=False,
+                               console=Console(stderr=True, quiet=True))
+        trainer.fit()
+        acc = (trainer.fold_metrics.get("classification") or {}).get("accuracy")
+        det = (trainer.fold_metrics.get("detection") or {}).get("map50")
+        log(f"fold {k + 1}/{folds}: {len(keep)} train / {len(held)} held-out images, "
+            f"{trainer.state.train_seconds:.0f} s; held-out view accuracy "
+            f"{'-' if acc is None else f'{acc:.3f}'}"
+            + ("" if det is None else f", mAP@0.5 {det:.3f}"))
+        del trainer
+    return runs
+
+
+__all__ = ["FoldTrainer", "assign_folds", "train_folds"]

@@ -1,0 +1,102 @@
+"""`medmtl audit --label-issues`: out-of-sample predictions (K fold runs, given runs or a CSV) ->
+view and box rankings -> ``label_issues.csv``, ``review.html`` and ``label_issues.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medmtl.data.groups import GroupPattern
+from medmtl.labelissues.oof import OOF, Pool, load_pool, read_probs_csv, read_runs
+from medmtl.labelissues.rank import rank_boxes, rank_views, write_csv
+from medmtl.labelissues.review import review_items, write_review_page
+
+
+def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: dict[str, Any],
+                      log: Callable[[str], None]) -> OOF:
+    from medmtl.labelissues.folds import assign_folds, train_folds
+
+    fold_of = assign_folds(pool, settings["folds"], pattern)
+    manifest = {"settings": settings, "folds": dict(zip(pool.stems, fold_of.tolist(),
+                                                          strict=True))}
+    mpath = out / "folds" / "folds.json"
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        if old != manifest:
+            raise ValueError(f"{mpath}: the fold runs there were made with other settings or "
+                             "images; choose another --out or delete that folder")
+    mpath.parent.mkdir(parents=True, exist_ok=True)
+    mpath.write_text(json.dumps(manifest, indent=1))
+    runs = train_folds(pool, fold_of, out / "folds", task=settings["task"],
+                       epochs=settings["epochs"], imgsz=settings["imgsz"], size=settings["size"],
+                       batch=settings["batch"], seed=settings["seed"], device=settings["device"],
+                       workers=settings["workers"], log=log)
+    return read_runs(runs, pool)
+
+
+def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPattern | None = None,
+                 clip_threshold: float = 0.5, probs: Path | None = None,
+                 runs: Sequence[Path] | None = None, folds: int = 5, task: str = "classify",
+                 epochs: int = 3, imgsz: int = 128, size: str = "n", batch: int = 16,
+                 seed: int = 0, device: str = "auto", workers: int = 0, box_conf: float = 0.25,
+                 review_max: int = 400, adjust: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Rank likely label errors of every image but the test split's and write ``out/``:
+    ``label_issues.csv`` (all ranked rows), ``review.html`` (the flagged ones) and
+    ``label_issues.json`` (settings, counts, notes). Returns that summary."""
+    pattern = pattern or GroupPattern()
+    out = Path(out)
+    pool = load_pool(yaml_path)
+    settings = {"folds": folds, "task": task, "epochs": epochs, "imgsz": imgsz, "size": size,
+                "batch": batch, "seed": seed, "device": device, "workers": workers,
+                "patient_regex": pattern.patient}
+    if probs is not None and runs:
+        raise ValueError("give --probs or --runs, not both")
+    if probs is not None:
+        oof, source = read_probs_csv(Path(probs), pool), f"probabilities of {probs}"
+    elif runs:
+        oof, source = read_runs([Path(r) for r in runs], pool), f"{len(runs)} given run(s)"
+    else:
+        workers_note = "" if workers == 0 else f", {workers} loader workers"
+        log(f"training {folds} folds ({task}, {epochs} epochs, {imgsz} px, size {size}"
+            f"{workers_note}) for out-of-fold predictions under {out / 'folds'}")
+        oof = _fold_predictions(pool, out, pattern, settings, log)
+        source = f"{folds}-fold out-of-fold predictions ({task}, {epochs} epochs, {imgsz} px)"
+    view_rows, view_sum = rank_views(pool, oof, pattern, clip_threshold, adjust)
+    box_rows, box_sum = rank_boxes(pool, oof, pattern, box_conf)
+    csv_path = write_csv(view_rows + box_rows, out / "label_issues.csv")
+    boxes_of = {s: r.boxes for s, r in zip(pool.stems, pool.records, strict=True)}
+    items = review_items(view_rows + box_rows, boxes_of, review_max)
+    flagged = view_sum["issues"] + box_sum.get("issues", 0)
+    acc = view_sum["out_of_sample_accuracy"]
+    lines = [f"{pool.spec.yaml_path}: {len(pool.records)} images; source: {source}",
+             f"views: {view_sum['issues']} flagged of {view_sum['ranked']} ranked (model "
+             f"{view_sum['model_issues']}, clip {view_sum['clip_issues']}, both "
+             f"{view_sum['both']}); out-of-sample view accuracy "
+             f"{'-' if acc is None else f'{acc:.3f}'}",
+             f"boxes: {box_sum.get('issues', 0)} flagged of {box_sum['ranked']} ranked"
+             + (f" ({box_sum['skipped']})" if "skipped" in box_sum else ""),
+             f"shown here: {len(items)} rows (views flagged or with a different suggestion, "
+             f"boxes flagged; highest score first, at most {review_max} per field); every row "
+             f"is in {csv_path.name}"]
+    page = write_review_page(out / "review.html", items, list(pool.spec.cls_names),
+                             f"Label review: {Path(yaml_path).name}", lines)
+    summary = {"data": str(pool.spec.yaml_path), "images": len(pool.records),
+               "source": source, "sources": oof.sources, "settings": settings,
+               "clip_regex": pattern.clip, "clip_threshold": clip_threshold,
+               "adjust_probs": adjust,
+               "views": view_sum, "boxes": box_sum, "flagged": flagged,
+               "review_rows": len(items),
+               "notes": oof.notes + view_sum["notes"] + ([box_sum["note"]] if "note" in box_sum
+                                                         else []),
+               "csv": str(csv_path), "review": str(page)}
+    (out / "label_issues.json").write_text(json.dumps(summary, indent=2))
+    for line in lines[1:3] + [f"note: {n}" for n in summary["notes"]]:
+        log(line)
+    log(f"wrote {csv_path} and {page}")
+    return summary
+
+
+__all__ = ["label_issues"]
