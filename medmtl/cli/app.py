@@ -10,7 +10,8 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Joint detection + view classification, and honest comparisons of "
-                       "gradient-interference remedies.")
+                       "gradient-interference remedies. Errors are one line; add --debug "
+                       "anywhere (or set MEDMTL_DEBUG=1) to see the traceback.")
 console = Console()
 err = Console(stderr=True)
 

@@ -69,7 +69,10 @@ def build_train_config(method: str | None, task: str | None, config: Path | None
         cfg.balancer = resolve_config(cfg.balancer, strict=True)
     except ValidationError as e:
         raise one_line(e, TRAIN_OPTIONS) from None
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
+        raise typer.BadParameter(str(e).strip("'\""),
+                                 param_hint="--task" if task else "--method") from None
+    except ValueError as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     return cfg
 
@@ -102,6 +105,7 @@ def train(
     if devices < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--devices")
     cfg = build_train_config(method, task, config, config_values)
+    _preflight(cfg.data, {"device": cfg.device}, check_config=False)
     if devices > 1 and world_size_from_env() <= 1:
         _launch_distributed(devices)
         return
@@ -166,6 +170,7 @@ def compare(
     except ValueError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _preflight(data, over, split_methods(methods))
     _check_corrections(data, over)
     try:
         run_compare(data, split_methods(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
@@ -227,6 +232,7 @@ def tune(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _preflight(data, over)
     _check_corrections(data, over)
     result = run_tune(data, names, trials, out, overrides=over, storage=storage,
                       references=extra, seeds=list(range(max(seeds, 1))))
@@ -237,6 +243,27 @@ def tune(
     run_compare(data, [*variants, *extra], list(range(seeds)), out, overrides=over, jobs=jobs,
                 report=False, variants=variants)
     _report(out, baseline)
+
+
+def _preflight(data: str, over: dict[str, Any], methods: tuple[str, ...] | list[str] = (),
+               check_config: bool = True) -> None:
+    """What every run would fail on, checked once before any folder is made: the flags' values,
+    the methods, the dataset YAML and the device."""
+    from medmtl.data.dataset_yaml import load_data_yaml
+    from medmtl.devices import select_device
+    from medmtl.methods import build_config, check_method
+
+    try:
+        if check_config:
+            build_config("fixed", over)
+        for m in methods:
+            check_method(m)
+    except ValidationError as e:
+        raise one_line(e, COMPARE_OPTIONS) from None
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\""), param_hint="--methods") from None
+    load_data_yaml(data)
+    select_device(str(over.get("device") or TrainConfig().device))
 
 
 def _check_corrections(data: str, over: dict[str, Any]) -> None:
