@@ -14,10 +14,10 @@ def val(
     data: Annotated[Path, Opt(help="Dataset YAML")],
     split: Annotated[str, Opt(help="val | test | train")] = "val",
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
     batch: Annotated[int, Opt(min=1)] = 16,
-    conf: Annotated[float | None, Opt(help="Score threshold before NMS", min=0.0, max=1.0)] = None,
-    iou: Annotated[float | None, Opt(help="NMS IoU", min=0.0, max=1.0)] = None,
+    conf: Annotated[float | None, Opt(help="Score threshold before NMS \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
+    iou: Annotated[float | None, Opt(help="NMS IoU \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
     device: Annotated[str, Opt()] = "auto",
     workers: Annotated[int, Opt(min=0)] = 2,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
@@ -45,7 +45,7 @@ def predict(
     conf: Annotated[float, Opt(help="Box score threshold", min=0.0, max=1.0)] = 0.25,
     iou: Annotated[float, Opt(help="NMS IoU", min=0.0, max=1.0)] = 0.6,
     max_det: Annotated[int, Opt(min=1)] = 100,
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
     device: Annotated[str, Opt()] = "auto",
     save_media: Annotated[bool, Opt("--save-media/--no-save-media",
                                     help="Write annotated images / videos")] = True,
@@ -72,11 +72,11 @@ def predict(
 def export(
     weights: Annotated[Path, Opt(help="Checkpoint (.pt)")],
     format: Annotated[str, Opt(help="onnx")] = "onnx",
-    out: Annotated[Path | None, Opt(help="Output path (default: WEIGHTS with .onnx)")] = None,
+    out: Annotated[Path | None, Opt(help="Output path \\[default: WEIGHTS with .onnx]")] = None,
     dynamic: Annotated[bool, Opt(help="Dynamic batch and image size")] = False,
     half: Annotated[bool, Opt(help="fp16 weights (needs CUDA)")] = False,
     opset: Annotated[int, Opt(min=7)] = 17,
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
 ) -> None:
     """Export to ONNX: boxes and scores before NMS, plus view logits; checked against PyTorch."""
     from medmtl.inference.export import export_command

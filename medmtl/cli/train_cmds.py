@@ -93,12 +93,19 @@ def train(
                                        rich_help_panel=_RUN)] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from weights/last.pt",
                                 rich_help_panel=_RUN)] = False,
-    progress: Annotated[bool, Opt("--progress/--no-progress", rich_help_panel=_RUN)] = True,
+    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress (one line "
+                                  "per epoch when not a terminal)", rich_help_panel=_RUN)] = True,
+    old_weights: Annotated[str | None, Opt("--weights", hidden=True)] = None,
     **config_values: Any,
 ) -> None:
     """Train one model (single task, or joint with an architecture and a balancer)."""
     from medmtl.distributed import world_size_from_env
     from medmtl.engine.trainer import train as run_train
+
+    if old_weights is not None:
+        raise typer.BadParameter(
+            f"is now --task-weights (task loss weights, e.g. --task-weights {old_weights}); "
+            "--weights names a checkpoint in val, predict and export", param_hint="--weights")
 
     if config_values.get("data") is None:
         raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
@@ -144,9 +151,10 @@ def compare(
                                 rich_help_panel=_METHOD)]
     = "original,fixed,gradnorm,dual,detect,classify",
     seeds: Annotated[int, Opt(help="Seeds per method (0..N-1)", rich_help_panel=_RUN)] = 3,
-    jobs: Annotated[int | None, Opt(help="Runs in parallel (default: what the machine has room "
-                                          "for)", rich_help_panel=_RUN)] = None,
-    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+    jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
+                                          "room for]", rich_help_panel=_RUN)] = None,
+    baseline: Annotated[str | None, Opt(help="Method the report compares against "
+                                             "\\[default: fixed, else the first joint method]",
                                         rich_help_panel=_METHOD)] = None,
     out: Annotated[Path, Opt(help="Comparison folder", rich_help_panel=_RUN)]
     = Path("runs/compare"),
@@ -205,11 +213,13 @@ def tune(
     out: Annotated[Path, Opt(help="Folder: tune.db, trials/, then runs/ and the report",
                              rich_help_panel=_RUN)] = Path("runs/tune"),
     storage: Annotated[str | None, Opt(help="Optuna storage URL shared by several machines "
-                                            "(default: sqlite in --out)",
+                                            "\\[default: sqlite in --out]",
                                        rich_help_panel=_RUN)] = None,
-    jobs: Annotated[int | None, Opt(help="Final comparison: runs in parallel",
+    jobs: Annotated[int | None, Opt(help="Final comparison: runs in parallel \\[default: what the "
+                                          "machine has room for]",
                                     rich_help_panel=_RUN)] = None,
-    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+    baseline: Annotated[str | None, Opt(help="Method the report compares against "
+                                             "\\[default: fixed, else the first joint method]",
                                         rich_help_panel=_METHOD)] = None,
     **config_values: Any,
 ) -> None:
@@ -299,7 +309,8 @@ def _report(folder: Path, baseline: str | None, budget: float | None = None,
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="A compare folder (holding runs/)")],
-    baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
+    baseline: Annotated[str | None, Opt(help="Method to compare against \\[default: fixed, "
+                                             "else the first joint method]")] = None,
     retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
                                      "trained on different machines)")] = False,
     latency_budget: LatencyBudget = None,
@@ -327,12 +338,14 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, Opt(help="Output folder")] = Path("demo"),
-    methods: Annotated[str, Opt()] = "original,fixed,gradnorm,dual,detect,classify",
-    epochs: Annotated[int, Opt()] = 12,
-    train_images: Annotated[int, Opt("--train")] = 240,
-    val_images: Annotated[int, Opt("--val")] = 80,
-    imgsz: Annotated[int, Opt()] = 128,
-    jobs: Annotated[int | None, Opt()] = None,
+    methods: Annotated[str, Opt(help="Methods to compare")]
+    = "original,fixed,gradnorm,dual,detect,classify",
+    epochs: Annotated[int, Opt(help="Epochs per run")] = 12,
+    train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 240,
+    val_images: Annotated[int, Opt("--val", help="Synthetic validation images")] = 80,
+    imgsz: Annotated[int, Opt(help="Image size")] = 128,
+    jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
+                                          "room for]")] = None,
 ) -> None:
     """Synthetic data -> compare (one seed, size n) -> report; prints the path of report.html."""
     import time
