@@ -3,6 +3,7 @@ device, `predict_video`, the predictor's repr."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -91,3 +92,95 @@ def test_repr_says_what_the_model_is(ckpt: Path) -> None:
     assert text.startswith("Predictor(") and str(ckpt) in text
     for part in ("tasks=detect+classify", "imgsz=64", "device=cpu", *NAMES, *VIEWS):
         assert part in text, (part, text)
+
+
+# --- #15.7: what `medmtl predict` says and draws -----------------------------------------------
+def _result(view: str, jets: list[tuple[str, float]], probs: dict[str, float] | None = None,
+            source: str = "clip.mp4") -> FrameResult:
+    from medmtl.inference.results import Detection
+
+    probs = probs or {v: (0.8 if v == view else 0.1) for v in VIEWS}
+    dets = [Detection((10.0, 10.0, 40.0, 40.0), s, NAMES.index(n), n) for n, s in jets]
+    return FrameResult(dets, VIEWS.index(view), view, probs, (64, 64), source)
+
+
+def test_clip_summary_says_view_share_tie_and_jets() -> None:
+    from medmtl.inference.app import _Tally
+
+    t = _Tally(VIEWS)
+    for view, jets in [("PLAX", [("MR", 0.9)]), ("PLAX", [("MR", 0.7), ("TR", 0.4)]),
+                       ("PLAX", []), ("A4C", [("MR", 0.5)])]:
+        t.add(_result(view, jets))
+    d = t.to_dict()
+    assert d["view"]["text"] == "view PLAX (3/4 frames, 75 %)" and d["view"]["tie"] is None
+    assert d["jets_text"] == "jets MR in 3/4 frames (max 0.90), TR in 1/4 frames (max 0.40)"
+    tie = _Tally(VIEWS)
+    tie.add(_result("A4C", [], {"A4C": 0.5, "PLAX": 0.4, "PSAX": 0.1}))
+    tie.add(_result("PLAX", [], {"A4C": 0.3, "PLAX": 0.6, "PSAX": 0.1}))
+    v = tie.to_dict()["view"]
+    assert v["tie"] == ["A4C", "PLAX"] and v["name"] == "PLAX"  # mean 0.50 against 0.40
+    assert v["text"] == ("view tied between A4C and PLAX (1/2 frames each); PLAX has the higher "
+                         "mean probability (0.50)")
+    assert tie.to_dict()["jets_text"] == "no jets found"
+
+
+def test_predict_prints_per_image_views_and_clip_codec(ckpt: Path, tmp_path: Path) -> None:
+    from medmtl.cli.deploy_cmds import summary_lines
+    from medmtl.inference import predict_command
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(frame(seed=10 + i)).save(src / f"img{i}.png")
+    w = cv2.VideoWriter(str(src / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for i in range(4):
+        w.write(frame(64, 96, seed=i)[:, :, ::-1])
+    w.release()
+    summary = predict_command(ckpt, src, tmp_path / "out", device="cpu")
+    lines = summary_lines(summary)
+    per_image = [ln for ln in lines if ".png: " in ln]
+    assert len(per_image) == 3 and len(summary["per_image"]) == 3
+    for ln, im in zip(per_image, summary["per_image"], strict=True):
+        assert re.fullmatch(rf".*img\d\.png: view ({'|'.join(VIEWS)}) \d\.\d\d; "
+                            r"(jets (AR|MR|PR|TR) \d\.\d\d(, (AR|MR|PR|TR) \d\.\d\d)*|no jets found)",
+                            ln), ln
+        assert im["view"] in VIEWS and 0 < im["view_prob"] <= 1
+    clip = [ln for ln in lines if "clip.avi: " in ln]
+    assert len(clip) == 1
+    assert re.search(r"clip\.avi: view (\w+ \([1-4]/4 frames, \d+ %\)|tied between .+ each\)); "
+                     r"(jets \w\w in [1-4]/4 frames|no jets found)", clip[0]), clip[0]
+    codec = summary["per_clip"][0]["codec"]
+    assert codec in ("avc1", "mp4v")
+    assert ("(H.264)" if codec == "avc1" else
+            "(mp4v: this OpenCV build has no H.264 encoder)") in clip[0]
+    assert lines[-1] == f"7 frames (3 images, 1 clips); wrote {tmp_path / 'out'}"
+
+
+def test_writer_falls_back_and_says_which_codec(tmp_path: Path) -> None:
+    from medmtl.inference.writers import MediaWriter
+
+    w = MediaWriter(tmp_path / "x.mp4", True, 10.0, codecs=("zzzz", "mp4v"))
+    for _ in range(3):
+        w.write(np.zeros((64, 96, 3), np.uint8))
+    w.close()
+    assert w.codec == "mp4v"
+    cap = cv2.VideoCapture(str(tmp_path / "x.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()
+
+
+def test_labels_of_overlapping_boxes_do_not_cover_each_other() -> None:
+    from PIL import ImageDraw
+
+    from medmtl.inference.draw import _font, _label, _overlaps, annotate
+
+    im = Image.new("RGB", (200, 120))
+    draw, font, taken = ImageDraw.Draw(im), _font(12), []
+    rects = [_label(draw, (50, 40), f"MR 0.{9 - k}0", (255, 0, 0), font, (120, 200), taken=taken)
+             for k in range(4)]  # four boxes with the same corner
+    for i, a in enumerate(rects):
+        assert 0 <= a[0] and a[2] <= 200 and 0 <= a[1] and a[3] <= 120, a
+        assert not any(_overlaps(a, b) for b in rects[i + 1:]), rects
+    r = _result("PLAX", [("MR", 0.9), ("TR", 0.8)])
+    out = annotate(np.zeros((64, 64, 3), np.uint8), r)
+    assert out.shape == (64, 64, 3) and out.any()

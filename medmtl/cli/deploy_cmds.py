@@ -62,10 +62,34 @@ def predict(
                               imgsz=imgsz, device=device, save_media=save_media,
                               view_min_prob=view_min_prob,
                               allow_backbone_path=allow_backbone_path)
+    for line in summary_lines(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+SHOWN_IMAGES = 20  # per-image lines printed; the rest are in summary.json / predictions.jsonl
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `medmtl predict` prints: per clip its view (with the vote share, or the tie) and its
+    jets, and the codec of the annotated video; per image its own view and jets."""
+    out = []
     for clip in summary.get("per_clip", []):
-        if clip.get("view"):
-            console.print(f"{clip['source']}: {clip['view']['text']}", markup=False)
-    console.print(f"{summary.get('frames', 0)} frames; wrote {out}")
+        parts = [clip["view"]["text"]] if clip.get("view") else []
+        parts.append(clip.get("jets_text", ""))
+        if clip.get("output"):
+            codec = clip.get("codec")
+            note = "H.264" if codec == "avc1" else \
+                f"{codec}: this OpenCV build has no H.264 encoder"
+            parts.append(f"wrote {clip['output']} ({note})")
+        out.append(f"{clip['source']}: " + "; ".join(p for p in parts if p))
+    images = summary.get("per_image", [])
+    for im in images[:SHOWN_IMAGES]:
+        out.append(f"{im['source']}: {im['text']}")
+    if len(images) > SHOWN_IMAGES:
+        out.append(f"... and {len(images) - SHOWN_IMAGES} more images (summary.json: per_image)")
+    out.append(f"{summary.get('frames', 0)} frames ({summary.get('images', 0)} images, "
+               f"{summary.get('clips', 0)} clips); wrote {summary.get('out')}")
+    return out
 
 
 @app.command()
