@@ -301,6 +301,9 @@ def _report(folder: Path, baseline: str | None, budget: float | None = None,
     for k, v in paths.items():
         console.print(f"{k}: {v}")
     recs = json.loads(paths["json"].read_text())["recommendations"]
+    if recs.get("withheld"):
+        console.print(recs["withheld"], markup=False)
+        return
     console.print(recs["efficiency_first"]["text"], markup=False)
     if recs.get("latency_budget"):
         console.print(recs["latency_budget"]["text"], markup=False)
