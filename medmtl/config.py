@@ -107,7 +107,7 @@ class BalancerConfig(BaseModel):
                     flag="--balancer")
     weights: dict[str, float] = opt(lambda: {"detect": 1.0, "classify": 1.0},
                                     "Fixed task weights, e.g. detect=1,classify=0.1",
-                                    panel="Method", flag="--weights")
+                                    panel="Method", flag="--task-weights")
 
     @field_validator("weights")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import InputError, clip_text
+
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA, else Apple MPS, else the CPU; otherwise the named device (``cuda:1``)."""
@@ -13,7 +15,15 @@ def select_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {clip_text(name)}: not a device name; use --device auto, cpu, "
+                         "cuda, cuda:1 or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise InputError(f"--device {name}: CUDA is not available on this machine "
+                         f"(torch {torch.__version__}); use --device cpu or --device auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev

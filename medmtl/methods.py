@@ -17,6 +17,7 @@ so reports group and label runs by it and each variant gets a run folder of its 
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from typing import Any
 
@@ -139,8 +140,10 @@ def check_method(method: str) -> None:
     if is_spec(method):
         parse_spec(method)
     elif method not in presets():
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(presets())}, or a spec "
-                       "arch:balancer[:key=value,...]")
+        close = difflib.get_close_matches(method.lower(), list(presets()), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(f"unknown method {method!r}; {hint}known: {', '.join(presets())}, or a "
+                       "spec arch:balancer[:key=value,...]")
 
 
 def build_config(method: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

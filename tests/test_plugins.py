@@ -122,7 +122,7 @@ def test_cli_bad_values_fail_in_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, needle in ((["--batch", "0"], "--batch"), (["--imgsz", "50"], "multiple of 32"),
                          (["--method", "fixed", "--alpha", "0.5"], "option of balancer"),
-                         (["--weights", "detect"], "name=number pairs")):
+                         (["--task-weights", "detect"], "name=number pairs")):
         res = runner.invoke(app, ["train", "--data", str(tmp_path / "d.yaml"),
                                   "--out", str(tmp_path / "r"), *args])
         assert res.exit_code == 2, (args, res.output)

@@ -147,7 +147,7 @@ def test_nan_task_weight_and_bad_options_exit_2(micro_data: Path, tmp_path: Path
     """#14.2 / #14.7 / #14.4: option values out of range fail in one line naming the option,
     before any work (before: ZeroDivisionError, OpenCV assertions, dfl_loss index errors)."""
     base = ["train", "--data", str(micro_data), "--out", str(tmp_path / "x"), "--workers", "0"]
-    cases = {("--weights", "detect=nan,classify=1"): "--weights",
+    cases = {("--task-weights", "detect=nan,classify=1"): "--task-weights",
              ("--batch", "0"): "--batch", ("--accumulate", "0"): "--accumulate",
              ("--imgsz", "0"): "--imgsz", ("--imgsz", "50"): "--imgsz",
              ("--lr", "-1"): "--lr", ("--lr", "nan"): "--lr", ("--epochs", "0"): "--epochs",

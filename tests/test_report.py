@@ -423,13 +423,16 @@ def test_outputs_are_complete_and_self_contained(report: dict[str, Path]) -> Non
     assert set(summary) >= {"baseline", "methods", "runs", "unfinished", "recommendations"}
 
 
-def test_single_seed_shows_dash(tmp_path: Path) -> None:
+def test_single_seed_one_banner_not_dashes(tmp_path: Path) -> None:
+    """#15.4: one banner says there is a single seed; cells show the value alone."""
     make_run(tmp_path, "fixed", 0, 0.612, 0.861)
     make_run(tmp_path, "cagrad", 0, 0.633, 0.85)
     paths = write_report(tmp_path, baseline="fixed", plots=False)
-    row = _row(_md_tables(paths["md"].read_text()), "Detection (regurgitation jet boxes)",
-               "cagrad")
-    assert row["mAP@0.5"] == "0.633 ± —"
+    md = paths["md"].read_text()
+    row = _row(_md_tables(md), "Detection (regurgitation jet boxes)", "cagrad")
+    assert row["mAP@0.5"] == "0.633" and "± —" not in md
+    assert md.count("> **Note:** Every method ran a single seed") == 1
+    assert 'class="banner">Every method ran a single seed' in paths["html"].read_text()
     assert row["mAP@0.5 vs baseline"] == "not enough seeds to tell"
     assert row["Δ mAP@0.5 vs baseline (%)"] == f"{(0.633 - 0.612) / 0.612 * 100:+.1f}"
     with pytest.raises(ValueError, match="baseline 'dwa'"):

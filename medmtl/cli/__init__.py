@@ -16,35 +16,67 @@ def main(argv: list[str] | None = None) -> None:
     """The ``medmtl`` command. A `MedmtlError` (bad data, a locked run folder, a corrupt
     checkpoint, a run stopped by non-finite losses) and a missing or existing path end in one
     line on stderr, ``error: ...``, and the error's exit status (2, or 1 for a failed run); any
-    other exception is a bug and keeps its traceback."""
+    other exception is a bug and keeps its traceback. ``--debug`` anywhere on the command line
+    (or ``MEDMTL_DEBUG=1``) shows the traceback of every error."""
+    import os
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MEDMTL_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        rv = app(args=args, prog_name="medmtl", standalone_mode=False)
+    except KeyboardInterrupt:  # Ctrl-C: train has saved last.pt and said so
+        print("Aborted!", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        if debug and "NoArgsIsHelpError" not in {c.__name__ for c in type(e).__mro__}:
+            raise
+        _one_line(e, args)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(e: Exception, args: list[str]) -> None:
+    """Exit with a known error's one line; re-raise anything else (a bug: its traceback)."""
     import sys
 
     from medmtl.errors import MedmtlError
 
-    try:
-        rv = app(args=argv, prog_name="medmtl", standalone_mode=False)
-    except KeyboardInterrupt:  # Ctrl-C: train has saved last.pt and said so
-        print("Aborted!", file=sys.stderr)
-        sys.exit(130)
-    except (MedmtlError, FileNotFoundError, FileExistsError) as e:
-        code = getattr(e, "exit_code", 2)
+    if isinstance(e, MedmtlError | FileNotFoundError | FileExistsError):
         print(f"error: {error_text(e)}", file=sys.stderr)
-        sys.exit(code)
-    except Exception as e:
-        # click's own errors (typer may vendor click, so they are recognised by their shape)
-        names = {c.__name__ for c in type(e).__mro__}
-        if "NoArgsIsHelpError" in names:  # `medmtl` alone: the help, as usual
-            print(e.format_message())  # type: ignore[attr-defined]
-            sys.exit(0)
-        if "ClickException" in names:  # a bad option value: one line naming the option
-            print(f"error: {error_text(e.format_message())}",  # type: ignore[attr-defined]
-                  file=sys.stderr)
-            sys.exit(int(getattr(e, "exit_code", 2)))
-        if "Abort" in names:
-            print("Aborted!", file=sys.stderr)
-            sys.exit(1)
-        raise
-    sys.exit(rv if isinstance(rv, int) else 0)
+        sys.exit(getattr(e, "exit_code", 2))
+    # click's own errors (typer may vendor click, so they are recognised by their shape)
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # `medmtl` alone: the help, as usual
+        print(e.format_message())  # type: ignore[attr-defined]
+        sys.exit(0)
+    if "ClickException" in names:  # a bad option value: one line naming the option
+        msg = e.format_message()  # type: ignore[attr-defined]
+        hint = key_value_hint(args) if int(getattr(e, "exit_code", 2)) == 2 else None
+        print(f"error: {error_text(hint or msg)}", file=sys.stderr)
+        sys.exit(int(getattr(e, "exit_code", 2)))
+    if "Abort" in names:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    raise e
+
+
+
+def key_value_hint(args: list[str]) -> str | None:
+    """Ultralytics-style ``data=x epochs=3`` arguments (the cause of click's "unexpected extra
+    arguments" or "missing option") as what to type instead: ``--data x --epochs 3``. A token
+    counts when it does not follow an option (``--methods a:k=v`` is a value)."""
+    import re
+    import shlex
+
+    extra = [a for i, a in enumerate(args)
+             if i > 0 and re.match(r"^[A-Za-z_][\w-]*=", a) and not args[i - 1].startswith("-")]
+    if not extra:
+        return None
+    fixed = " ".join("--{} {}".format(k.replace("_", "-"), shlex.quote(v))
+                     for k, _, v in (a.partition("=") for a in extra))
+    return (f"medmtl takes options, not key=value arguments: instead of "
+            f"{' '.join(extra)!r} type {fixed!r} (see medmtl COMMAND --help)")
 
 
 def error_text(e: BaseException | str, width: int = 400) -> str:

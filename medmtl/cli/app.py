@@ -8,13 +8,32 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Joint detection + view classification, and honest comparisons of "
-                       "gradient-interference remedies.")
-console = Console()
-err = Console(stderr=True)
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Opt = typer.Option
+
+
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        import medmtl
+
+        print(f"medmtl {medmtl.__version__} (torch {torch.__version__}, "
+              f"Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = Opt(False, "--version", callback=_version, is_eager=True,
+                              help="Print medmtl's version and exit")) -> None:
+    """Joint detection + view classification, and honest comparisons of gradient-interference
+    remedies. Errors are one line; add --debug anywhere (or set MEDMTL_DEBUG=1) to see the
+    traceback."""
 
 
 def print_metrics(path: Path) -> None:

@@ -14,10 +14,10 @@ def val(
     data: Annotated[Path, Opt(help="Dataset YAML")],
     split: Annotated[str, Opt(help="val | test | train")] = "val",
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
     batch: Annotated[int, Opt(min=1)] = 16,
-    conf: Annotated[float | None, Opt(help="Score threshold before NMS", min=0.0, max=1.0)] = None,
-    iou: Annotated[float | None, Opt(help="NMS IoU", min=0.0, max=1.0)] = None,
+    conf: Annotated[float | None, Opt(help="Score threshold before NMS \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
+    iou: Annotated[float | None, Opt(help="NMS IoU \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
     device: Annotated[str, Opt()] = "auto",
     workers: Annotated[int, Opt(min=0)] = 2,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
@@ -45,7 +45,7 @@ def predict(
     conf: Annotated[float, Opt(help="Box score threshold", min=0.0, max=1.0)] = 0.25,
     iou: Annotated[float, Opt(help="NMS IoU", min=0.0, max=1.0)] = 0.6,
     max_det: Annotated[int, Opt(min=1)] = 100,
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
     device: Annotated[str, Opt()] = "auto",
     save_media: Annotated[bool, Opt("--save-media/--no-save-media",
                                     help="Write annotated images / videos")] = True,
@@ -62,21 +62,45 @@ def predict(
                               imgsz=imgsz, device=device, save_media=save_media,
                               view_min_prob=view_min_prob,
                               allow_backbone_path=allow_backbone_path)
+    for line in summary_lines(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+SHOWN_IMAGES = 20  # per-image lines printed; the rest are in summary.json / predictions.jsonl
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `medmtl predict` prints: per clip its view (with the vote share, or the tie) and its
+    jets, and the codec of the annotated video; per image its own view and jets."""
+    out = []
     for clip in summary.get("per_clip", []):
-        if clip.get("view"):
-            console.print(f"{clip['source']}: {clip['view']['text']}", markup=False)
-    console.print(f"{summary.get('frames', 0)} frames; wrote {out}")
+        parts = [clip["view"]["text"]] if clip.get("view") else []
+        parts.append(clip.get("jets_text", ""))
+        if clip.get("output"):
+            codec = clip.get("codec")
+            note = "H.264" if codec == "avc1" else \
+                f"{codec}: this OpenCV build has no H.264 encoder"
+            parts.append(f"wrote {clip['output']} ({note})")
+        out.append(f"{clip['source']}: " + "; ".join(p for p in parts if p))
+    images = summary.get("per_image", [])
+    for im in images[:SHOWN_IMAGES]:
+        out.append(f"{im['source']}: {im['text']}")
+    if len(images) > SHOWN_IMAGES:
+        out.append(f"... and {len(images) - SHOWN_IMAGES} more images (summary.json: per_image)")
+    out.append(f"{summary.get('frames', 0)} frames ({summary.get('images', 0)} images, "
+               f"{summary.get('clips', 0)} clips); wrote {summary.get('out')}")
+    return out
 
 
 @app.command()
 def export(
     weights: Annotated[Path, Opt(help="Checkpoint (.pt)")],
     format: Annotated[str, Opt(help="onnx")] = "onnx",
-    out: Annotated[Path | None, Opt(help="Output path (default: WEIGHTS with .onnx)")] = None,
+    out: Annotated[Path | None, Opt(help="Output path \\[default: WEIGHTS with .onnx]")] = None,
     dynamic: Annotated[bool, Opt(help="Dynamic batch and image size")] = False,
     half: Annotated[bool, Opt(help="fp16 weights (needs CUDA)")] = False,
     opset: Annotated[int, Opt(min=7)] = 17,
-    imgsz: Annotated[int | None, Opt(min=32, help="A multiple of 32")] = None,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
 ) -> None:
     """Export to ONNX: boxes and scores before NMS, plus view logits; checked against PyTorch."""
     from medmtl.inference.export import export_command

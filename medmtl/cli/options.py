@@ -218,7 +218,27 @@ def one_line(e: ValidationError, options: list[ConfigOption]) -> typer.BadParame
     loc = tuple(str(x) for x in err.get("loc", ()))
     flag = next((o.flag for o in options if o.path == loc[:len(o.path)]), None)
     where = flag or ".".join(loc) or "config"
-    return typer.BadParameter(err.get("msg", str(e)), param_hint=where)
+    return typer.BadParameter(err.get("msg", str(e)) + _fix(err, flag or where),
+                              param_hint=where)
+
+
+def _fix(err: Any, flag: str) -> str:
+    """"; got 100, use --imgsz 96 or --imgsz 128": the nearest values a bound accepts."""
+    ctx, value, kind = err.get("ctx") or {}, err.get("input"), err.get("type", "")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    if kind == "multiple_of":
+        m = ctx["multiple_of"]
+        low = max(m, int(value // m * m))
+        ups = [low] if low > value else [low, low + m]
+        return f"; got {value:g}, use " + " or ".join(f"{flag} {u:g}" for u in ups)
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = ctx.get("ge", ctx.get("le"))
+        side = "or more" if kind == "greater_than_equal" else "or less"
+        return f"; got {value:g}, use {flag} {bound:g} {side}"
+    if kind in ("greater_than", "less_than"):
+        return f"; got {value:g}"
+    return ""
 
 
 __all__ = ["ConfigOption", "check_balancer_options", "config_options", "config_overrides",

@@ -69,7 +69,10 @@ def build_train_config(method: str | None, task: str | None, config: Path | None
         cfg.balancer = resolve_config(cfg.balancer, strict=True)
     except ValidationError as e:
         raise one_line(e, TRAIN_OPTIONS) from None
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
+        raise typer.BadParameter(str(e).strip("'\""),
+                                 param_hint="--task" if task else "--method") from None
+    except ValueError as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     return cfg
 
@@ -90,18 +93,26 @@ def train(
                                        rich_help_panel=_RUN)] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from weights/last.pt",
                                 rich_help_panel=_RUN)] = False,
-    progress: Annotated[bool, Opt("--progress/--no-progress", rich_help_panel=_RUN)] = True,
+    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress (one line "
+                                  "per epoch when not a terminal)", rich_help_panel=_RUN)] = True,
+    old_weights: Annotated[str | None, Opt("--weights", hidden=True)] = None,
     **config_values: Any,
 ) -> None:
     """Train one model (single task, or joint with an architecture and a balancer)."""
     from medmtl.distributed import world_size_from_env
     from medmtl.engine.trainer import train as run_train
 
+    if old_weights is not None:
+        raise typer.BadParameter(
+            f"is now --task-weights (task loss weights, e.g. --task-weights {old_weights}); "
+            "--weights names a checkpoint in val, predict and export", param_hint="--weights")
+
     if config_values.get("data") is None:
         raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
     if devices < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--devices")
     cfg = build_train_config(method, task, config, config_values)
+    _preflight(cfg.data, {"device": cfg.device}, check_config=False)
     if devices > 1 and world_size_from_env() <= 1:
         _launch_distributed(devices)
         return
@@ -140,9 +151,10 @@ def compare(
                                 rich_help_panel=_METHOD)]
     = "original,fixed,gradnorm,dual,detect,classify",
     seeds: Annotated[int, Opt(help="Seeds per method (0..N-1)", rich_help_panel=_RUN)] = 3,
-    jobs: Annotated[int | None, Opt(help="Runs in parallel (default: what the machine has room "
-                                          "for)", rich_help_panel=_RUN)] = None,
-    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+    jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
+                                          "room for]", rich_help_panel=_RUN)] = None,
+    baseline: Annotated[str | None, Opt(help="Method the report compares against "
+                                             "\\[default: fixed, else the first joint method]",
                                         rich_help_panel=_METHOD)] = None,
     out: Annotated[Path, Opt(help="Comparison folder", rich_help_panel=_RUN)]
     = Path("runs/compare"),
@@ -166,6 +178,7 @@ def compare(
     except ValueError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _preflight(data, over, split_methods(methods))
     _check_corrections(data, over)
     try:
         run_compare(data, split_methods(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
@@ -200,11 +213,13 @@ def tune(
     out: Annotated[Path, Opt(help="Folder: tune.db, trials/, then runs/ and the report",
                              rich_help_panel=_RUN)] = Path("runs/tune"),
     storage: Annotated[str | None, Opt(help="Optuna storage URL shared by several machines "
-                                            "(default: sqlite in --out)",
+                                            "\\[default: sqlite in --out]",
                                        rich_help_panel=_RUN)] = None,
-    jobs: Annotated[int | None, Opt(help="Final comparison: runs in parallel",
+    jobs: Annotated[int | None, Opt(help="Final comparison: runs in parallel \\[default: what the "
+                                          "machine has room for]",
                                     rich_help_panel=_RUN)] = None,
-    baseline: Annotated[str | None, Opt(help="Method the report compares against",
+    baseline: Annotated[str | None, Opt(help="Method the report compares against "
+                                             "\\[default: fixed, else the first joint method]",
                                         rich_help_panel=_METHOD)] = None,
     **config_values: Any,
 ) -> None:
@@ -227,6 +242,7 @@ def tune(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
+    _preflight(data, over)
     _check_corrections(data, over)
     result = run_tune(data, names, trials, out, overrides=over, storage=storage,
                       references=extra, seeds=list(range(max(seeds, 1))))
@@ -237,6 +253,27 @@ def tune(
     run_compare(data, [*variants, *extra], list(range(seeds)), out, overrides=over, jobs=jobs,
                 report=False, variants=variants)
     _report(out, baseline)
+
+
+def _preflight(data: str, over: dict[str, Any], methods: tuple[str, ...] | list[str] = (),
+               check_config: bool = True) -> None:
+    """What every run would fail on, checked once before any folder is made: the flags' values,
+    the methods, the dataset YAML and the device."""
+    from medmtl.data.dataset_yaml import load_data_yaml
+    from medmtl.devices import select_device
+    from medmtl.methods import build_config, check_method
+
+    try:
+        if check_config:
+            build_config("fixed", over)
+        for m in methods:
+            check_method(m)
+    except ValidationError as e:
+        raise one_line(e, COMPARE_OPTIONS) from None
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\""), param_hint="--methods") from None
+    load_data_yaml(data)
+    select_device(str(over.get("device") or TrainConfig().device))
 
 
 def _check_corrections(data: str, over: dict[str, Any]) -> None:
@@ -264,6 +301,9 @@ def _report(folder: Path, baseline: str | None, budget: float | None = None,
     for k, v in paths.items():
         console.print(f"{k}: {v}")
     recs = json.loads(paths["json"].read_text())["recommendations"]
+    if recs.get("withheld"):
+        console.print(recs["withheld"], markup=False)
+        return
     console.print(recs["efficiency_first"]["text"], markup=False)
     if recs.get("latency_budget"):
         console.print(recs["latency_budget"]["text"], markup=False)
@@ -272,7 +312,8 @@ def _report(folder: Path, baseline: str | None, budget: float | None = None,
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="A compare folder (holding runs/)")],
-    baseline: Annotated[str | None, Opt(help="Method to compare against")] = None,
+    baseline: Annotated[str | None, Opt(help="Method to compare against \\[default: fixed, "
+                                             "else the first joint method]")] = None,
     retime: Annotated[bool, Opt(help="First re-time every run's model in this process (runs "
                                      "trained on different machines)")] = False,
     latency_budget: LatencyBudget = None,
@@ -300,12 +341,14 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, Opt(help="Output folder")] = Path("demo"),
-    methods: Annotated[str, Opt()] = "original,fixed,gradnorm,dual,detect,classify",
-    epochs: Annotated[int, Opt()] = 12,
-    train_images: Annotated[int, Opt("--train")] = 240,
-    val_images: Annotated[int, Opt("--val")] = 80,
-    imgsz: Annotated[int, Opt()] = 128,
-    jobs: Annotated[int | None, Opt()] = None,
+    methods: Annotated[str, Opt(help="Methods to compare")]
+    = "original,fixed,gradnorm,dual,detect,classify",
+    epochs: Annotated[int, Opt(help="Epochs per run")] = 12,
+    train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 240,
+    val_images: Annotated[int, Opt("--val", help="Synthetic validation images")] = 80,
+    imgsz: Annotated[int, Opt(help="Image size")] = 128,
+    jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
+                                          "room for]")] = None,
 ) -> None:
     """Synthetic data -> compare (one seed, size n) -> report; prints the path of report.html."""
     import time

@@ -7,6 +7,7 @@ relative to ``path`` (absolute lines stay absolute).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,11 +113,28 @@ def safe_load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int =
     return raw
 
 
+def missing_yaml_hint(path: Path) -> str:
+    """"dataset YAML not found" with what to type instead: the folder's YAML, a close name, or
+    how to make demo data."""
+    if path.is_dir():
+        inside = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+        if inside:
+            return f"{path} is a folder; give its dataset YAML: --data {inside[0]}"
+        return f"{path} is a folder with no .yaml in it; --data takes a dataset YAML file"
+    msg = f"{path}: dataset YAML not found"
+    siblings = [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.5)
+    if close:
+        return f"{msg}; did you mean --data {path.parent / close[0]}?"
+    return (f"{msg}; check the path, or make demo data with `medmtl synth --out data/synth` and "
+            "use --data data/synth/data.yaml")
+
+
 def load_data_yaml(path: str | Path) -> DatasetSpec:
     """Parse and check a dataset YAML; raise `DataError` naming the YAML on any problem."""
     yaml_path = Path(path).expanduser().resolve()
     if not _exists(yaml_path, "file"):
-        raise DataError(f"{yaml_path}: dataset YAML not found")
+        raise DataError(missing_yaml_hint(Path(path).expanduser()))
     raw = safe_load_yaml(yaml_path)
     if not isinstance(raw, dict):
         raise DataError(f"{yaml_path}: expected a mapping at the top level, got "

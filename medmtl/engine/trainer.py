@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from medmtl.engine.ema import ModelEMA
 from medmtl.engine.history import val_columns, write_history
 from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_epoch
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
+from medmtl.engine.progress import epoch_line
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
 from medmtl.engine.runlock import RunLock
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
@@ -97,7 +99,7 @@ class Trainer:
                              f"{world} processes")
         self.comm, ddp_device = init_distributed(cfg.device)
         self.is_main = self.comm.is_main
-        self.console = console or Console(stderr=True, quiet=not self.is_main)
+        self.console = console or Console(stderr=True, quiet=not self.is_main, soft_wrap=True)
         self.progress = progress and self.is_main
         if removed:
             self.console.print(f"removed {len(removed)} partial checkpoint file(s) left by a "
@@ -240,6 +242,7 @@ class Trainer:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
         bad_epochs = 0
+        run_t0, start_epoch = time.perf_counter(), st.epoch
         with self.stop, contextlib.ExitStack() as stack:
             stack.callback(self.close)
             try:
@@ -258,6 +261,7 @@ class Trainer:
                     st.history.append(row)
                     if self.is_main:
                         write_history(self.run_dir / "history.csv", st.history)
+                    self._print_epoch(row, run_t0, st.epoch + 1 - start_epoch)
                     st.epoch += 1
                     st.step_in_epoch = 0
                     st.epoch_acc = {}
@@ -284,6 +288,14 @@ class Trainer:
             self.comm.barrier()  # best.pt is written before any rank reads it
             self.finalize()
         return self.run_dir
+
+    def _print_epoch(self, row: dict[str, Any], run_t0: float, done: int) -> None:
+        """One unwrapped line per epoch (terminal and log file alike); the ETA extrapolates the
+        mean time of this process's epochs so far, validation included."""
+        left = self.cfg.epochs - (self.state.epoch + 1)
+        eta = (time.perf_counter() - run_t0) / max(done, 1) * left
+        self.console.print(epoch_line(row, self.cfg.epochs, eta), soft_wrap=True, markup=False,
+                           highlight=False)
 
     # ------------------------------------------------------------------ evaluation
     def eval_model(self) -> torch.nn.Module:

@@ -63,14 +63,45 @@ class _Tally:
             mean = {n: round(float(p) / self.with_view, 5) for n, p in zip(self.cls_names, self.prob_sum, strict=True)}
             top = max(self.votes, key=lambda n: (self.votes[n], mean.get(n, 0.0))) if self.votes else None
             votes = self.votes.get(top, 0) if top else 0
+            tied = sorted(n for n, v in self.votes.items() if v == votes) if top else []
+            text = (f"view {top or 'uncertain'} ({votes}/{self.with_view} frames, "
+                    f"{100 * votes / self.with_view:.0f} %)")
+            if len(tied) > 1:  # the vote does not decide: say so, and what broke the tie
+                text = (f"view tied between {' and '.join(tied)} ({votes}/{self.with_view} "
+                        f"frames each); {top} has the higher mean probability "
+                        f"({mean.get(top, 0.0):.2f})")
             view = {"name": top, "votes": votes,
                     "mean_prob": mean.get(top) if top else None, "vote_counts": dict(self.votes),
                     "mean_probs": mean, "uncertain_frames": self.uncertain,
                     # how unanimous: the share of the frames with a view output that voted for it
                     "agreement": round(votes / self.with_view, 5),
-                    "text": f"view {top or 'uncertain'} ({votes}/{self.with_view} frames, "
-                            f"{100 * votes / self.with_view:.0f} %)"}
-        return {"frames": self.frames, "view": view, "jets": dict(sorted(self.jets.items()))}
+                    "tie": tied if len(tied) > 1 else None, "text": text}
+        return {"frames": self.frames, "view": view, "jets": dict(sorted(self.jets.items())),
+                "jets_text": self.jets_text()}
+
+    def jets_text(self) -> str:
+        """``jets MR in 30/45 frames (max 0.91), TR in 2/45 frames (max 0.40)``."""
+        if not self.jets:
+            return "no jets found"
+        ranked = sorted(self.jets.items(), key=lambda kv: (-kv[1]["frames"], kv[0]))
+        return "jets " + ", ".join(f"{n} in {j['frames']}/{self.frames} frames (max "
+                                   f"{j['max_score']:.2f})" for n, j in ranked)
+
+
+def image_line(r: FrameResult) -> dict[str, Any]:
+    """One image's entry of summary.json's ``per_image``: its own view and jets."""
+    best: dict[str, float] = {}
+    for d in r.detections:
+        best[d.name] = max(best.get(d.name, 0.0), d.score)
+    view = f"view {r.view_name} {r.view_prob:.2f}" if r.view_name is not None and \
+        r.view_prob is not None else ("view uncertain" if r.view_probs else "")
+    jets = ("jets " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(best.items(),
+                                                                    key=lambda kv: -kv[1]))
+            if best else "no jets found")
+    return {"source": r.source, "view": r.view_name,
+            "view_prob": None if r.view_prob is None else round(r.view_prob, 5),
+            "jets": {n: round(v, 5) for n, v in sorted(best.items())},
+            "text": "; ".join(t for t in (view, jets) if t)}
 
 
 def predict_command(weights: str | Path, source: str | Path, out: str | Path = "runs/predict",
@@ -103,6 +134,7 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
     problems: list[Problem] = []
     used: set[str] = set()
     n_images = 0
+    images: list[dict[str, Any]] = []
     with open(out / "predictions.jsonl", "w") as jf:
         for path in files:
             stem, k = path.stem, 1
@@ -124,6 +156,8 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
                         jf.write(json.dumps(r.to_dict(ndigits=2), allow_nan=False) + "\n")
                         tally.add(r)
                         total.add(r)
+                        if not media.is_clip:
+                            images.append(image_line(r))
                         if writer is not None:
                             writer.write(annotate(a, r))
                     done += len(arrays)
@@ -140,14 +174,15 @@ def predict_command(weights: str | Path, source: str | Path, out: str | Path = "
                     writer.close()
             if media.is_clip:
                 clips.append({"source": str(path), "fps": media.fps,
-                              "output": str(writer.path) if writer else None, **tally.to_dict()})
+                              "output": str(writer.path) if writer else None,
+                              "codec": writer.codec if writer else None, **tally.to_dict()})
             else:
                 n_images += 1
     summary = {"weights": str(weights), "source": str(source), "out": str(out),
                "thresholds": {"conf": conf, "iou": iou, "max_det": max_det,
                               "view_min_prob": view_min_prob, "imgsz": predictor.imgsz},
                "files": len(files), "images": n_images, "clips": len(clips), **total.to_dict(),
-               "per_clip": clips, "skipped": len(problems),
+               "per_clip": clips, "per_image": images, "skipped": len(problems),
                "problems": [{"file": p.file, "reason": p.reason} for p in problems]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     if problems and total.frames == 0:

@@ -1,7 +1,8 @@
 """`BasePredictor`: the pre- and post-processing every predictor shares.
 
-The path of a frame: any image (path, PIL, numpy; grey, RGB, RGBA, 16-bit) -> (H, W, 3) uint8 RGB
-(`to_rgb_array`) -> letterbox to the predictor's ``imgsz`` -> ``_forward`` (the subclass: PyTorch in
+The path of a frame: any image (path, PIL, numpy; grey, RGB, RGBA, 16-bit; numpy arrays RGB by
+default, ``channels="bgr"`` for OpenCV's order) -> (H, W, 3) uint8 RGB (`to_rgb_array`) ->
+letterbox to the predictor's ``imgsz`` -> ``_forward`` (the subclass: PyTorch in
 `medmtl.inference.torch_predictor`, ONNX Runtime in `medmtl.inference.export`) -> decoded boxes and
 scores -> `select_detections` (class-aware NMS, the same rules as
 `medmtl.evaluation.postprocess.postprocess`) -> boxes mapped back to original pixels with
@@ -11,7 +12,8 @@ same results.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +22,15 @@ from torch import Tensor
 from medmtl.data.transforms import letterbox, unletterbox_boxes
 from medmtl.errors import InputError, NonFiniteError
 from medmtl.evaluation.postprocess import select_detections
-from medmtl.inference.results import Detection, FrameResult, ImageInput, source_name, to_rgb_array
+from medmtl.inference.results import (
+    Channels,
+    Detection,
+    FrameResult,
+    ImageInput,
+    source_name,
+    to_rgb_array,
+)
+from medmtl.inference.sources import open_media
 
 
 class BasePredictor:
@@ -41,29 +51,73 @@ class BasePredictor:
     def _forward(self, images: np.ndarray) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        where = getattr(self, "weights", None)
+        dev = getattr(self, "device", None)
+        parts = [f"weights={where!r}" if where else None, f"tasks={'+'.join(self.tasks)}",
+                 f"imgsz={self.imgsz}", f"device={dev}" if dev is not None else None,
+                 f"classes={self.names}" if "detect" in self.tasks else None,
+                 f"views={self.cls_names}" if "classify" in self.tasks else None]
+        return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
+
     def predict(self, image: ImageInput, conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
-                view_min_prob: float = 0.0, source: str | None = None, frame: int = 0) -> FrameResult:
-        """Detections (original pixels) and the view of one image (path, PIL, numpy)."""
+                view_min_prob: float = 0.0, source: str | None = None, frame: int = 0,
+                channels: Channels = "rgb") -> FrameResult:
+        """Detections (original pixels) and the view of one image (path, PIL, numpy).
+
+        ``channels``: the channel order of numpy arrays: "rgb" (the default; what PIL, imageio and
+        matplotlib give) or "bgr" (what ``cv2.imread`` and ``cv2.VideoCapture`` give: pass
+        ``channels="bgr"``, or swapped red and blue reverse the Doppler flow direction). Paths and
+        PIL images are decoded by medmtl and always read the right way round.
+        """
         return self.predict_batch([image], conf, iou, max_det, view_min_prob,
-                                  None if source is None else [source], [frame])[0]
+                                  None if source is None else [source], [frame], channels)[0]
 
     def predict_batch(self, images: Sequence[ImageInput], conf: float = 0.25, iou: float = 0.6,
                       max_det: int = 100, view_min_prob: float = 0.0,
                       sources: Sequence[str] | None = None,
-                      frames: Sequence[int] | None = None) -> list[FrameResult]:
-        """`predict` on several images, run ``max_batch`` at a time; one result per image."""
+                      frames: Sequence[int] | None = None,
+                      channels: Channels = "rgb") -> list[FrameResult]:
+        """`predict` on several images, run ``max_batch`` at a time; one result per image.
+
+        ``channels``: the channel order of numpy arrays: "rgb" (the default; what PIL, imageio and
+        matplotlib give) or "bgr" (what ``cv2.imread`` and ``cv2.VideoCapture`` give: pass
+        ``channels="bgr"``, or swapped red and blue reverse the Doppler flow direction). Paths and
+        PIL images are decoded by medmtl and always read the right way round.
+        """
+        if channels not in ("rgb", "bgr"):
+            raise InputError(f'channels must be "rgb" or "bgr", got {channels!r}')
         results: list[FrameResult] = []
         for i in range(0, len(images), self.max_batch):
             chunk = list(images[i:i + self.max_batch])
             src = [source_name(im) for im in chunk] if sources is None else \
                 list(sources[i:i + self.max_batch])
             frm = [0] * len(chunk) if frames is None else list(frames[i:i + self.max_batch])
-            results += self._predict_chunk(chunk, conf, iou, max_det, view_min_prob, src, frm)
+            arrays = [to_rgb_array(im, channels) for im in chunk]
+            results += self._predict_chunk(arrays, conf, iou, max_det, view_min_prob, src, frm)
         return results
 
-    def _predict_chunk(self, images: list[ImageInput], conf: float, iou: float, max_det: int,
+    def predict_video(self, path: str | Path, conf: float = 0.25, iou: float = 0.6,
+                      max_det: int = 100, view_min_prob: float = 0.0) -> Iterator[FrameResult]:
+        """One `FrameResult` per frame of a video or multi-frame DICOM file (or the one frame of
+        an image), in order, as they are computed (``max_batch`` frames at a time). Frames are
+        decoded by medmtl (OpenCV for video, pydicom for DICOM) and read as RGB."""
+        src = str(path)
+        frames: list[np.ndarray] = []
+        first = 0
+        for i, img in enumerate(open_media(path).frames()):
+            frames.append(img)
+            if len(frames) == self.max_batch:
+                yield from self._predict_chunk(frames, conf, iou, max_det, view_min_prob,
+                                               [src] * len(frames), list(range(first, i + 1)))
+                frames, first = [], i + 1
+        if frames:
+            yield from self._predict_chunk(frames, conf, iou, max_det, view_min_prob,
+                                           [src] * len(frames),
+                                           list(range(first, first + len(frames))))
+
+    def _predict_chunk(self, arrays: list[np.ndarray], conf: float, iou: float, max_det: int,
                        view_min_prob: float, sources: list[str], frames: list[int]) -> list[FrameResult]:
-        arrays = [to_rgb_array(im) for im in images]
         lbs = [letterbox(a, self.imgsz) for a in arrays]
         x = np.stack([lb[0] for lb in lbs]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         boxes, scores, logits = self._forward(np.ascontiguousarray(x))

@@ -23,10 +23,19 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+Rect = tuple[float, float, float, float]
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
            fill: tuple[int, int, int], font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-           img_hw: tuple[int, int], above: bool = True) -> None:
-    """Text on a filled box, placed above ``xy`` (or below when it would leave the image)."""
+           img_hw: tuple[int, int], above: bool = True, taken: list[Rect] | None = None) -> Rect:
+    """Text on a filled box, placed above ``xy`` (or below when it would leave the image). With
+    ``taken`` (the labels already drawn), moved down a line at a time until it covers none, so
+    labels of overlapping boxes stay legible; returns where it went."""
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
     tw, th = x1 - x0 + 4, y1 - y0 + 4
     x = min(max(0.0, xy[0]), max(0.0, img_hw[1] - tw))
@@ -34,10 +43,21 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     if y < 0:
         y = xy[1] if above else 0
     y = min(y, max(0.0, img_hw[0] - th))
+    if taken:
+        start = y
+        while any(_overlaps((x, y, x + tw, y + th), r) for r in taken):
+            y += th
+            if y + th > img_hw[0]:  # no room below: take the first free slot above, else stay
+                y = next((c for c in (start - k * th for k in range(1, 50)) if c >= 0 and
+                          not any(_overlaps((x, c, x + tw, c + th), r) for r in taken)), start)
+                break
     draw.rectangle((x, y, x + tw, y + th), fill=fill)
     lum = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
     draw.text((x + 2 - x0, y + 2 - y0), text, fill=(0, 0, 0) if lum > 140 else (255, 255, 255),
               font=font)
+    if taken is not None:
+        taken.append((x, y, x + tw, y + th))
+    return (x, y, x + tw, y + th)
 
 
 def annotate(image: np.ndarray, result: FrameResult, line_width: int | None = None,
@@ -49,11 +69,15 @@ def annotate(image: np.ndarray, result: FrameResult, line_width: int | None = No
     font = _font(font_size or max(9, round(side / 28)))
     im = Image.fromarray(np.ascontiguousarray(image[:, :, :3]), "RGB")
     draw = ImageDraw.Draw(im)
-    for d in sorted(result.detections, key=lambda d: d.score):  # best on top
-        colour = PALETTE[d.cls % len(PALETTE)]
+    dets = sorted(result.detections, key=lambda d: d.score)  # best on top
+    for d in dets:
         x1, y1, x2, y2 = d.box
-        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=lw)
-        _label(draw, (x1, y1), f"{d.name} {d.score:.2f}", colour, font, (h, w))
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)),
+                       outline=PALETTE[d.cls % len(PALETTE)], width=lw)
+    taken: list[Rect] = []
+    for d in reversed(dets):  # labels after every box, the best placed first: none covers another
+        _label(draw, (d.box[0], d.box[1]), f"{d.name} {d.score:.2f}", PALETTE[d.cls % len(PALETTE)],
+               font, (h, w), taken=taken)
     if result.view_probs:
         if result.view_name is not None:
             text = f"view {result.view_name} {result.view_probs[result.view_name]:.2f}"

@@ -188,7 +188,7 @@ class OnnxPredictor(BasePredictor):
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | Any = "cpu", imgsz: int | None = None,
+    def from_file(cls, path: str | Path, device: str | Any = "auto", imgsz: int | None = None,
                   max_batch: int = 16, threads: int | None = None) -> OnnxPredictor:
         import onnxruntime as ort
 
@@ -208,8 +208,10 @@ class OnnxPredictor(BasePredictor):
         outs = [o.name for o in sess.get_outputs()]
         tasks = meta.get("tasks") or ((["detect"] if "boxes" in outs else [])
                                       + (["classify"] if VIEW_OUTPUT in outs else []))
-        return cls(sess, meta.get("names", []), meta.get("cls_names", []), tasks, int(size),
+        pred = cls(sess, meta.get("names", []), meta.get("cls_names", []), tasks, int(size),
                    max_batch)
+        pred.weights = str(path)
+        return pred
 
     def _forward(self, images: np.ndarray) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         if self.fixed_batch is not None and self.fixed_batch != images.shape[0]:

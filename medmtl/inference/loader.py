@@ -12,15 +12,20 @@ from medmtl.inference.export import OnnxPredictor
 from medmtl.inference.torch_predictor import Predictor
 
 
-def load_model(weights: str | Path, device: str | torch.device = "cpu", imgsz: int | None = None,
+def load_model(weights: str | Path, device: str | torch.device = "auto", imgsz: int | None = None,
                use_ema: bool = True, max_batch: int = 16,
                allow_backbone_path: bool = False) -> BasePredictor:
     """Load a checkpoint (``.pt``, safe load) or an exported ``.onnx`` graph as a predictor.
 
-    ``device``: "cpu", "cuda", "cuda:1", "auto". ``imgsz``: letterbox size (a multiple of 32;
+    ``device``: "auto" (the default, as on the command line: CUDA, else Apple MPS, else the CPU),
+    "cpu", "cuda", "cuda:1". ``imgsz``: letterbox size (a multiple of 32;
     default: the size the checkpoint was trained at, or the ONNX graph's). EMA weights are used
     when the checkpoint has them (``use_ema``). A checkpoint whose config names a backbone that
     is not a timm model name (a folder, a hub id) is refused unless ``allow_backbone_path``.
+
+    ``predict`` takes a path, a PIL image or a numpy array; numpy arrays are read as RGB unless
+    ``channels="bgr"`` (pass that for ``cv2.imread`` frames). ``predict_video`` yields one result
+    per frame of a video or DICOM cine loop.
     """
     if Path(weights).suffix.lower() == ".onnx":
         return OnnxPredictor.from_file(weights, device=device, imgsz=imgsz, max_batch=max_batch)

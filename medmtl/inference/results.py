@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from PIL import Image
 from medmtl.data.transforms import load_image, to_rgb_uint8
 
 ImageInput = str | Path | Image.Image | np.ndarray
+Channels = Literal["rgb", "bgr"]
 
 
 @dataclass
@@ -59,13 +60,16 @@ class FrameResult:
         }
 
 
-def to_rgb_array(image: ImageInput) -> np.ndarray:
+def to_rgb_array(image: ImageInput, channels: Channels = "rgb") -> np.ndarray:
     """Path, PIL image or numpy array -> (H, W, 3) uint8 RGB, scaled like the data layer.
 
-    numpy: uint8 is taken as is (HxW grey, HxWx1, HxWx3 RGB, HxWx4 RGBA -> alpha dropped); any
+    numpy arrays are RGB(A) unless ``channels="bgr"`` (BGR(A), as OpenCV gives them): on colour
+    Doppler, swapped red and blue reverse the flow direction, so say which you pass. uint8 is taken as is (HxW grey, HxWx1, HxWx3 RGB, HxWx4 RGBA -> alpha dropped); any
     other integer dtype is 16-bit data (``v / 257``, clipped to [0, 65535]); floats in [0, 1] are
     multiplied by 255, other floats are clipped to [0, 255].
     """
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f'channels must be "rgb" or "bgr", got {channels!r}')
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
@@ -75,6 +79,8 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     a = image
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
         a = a[:, :, :3] if a.shape[2] == 4 else a
+        if channels == "bgr" and a.shape[2] == 3:
+            a = a[:, :, ::-1]
     elif a.ndim != 2:
         raise ValueError(f"expected an HxW or HxWxC (C in 1, 3, 4) array, got shape {a.shape}")
     if a.dtype == np.uint8:

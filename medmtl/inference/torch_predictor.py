@@ -26,7 +26,7 @@ class Predictor(BasePredictor):
         self.model = model.to(self.device).eval()
 
     @classmethod
-    def from_checkpoint(cls, weights: str | Path, device: str | torch.device = "cpu",
+    def from_checkpoint(cls, weights: str | Path, device: str | torch.device = "auto",
                         imgsz: int | None = None, use_ema: bool = True,
                         max_batch: int = 16, allow_backbone_path: bool = False) -> Predictor:
         """A checkpoint (``.pt``) as a predictor; see `medmtl.inference.load_model`."""

@@ -95,14 +95,31 @@ def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
             and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def folder_hint(folder: Path) -> str:
+    """What to say when a folder is given where a checkpoint file belongs."""
+    for cand in ("weights/best.pt", "best.pt", "weights/last.pt", "last.pt"):
+        if (folder / cand).is_file():
+            return (f"{folder} is a folder, not a checkpoint; give its checkpoint file: "
+                    f"--weights {folder / cand}")
+    found = sorted(folder.glob("*/weights/best.pt"))[:3]
+    if found:
+        return (f"{folder} is a folder of runs, not a checkpoint; give one run's checkpoint, e.g. "
+                f"--weights {found[0]}")
+    return (f"{folder} is a folder, not a checkpoint; --weights takes a .pt file (a run's "
+            "weights/best.pt)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     verify: bool = True) -> dict[str, Any]:
     """Load safely (``weights_only=True``), verify the checksum when it has one (a warning says
     "unverified" when it has none: written before medmtl recorded checksums), and check the header
     against its config. Every failure is a `CheckpointError` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(folder_hint(path))
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path} (a checkpoint is a .pt file, e.g. "
+                                "a run's weights/best.pt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle refusing a non-tensor object, truncated file, ...

@@ -42,10 +42,10 @@ def deployment_blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
     others = [rt for rt in RUNTIMES if any(rt in p["other_runtimes_ms"] for p in dep["points"])]
     rows = []
     for p in dep["points"]:
-        std = "—" if p["delta_m_std"] is None else f"{p['delta_m_std']:.2f}"
+        std = "" if p["delta_m_std"] is None else f" ± {p['delta_m_std']:.2f}"
         fwd = ((summary["methods"].get(p["method"]) or {}).get("metrics") or {}).get(
             "ms_per_image", {}).get("mean")
-        rows.append([p["method"], f"{p['delta_m']:+.2f} ± {std}", _ms(p["latency_ms"]),
+        rows.append([p["method"], f"{p['delta_m']:+.2f}{std}", _ms(p["latency_ms"]),
                      _ms(p["noise_ms"]), _ms(p["p90_ms"])]
                     + [_ms(p["other_runtimes_ms"].get(rt)) for rt in others]
                     + [_ms(fwd), "yes" if p["pareto"] else "no",

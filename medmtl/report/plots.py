@@ -13,6 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from medmtl.report.collect import METRIC_BY_KEY, Run
+from medmtl.report.setup import class_name
 
 DPI = 110
 
@@ -141,10 +142,11 @@ def pr_curves(runs: Sequence[Run], methods: Sequence[str], path: Path) -> Path |
     for ax, r in zip(axes, picked, strict=True):
         pr = r.pr_curves or {}
         recall = np.asarray(pr["recall"], dtype=float)
-        for name, prec in pr["per_class"].items():
+        names = list(((r.metrics or {}).get("detection") or {}).get("per_class") or {})
+        for key, prec in pr["per_class"].items():
             prec = np.asarray(prec, dtype=float)
             if prec.shape == recall.shape:
-                ax.plot(recall, prec, label=str(name))
+                ax.plot(recall, prec, label=class_name(str(key), names))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("recall", fontsize=8)
@@ -171,8 +173,9 @@ def confusion(runs: Sequence[Run], methods: Sequence[str], path: Path) -> Path |
                 continue
             total = arr if total is None else total + arr
             per_class = list((cls or {}).get("per_class") or {})
-            names = per_class if len(per_class) == arr.shape[0] else [str(i) for i in
-                                                                      range(arr.shape[0])]
+            labels = list((cls or {}).get("labels") or [])
+            names = per_class if len(per_class) == arr.shape[0] else \
+                labels if len(labels) == arr.shape[0] else [str(i) for i in range(arr.shape[0])]
         if total is not None:
             mats.append((m, total, names))
     if not mats:

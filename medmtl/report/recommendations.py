@@ -98,10 +98,10 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
                                                       "indistinguishable")
         rec[bucket].append(row["method"])
     top, nd = rec["ranking"][0], rec["decimals"]
-    std = "—" if top["std"] is None else f"{top['std']:.{nd}f}"
+    std = "" if top["std"] is None else f" ± {top['std']:.{nd}f}"
     mm = methods[best]["metrics"]
     rec["text"] = (
-        f"Accuracy first (diagnosis): {best} has the highest {what}: {top['mean']:.{nd}f} ± {std} "
+        f"Accuracy first (diagnosis): {best} has the highest {what}: {top['mean']:.{nd}f}{std} "
         f"over {top['n']} seed(s) (mAP@0.5 {mm['map50']['mean']:.3f}, view accuracy "
         f"{mm['accuracy']['mean']:.3f}). Statistically indistinguishable from it (paired t-test "
         f"across seeds, Holm-adjusted over the {rec['holm_family_size']} comparison(s) with it, "

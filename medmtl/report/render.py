@@ -6,9 +6,7 @@ show the same numbers. All text is a template filled with computed values.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -18,6 +16,7 @@ from typing import Any
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.deployment import deployment_blocks
+from medmtl.report.markup import to_html, to_markdown
 from medmtl.report.pareto import DEFAULT_RUNTIME, analyse
 from medmtl.report.plots import make_plots
 from medmtl.report.recommendations import DM_TOLERANCE
@@ -27,6 +26,7 @@ from medmtl.report.render_stats import (
     stats_notes,
     verdict_cell,
 )
+from medmtl.report.setup import per_class_ap_blocks, setup_blocks, single_seed_banner, withheld
 from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 from medmtl.report.view_labels import VIEW_LABEL_KEYS, run_view_labels, view_label_blocks
@@ -44,7 +44,7 @@ PLOT_CAPTIONS = {
 }
 HOW_TO_READ = [
     "Each cell 'mean ± std' is the mean over the finished seeds of a method and the sample "
-    "standard deviation (ddof = 1); '—' means a single seed, so no spread can be given.",
+    "standard deviation (ddof = 1); a method with a single seed shows its value alone.",
     "Metrics on a 0–1 scale show 3 decimals, times in ms and s 1 decimal, parameters in "
     "millions. 'n/a' means the runs did not report the value; 'nan' means a run reported a "
     "non-finite value (e.g. a diverged training).",
@@ -75,8 +75,9 @@ def fmt_ms(entry: dict[str, Any], key: str) -> str:
     cell = entry["metrics"][key]
     if cell["mean"] is None:
         return "n/a"
-    std = "—" if cell["std"] is None else fmt(key, cell["std"])
-    return f"{fmt(key, cell['mean'])} ± {std}"
+    if cell["std"] is None:  # one seed: the banner says so once, not '± —' in every cell
+        return fmt(key, cell["mean"])
+    return f"{fmt(key, cell['mean'])} ± {fmt(key, cell['std'])}"
 
 
 def _pct(v: float | None) -> str:
@@ -119,6 +120,8 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
                         "metrics": extract(r.metrics) if r.metrics else None,
                         "split": r.split, **run_view_labels(r),
                         "val_metrics": extract(r.val_metrics) if r.val_metrics else None})
+    recs = recommend(runs, agg, alpha, deployment, latency_budget_ms, delta_m_tolerance)
+    recs["withheld"] = withheld({"methods": agg["methods"]})
     return {
         "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
         "scored_on": sorted({r.split for r in runs if r.finished and r.split}),
@@ -132,8 +135,7 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
                         "epochs_logged": len(r.history)} for r in runs if not r.finished],
         "deployment": deployment,
-        "recommendations": recommend(runs, agg, alpha, deployment, latency_budget_ms,
-                                     delta_m_tolerance),
+        "recommendations": recs,
     }
 
 
@@ -189,33 +191,55 @@ def _val_table(summary: dict[str, Any]) -> list[Block]:
             ("table", ["method", "seeds", *[METRIC_BY_KEY[k].label for k in keys]], rows)]
 
 
-def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) -> list[Block]:
-    methods, base = summary["methods"], summary["baseline"]
+def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path,
+            runs: Sequence[Run] = ()) -> list[Block]:
+    base = summary["baseline"]
     b: list[Block] = [("h", 1, f"Multi-task comparison: {directory.name}")]
     n_done = sum(r["finished"] for r in summary["runs"])
     b.append(("p", f"{len(summary['runs'])} run(s), {n_done} finished, "
                    f"{len(summary['unfinished'])} unfinished. Baseline: {base or 'none'}. "
                    f"Significance level α = {summary['alpha']}."))
     b.append(("p", _split_sentence(summary.get("scored_on") or [])))
-    b.append(("h", 2, "How to read this report"))
-    b.append(("ul", HOW_TO_READ[:-1] + stats_notes(summary) + HOW_TO_READ[-1:]))
+    b += single_seed_banner(summary)
     b.append(("h", 2, "Recommendations"))
     recs = summary["recommendations"]
-    b.append(("p", recs["accuracy_first"]["text"]))
+    if recs.get("withheld"):
+        b.append(("p", recs["withheld"]))
+    else:
+        b += _recommendation_blocks(recs)
+    if "pareto" in plots:
+        b.append(("img", PLOT_CAPTIONS["pareto"], plots["pareto"].relative_to(directory),
+                  plots["pareto"]))
+    b += setup_blocks(runs)
+    b.append(("h", 2, "How to read this report"))
+    b.append(("ul", HOW_TO_READ[:-1] + stats_notes(summary) + HOW_TO_READ[-1:]))
+    b += _rest_blocks(summary, plots, directory, runs)
+    return b
+
+
+def _recommendation_blocks(recs: dict[str, Any]) -> list[Block]:
+    b: list[Block] = [("p", recs["accuracy_first"]["text"])]
     ranking, nd = recs["accuracy_first"]["ranking"], recs["accuracy_first"].get("decimals", 3)
     if ranking:
         b.append(("table", ["method", f"score ({recs['accuracy_first']['score_name']})",
                             "seeds", "vs best"],
-                  [[r["method"], f"{r['mean']:.{nd}f} ± "
-                    + ("—" if r["std"] is None else f"{r['std']:.{nd}f}"), str(r["n"]),
+                  [[r["method"], f"{r['mean']:.{nd}f}"
+                    + ("" if r["std"] is None else f" ± {r['std']:.{nd}f}"), str(r["n"]),
                     "best" if i == 0 else _verdict(r.get("vs_best"))]
                    for i, r in enumerate(ranking)]))
     b.append(("p", recs["efficiency_first"]["text"]))
     if recs.get("latency_budget"):
         b.append(("p", recs["latency_budget"]["text"]))
-    b.append(("h", 2, "Runs"))
-    b.append(("table", ["method", "arch", "finished seeds", "unfinished seeds"],
-              [[m, str(e["arch"] or "n/a"), ", ".join(map(str, e["seeds"])) or "none",
+    return b
+
+
+def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path,
+                 runs: Sequence[Run]) -> list[Block]:
+    methods, base, recs = summary["methods"], summary["baseline"], summary["recommendations"]
+    b: list[Block] = [("h", 2, "Runs")]
+    b.append(("table", ["method", "arch", "seeds run", "unfinished seeds"],
+              [[m, str(e["arch"] or "n/a"),
+                f"{len(e['seeds'])} ({', '.join(map(str, e['seeds']))})" if e["seeds"] else "0",
                 ", ".join(map(str, e["unfinished_seeds"])) or "none"]
                for m, e in methods.items()]))
     if summary["unfinished"]:
@@ -224,6 +248,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
                          f"logged ({u['path']})" for u in summary["unfinished"]]))
     b.append(("h", 2, "Detection (regurgitation jet boxes)"))
     b.append(_table(summary, ["map50", "map50_95", "precision", "recall", "f1"], ["rel"]))
+    b += per_class_ap_blocks(runs, list(methods))
     b.append(("h", 2, "View classification"))
     b.append(_table(summary, ["accuracy", "macro_f1", *VIEW_LABEL_KEYS], ["rel"]))
     b += view_label_blocks(summary)
@@ -271,71 +296,9 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path) ->
     b.extend(tuning_blocks(directory))
     if plots:
         b.append(("h", 2, "Figures"))
-        for name, path in plots.items():
+        for name, path in ((k, v) for k, v in plots.items() if k != "pareto"):
             b.append(("img", PLOT_CAPTIONS.get(name, name), path.relative_to(directory), path))
     return b
-
-
-def _esc_md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def to_markdown(blocks: Sequence[Block]) -> str:
-    out: list[str] = []
-    for blk in blocks:
-        if blk[0] == "h":
-            out.append("#" * blk[1] + " " + blk[2])
-        elif blk[0] == "p":
-            out.append(blk[1])
-        elif blk[0] == "ul":
-            out.append("\n".join(f"- {item}" for item in blk[1]))
-        elif blk[0] == "table":
-            lines = ["| " + " | ".join(_esc_md(h) for h in blk[1]) + " |",
-                     "|" + "---|" * len(blk[1])]
-            lines += ["| " + " | ".join(_esc_md(c) for c in row) + " |" for row in blk[2]]
-            out.append("\n".join(lines) if blk[2] else "(no data)")
-        elif blk[0] == "img":
-            out.append(f"![{blk[1]}]({blk[2].as_posix()})\n\n*{blk[1]}*")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.88em}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f0f3f7}td:first-child,th:first-child{text-align:left;font-weight:600}
-tr:nth-child(even) td{background:#fafafa}figure{margin:1em 0}
-img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.85em;color:#555}
-h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}"""
-
-
-def to_html(blocks: Sequence[Block]) -> str:
-    e = html.escape
-    body: list[str] = []
-    title = "medmtl report"
-    for blk in blocks:
-        if blk[0] == "h":
-            title = blk[2] if blk[1] == 1 else title
-            body.append(f"<h{blk[1]}>{e(blk[2])}</h{blk[1]}>")
-        elif blk[0] == "p":
-            body.append(f"<p>{e(blk[1])}</p>")
-        elif blk[0] == "ul":
-            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in blk[1]) + "</ul>")
-        elif blk[0] == "table":
-            if not blk[2]:
-                body.append("<p>(no data)</p>")
-                continue
-            head = "".join(f"<th>{e(h)}</th>" for h in blk[1])
-            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-                           for row in blk[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif blk[0] == "img":
-            data = base64.b64encode(blk[3].read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{e(blk[1])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{e(blk[1])}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{e(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_csv(summary: dict[str, Any], path: Path) -> Path:
@@ -377,7 +340,7 @@ def write_report(directory: str | Path, baseline: str | None = None, alpha: floa
         (plot_dir / f"{name}.png").unlink(missing_ok=True)
     figures = make_plots(runs, summary, plot_dir) if plots else {}
     summary["plots"] = {k: str(v.relative_to(directory)) for k, v in figures.items()}
-    blocks = _blocks(summary, figures, directory)
+    blocks = _blocks(summary, figures, directory, runs)
     paths = {"md": directory / "report.md", "html": directory / "report.html",
              "json": directory / "summary.json", "csv": directory / "summary.csv"}
     paths["md"].write_text(to_markdown(blocks), encoding="utf-8")

@@ -75,8 +75,8 @@ def stats_notes(summary: dict[str, Any]) -> list[str]:
 def _dm_cell(dm: dict[str, Any]) -> str:
     if not dm.get("available"):
         return "unavailable"
-    std = "—" if dm["std"] is None else f"{dm['std']:.2f}"
-    return f"{dm['mean']:+.2f} ± {std}"
+    std = "" if dm["std"] is None else f" ± {dm['std']:.2f}"
+    return f"{dm['mean']:+.2f}{std}"
 
 
 def delta_m_blocks(summary: dict[str, Any]) -> list[Block]:

@@ -1,0 +1,112 @@
+"""The report's opening: what was run (data, splits and their sizes, epochs, image size, model
+size, device, versions, date), the single-seed banner, the per-class AP table, and withholding the
+advice when no detector learnt anything (every mAP@0.5 zero)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+from medmtl.report.collect import Run
+
+Block = tuple[Any, ...]
+
+
+
+def _split_sizes(data: str) -> str:
+    """"train 240, val 80" from the data YAML (image files counted); "" when it cannot be read."""
+    try:
+        from medmtl.data.dataset_yaml import load_data_yaml
+        from medmtl.data.images import discover
+
+        spec = load_data_yaml(data)
+        return ", ".join(f"{k} {len(discover(p)[0])}" for k, p in spec.splits.items())
+    except Exception:  # noqa: BLE001 -- the data moved since: the header says so, nothing else
+        return "not readable now"
+
+
+def setup_blocks(runs: Sequence[Run]) -> list[Block]:
+    done = [r for r in runs if r.finished] or list(runs)
+    if not done:
+        return []
+    cfg, m = done[0].config, done[0].metrics or {}
+    model = cfg.get("model") or {}
+    tr, eff = m.get("training") or {}, m.get("efficiency") or {}
+    import torch
+
+    import medmtl
+
+    params = eff.get("params")
+    rows = [
+        ["data", str(cfg.get("data", "n/a"))],
+        ["splits (images)", _split_sizes(str(cfg.get("data", "")))],
+        ["scored on", f"{m.get('split', 'n/a')} ({m.get('images', 'n/a')} images)"],
+        ["epochs", str(cfg.get("epochs", "n/a"))],
+        ["image size", f"{cfg.get('imgsz', 'n/a')} px"],
+        ["model size", f"{model.get('size', 'n/a')}"
+         + (f" ({params / 1e6:.2f}M parameters in {done[0].method}; every method's under "
+            "Efficiency)" if params else "")],
+        ["batch", str(cfg.get("batch", "n/a"))],
+        ["device", str(tr.get("device") or cfg.get("device", "n/a"))],
+        ["versions", f"medmtl {medmtl.__version__}, torch {torch.__version__}, "
+                     f"Python {platform.python_version()}"],
+        ["report written", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")],
+    ]
+    return [("h", 2, "Setup"), ("table", ["", "value"], rows)]
+
+
+def single_seed_banner(summary: dict[str, Any]) -> list[Block]:
+    """One sentence instead of a '± —' in every cell when methods ran one seed."""
+    single = [m for m, e in summary["methods"].items() if e["n"] == 1]
+    if not single:
+        return []
+    who = "Every method" if len(single) == len(summary["methods"]) else \
+        "These methods: " + ", ".join(single) + ";"
+    return [("banner", f"{who} ran a single seed, so no spread (±) and no significance can be "
+                       "given: a difference between single runs is not evidence. Run "
+                       "`medmtl compare --seeds 3` (or more) for both.")]
+
+
+def withheld(summary: dict[str, Any]) -> str | None:
+    """The reason to give no recommendation: no method detected anything (every mAP@0.5 0)."""
+    means = [e["metrics"]["map50"]["mean"] for e in summary["methods"].values()
+             if e["metrics"].get("map50", {}).get("mean") is not None]
+    if means and all(v == 0 for v in means):
+        return ("No recommendation: every method's mAP@0.5 is 0, so no detector learnt anything "
+                "to compare (too few epochs or images, or labels that do not match the images: "
+                "`medmtl audit --data D`). Train longer and report again.")
+    return None
+
+
+def per_class_ap_blocks(runs: Sequence[Run], methods: Sequence[str]) -> list[Block]:
+    """AP@0.5 per jet class (AR, MR, PR, TR) and method, mean over finished seeds."""
+    names: list[str] = []
+    for r in runs:
+        for n in ((r.metrics or {}).get("detection") or {}).get("per_class") or {}:
+            if n not in names:
+                names.append(n)
+    if not names:
+        return []
+    rows = []
+    for m in methods:
+        cells = []
+        for n in names:
+            xs = [((r.metrics or {}).get("detection") or {}).get("per_class", {}).get(n, {})
+                  .get("ap50") for r in runs if r.method == m and r.finished]
+            xs = [x for x in xs if x is not None]
+            cells.append(f"{sum(xs) / len(xs):.3f}" if xs else "n/a")
+        if any(c != "n/a" for c in cells):
+            rows.append([m, *cells])
+    return [("h", 3, "AP@0.5 per class (mean over seeds; n/a: no such jet in the scored split)"),
+            ("table", ["method", *names], rows)] if rows else []
+
+
+def class_name(key: str, names: Sequence[str]) -> str:
+    """A class index as saved in eval/pr_curves.json ("0") -> its name ("AR")."""
+    return names[int(key)] if key.isdigit() and int(key) < len(names) else key
+
+
+__all__ = ["class_name", "per_class_ap_blocks", "setup_blocks",
+           "single_seed_banner", "withheld"]
