@@ -37,6 +37,8 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     """Train the rest of epoch `t.state.epoch`; returns its history row (without val columns)."""
     cfg, st, comm, tasks = t.cfg, t.state, t.comm, t.tasks
     t.model.train()
+    if getattr(t, "frozen", False):
+        t.model.trunk.eval()  # staged training: the frozen trunk keeps its BatchNorm statistics
     nb = t.data.batches_per_epoch()
     start_batch = st.step_in_epoch * cfg.accumulate
     loader = t.data.train_loader(st.epoch, start_batch)
@@ -130,6 +132,9 @@ def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
                 "nonfinite_steps": acc.get("nonfinite_steps", 0),
                 "unreadable_samples": getattr(t.data.train_set, "unreadable", 0)})
     row.update(rank_spread(t, weights))
+    if t.cfg.init_from or t.cfg.teacher:  # runs that start from other runs say which stage
+        row["stage"] = "frozen-trunk" if getattr(t, "frozen", False) else \
+            "distill" if t.cfg.teacher else "joint"
     return row
 
 

@@ -44,6 +44,13 @@ from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_e
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
 from medmtl.engine.runlock import RunLock
+from medmtl.engine.stages import (
+    copy_source_files,
+    prepare_init,
+    set_trunk_frozen,
+    source_dirs,
+    training_stages,
+)
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
@@ -115,6 +122,11 @@ class Trainer:
         self.names, self.cls_names = self.data.names, self.data.cls_names
         cfg.model.num_classes, cfg.model.num_views = len(self.names), len(self.cls_names)
         self.model = build_model(cfg.model)
+        self.frozen = False
+        if cfg.init_from and ckpt is None:
+            info = prepare_init(cfg, self.model, self.names, self.cls_names, world > 1)
+            self.console.print(f"--init-from {cfg.init_from}: {info['copied_tensors']} tensors "
+                               f"copied, {info['fresh_tensors']} start fresh")
         if cfg.sync_bn and self.comm.active:
             self.model = convert_sync_batchnorm(self.model, self.device)
         self.model = self.model.to(self.device)
@@ -203,6 +215,14 @@ class Trainer:
             net = compile_module(net)
         return net
 
+    def _set_stage(self, frozen: bool) -> None:
+        """Staged training: the trunk frozen (first --freeze-trunk-epochs epochs) or trained."""
+        if frozen != self.frozen:
+            set_trunk_frozen(self.model, frozen)
+            self.frozen = frozen
+            self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+            self.last_shared = None if frozen else self.model.last_shared_parameter()
+
     def _optimizer_step(self, n_micro: int, losses: list[torch.Tensor] | None = None) -> bool:
         return optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
                               self.balancer, self.comm, n_micro, self.cfg.clip_grad, losses)
@@ -239,11 +259,13 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
+            copy_source_files(self.run_dir, [d for _, d in source_dirs(cfg)])
         bad_epochs = 0
         with self.stop, contextlib.ExitStack() as stack:
             stack.callback(self.close)
             try:
                 while st.epoch < cfg.epochs:
+                    self._set_stage(st.epoch < cfg.freeze_trunk_epochs)
                     row = train_one_epoch(self)
                     self._check_finite()
                     validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == cfg.epochs
@@ -330,6 +352,7 @@ class Trainer:
             "sync_bn": bool(cfg.sync_bn and self.comm.active),
             "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
             else None,
+            **training_stages(cfg, st.train_seconds, st.epoch),
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics

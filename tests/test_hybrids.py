@@ -1,0 +1,119 @@
+"""Issue #13: staged training (--init-from, --freeze-trunk-epochs), initial task weights
+(--init-weights) and knowledge distillation (--teacher), on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medmtl.engine.trainer import Trainer, train
+from medmtl.methods import build_config
+from medmtl.models.checkpoint import load_checkpoint, model_from_checkpoint
+from tests._cli import run_main
+
+_TINY = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "seed": 0, "device": "cpu",
+         "diag_steps": 0}
+
+
+def _cfg(method: str, data: Path, out: Path, **over: object) -> object:
+    return build_config(method, {**_TINY, "data": str(data), "out": str(out), **over})
+
+
+@pytest.fixture(scope="module")
+def dual_run(synth_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch dual run: the source / teacher of the tests below."""
+    out = tmp_path_factory.mktemp("hyb") / "dual"
+    torch.set_num_threads(1)
+    return train(_cfg("dual", synth_tiny, out, epochs=2), progress=False)
+
+
+def _det_path(run: Path) -> dict[str, torch.Tensor]:
+    """The detection path of the run's best model (EMA), keyed as a shared model's."""
+    src, _, _ = model_from_checkpoint(run / "weights" / "best.pt")
+    out = {}
+    for k, v in src.state_dict().items():
+        if k.startswith("det_body."):
+            out["trunk." + k[len("det_body."):]] = v
+        elif k.startswith(("neck.", "detect_head.")):
+            out[k] = v
+    return out
+
+
+def test_init_from_loads_exactly_the_source_detector(synth_tiny: Path, dual_run: Path,
+                                                     tmp_path: Path, one_thread: None) -> None:
+    want = _det_path(dual_run)
+    assert sum(k.startswith("trunk.") for k in want) > 100
+    cfg = _cfg("staged", synth_tiny, tmp_path / "staged", init_from=str(dual_run),
+               freeze_trunk_epochs=1)
+    t = Trainer(cfg, progress=False)
+    try:
+        got = t.model.state_dict()
+        for k, v in want.items():
+            assert torch.equal(got[k], v), k
+        # the view head starts fresh: it is no copy of the dual run's
+        src = load_checkpoint(dual_run / "weights" / "best.pt")["ema"]["module"]
+        k = next(k for k in got if k.startswith("classify_head.") and k.endswith("weight"))
+        assert not torch.equal(got[k], src[k])
+        t.fit()
+    finally:
+        t.close()
+    # the frozen epoch left the trunk (weights and BatchNorm statistics) exactly as loaded,
+    # while the neck trained
+    after = load_checkpoint(tmp_path / "staged" / "weights" / "last.pt")["model"]
+    trunk = [k for k in want if k.startswith("trunk.")]
+    assert all(torch.equal(after[k], want[k]) for k in trunk)
+    neck = [k for k in want if k.startswith("neck.") and want[k].is_floating_point()]
+    assert any(not torch.equal(after[k], want[k]) for k in neck)
+
+    # both stages in the run folder, and the cost of both
+    out = tmp_path / "staged"
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[1].split(",")[rows[0].split(",").index("stage")] == "frozen-trunk"
+    tr = json.loads((out / "metrics.json").read_text())["training"]
+    src = json.loads((dual_run / "metrics.json").read_text())["training"]
+    assert [s["stage"] for s in tr["stages"]] == ["init-from", "this run"]
+    assert tr["stages"][0]["seconds"] == src["seconds"] > 0
+    assert tr["seconds_total"] == pytest.approx(src["seconds"] + tr["seconds"], abs=0.011)
+    assert (out / "stages" / "dual" / "history.csv").read_text() == \
+        (dual_run / "history.csv").read_text()
+    from medmtl.report.collect import extract
+
+    assert extract({"training": tr})["train_seconds"] == tr["seconds_total"]
+
+
+def test_init_from_fills_split_pieces_by_stage_index(synth_tiny: Path, dual_run: Path,
+                                                     tmp_path: Path, one_thread: None) -> None:
+    """split2: the trunk takes stages 0-2 of the source detector, both tails stages 3-4."""
+    src, _, _ = model_from_checkpoint(dual_run / "weights" / "best.pt")
+    s = src.state_dict()
+    cfg = _cfg("split2", synth_tiny, tmp_path / "s2", init_from=str(dual_run))
+    t = Trainer(cfg, progress=False)
+    try:
+        got = t.model.state_dict()
+        first = t.model.det_body.first
+        assert first == 3
+        for k, v in got.items():
+            if k.startswith("trunk.stages."):
+                assert torch.equal(v, s["det_body." + k[len("trunk."):]]), k
+            for piece in ("det_body.", "cls_body."):
+                if k.startswith(piece + "stages."):
+                    i, rest = k[len(piece) + len("stages."):].split(".", 1)
+                    assert torch.equal(v, s[f"det_body.stages.{int(i) + first}.{rest}"]), k
+    finally:
+        t.close()
+
+
+def test_staged_errors_are_one_line(synth_tiny: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(synth_tiny), "--imgsz", "64", "--epochs", "1",
+            "--out", str(tmp_path / "x")]
+    code, err = run_main([*base, "--method", "staged"], capsys)
+    assert code == 2 and "--init-from RUN_DIR" in err and len(err.strip().splitlines()) <= 2
+    code, err = run_main([*base, "--method", "fixed", "--freeze-trunk-epochs", "2"], capsys)
+    assert code == 2 and "init_from" in err
+    code, err = run_main([*base, "--method", "staged", "--init-from", str(tmp_path / "nope")],
+                         capsys)
+    assert code != 0 and "nope" in err and "no finished run" in err
