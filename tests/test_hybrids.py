@@ -117,3 +117,37 @@ def test_staged_errors_are_one_line(synth_tiny: Path, tmp_path: Path,
     code, err = run_main([*base, "--method", "staged", "--init-from", str(tmp_path / "nope")],
                          capsys)
     assert code != 0 and "nope" in err and "no finished run" in err
+
+
+@pytest.mark.parametrize(("name", "want"), [("gradnorm", {"detect": 4 / 3, "classify": 2 / 3}),
+                                            ("famo", {"detect": 4 / 3, "classify": 2 / 3}),
+                                            ("uncertainty", {"detect": 1.0, "classify": 0.5})])
+def test_init_weights_set_where_learned_weights_start(name: str, want: dict[str, float]) -> None:
+    from medmtl.balancing import create_balancer
+
+    cfg = build_config(name, {"balancer": {"init_weights": {"detect": 1.0, "classify": 0.5}}})
+    assert cfg.balancer.model_dump()["init_weights"] == {"detect": 1.0, "classify": 0.5}
+    got = create_balancer(("detect", "classify"), cfg.balancer).weights()
+    assert got == pytest.approx(want, rel=1e-6)
+    # a third task (distillation) not named starts at 1 (before scaling)
+    got3 = create_balancer(("detect", "classify", "distill"), cfg.balancer).weights()
+    assert got3["detect"] / got3["distill"] == pytest.approx(1.0, rel=1e-6)
+    assert got3["classify"] / got3["distill"] == pytest.approx(0.5, rel=1e-6)
+    # unset: the block is as before (no init_weights key) and weights start equal
+    plain = build_config(name)
+    assert "init_weights" not in plain.balancer.model_dump()
+    assert set(create_balancer(("detect", "classify"), plain.balancer).weights().values()) == {1.0}
+
+
+def test_init_weights_errors(synth_tiny: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(synth_tiny), "--imgsz", "64", "--epochs", "1",
+            "--out", str(tmp_path / "x")]
+    code, err = run_main([*base, "--method", "pcgrad", "--init-weights", "detect=1,classify=0.5"],
+                         capsys)
+    assert code == 2 and "'pcgrad' does not learn task weights" in err and "gradnorm" in err
+    code, err = run_main([*base, "--method", "gradnorm", "--init-weights", "detect=1,view=2"],
+                         capsys)
+    assert code == 2 and "unknown task(s) view" in err
+    code, err = run_main([*base, "--method", "gradnorm", "--init-weights", "detect=0"], capsys)
+    assert code == 2 and "> 0" in err
