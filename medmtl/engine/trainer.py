@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 
 from medmtl.balancing import create_balancer, resolve_config
-from medmtl.config import TrainConfig
+from medmtl.config import DISTILL, TrainConfig
 from medmtl.distributed import (
     cleanup,
     convert_sync_batchnorm,
@@ -51,6 +51,7 @@ from medmtl.engine.stages import (
     source_dirs,
     training_stages,
 )
+from medmtl.engine.teacher import NeckTap, Teacher
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
@@ -133,10 +134,14 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = tuple(self.model.tasks)
+        self.teacher = Teacher(cfg, self.names, self.cls_names, self.tasks, self.device,
+                               self.channels_last) if cfg.teacher else None
+        # the balancer's tasks: the model's, and distillation as a task of its own
+        self.loss_tasks = (*self.tasks, DISTILL) if self.teacher else self.tasks
         self.criterion = MultiTaskCriterion(self.tasks, cfg.model.num_classes,
                                             cfg.model.num_views, cfg.model.reg_max,
-                                            self.model.strides, cfg.loss)
-        self.balancer = create_balancer(self.tasks, cfg.balancer)
+                                            self.model.strides, cfg.loss, self.teacher is not None)
+        self.balancer = create_balancer(self.loss_tasks, cfg.balancer)
         self.balancer.comm = self.comm
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads
         # GradNorm's fast path: the model hands out the trunk's output features
@@ -144,6 +149,8 @@ class Trainer:
         if self.balancer.uses_split and self.model.shared_boundary_valid():
             self.model.expose_shared = True
             self.task_params = {t: self.model.task_parameters(t) for t in self.tasks}
+            if self.teacher:  # the distillation loss reaches every task branch
+                self.task_params[DISTILL] = [p for t in self.tasks for p in self.task_params[t]]
         self.balancer.to(self.device)
         self.net = self._wrap_model()
         self.shared = list(self.model.shared_parameters())
@@ -157,6 +164,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
         self.ema = ModelEMA(self.model, cfg.ema_decay, tau=max(100.0, self.total_steps / 20)) \
             if cfg.ema else None
+        self.student_tap = NeckTap(self.model) if self.teacher and self.teacher.tap else None
 
         self.state = RunState()
         self.stop = StopSignals(self.console.print)
@@ -350,8 +358,8 @@ class Trainer:
             "seed": cfg.seed, "device": str(self.device),
             "world_size": self.comm.world_size, "global_batch": cfg.batch,
             "sync_bn": bool(cfg.sync_bn and self.comm.active),
-            "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
-            else None,
+            "final_weights": {t: weights.get(t, 1.0) for t in self.loss_tasks}
+            if len(self.loss_tasks) > 1 else None,
             **training_stages(cfg, st.train_seconds, st.epoch),
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
