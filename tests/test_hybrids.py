@@ -230,3 +230,81 @@ def test_distillation_loss_falls_and_agreement_rises(synth_tiny: Path, dual_run:
     m = json.loads((tmp_path / "kd" / "metrics.json").read_text())
     assert set(m["training"]["final_weights"]) == {"detect", "classify", "distill"}
     assert [s["stage"] for s in m["training"]["stages"]] == ["teacher", "this run"]
+
+
+@pytest.mark.parametrize("name", ["fixed", "gradnorm", "uncertainty", "dwa", "pcgrad", "cagrad",
+                                  "famo"])
+def test_every_balancer_weighs_a_third_task(name: str, one_thread: None) -> None:
+    """With detect, classify and distill on a shared linear trunk, each balancer writes finite
+    gradients that move every loss down over a few steps, and reports a weight per task."""
+    from medmtl.balancing import create_balancer
+    from medmtl.config import BalancerConfig
+
+    tasks = ("detect", "classify", "distill")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    ys = [torch.tanh(x @ torch.randn(8, generator=g) / 3) for _ in tasks]
+    trunk = torch.nn.Linear(8, 16)
+    heads = torch.nn.ModuleList(torch.nn.Linear(16, 1) for _ in tasks)
+    params = [*trunk.parameters(), *heads.parameters()]
+    bal = create_balancer(tasks, BalancerConfig(name=name))
+    opt = torch.optim.Adam([*params, *bal.parameters()], lr=0.02)
+
+    def losses() -> dict[str, torch.Tensor]:
+        h = torch.tanh(trunk(x))
+        return {t: ((hd(h).squeeze(-1) - y) ** 2).mean()
+                for t, hd, y in zip(tasks, heads, ys, strict=True)}
+
+    first = {t: float(v.detach()) for t, v in losses().items()}
+    for _ in range(30):
+        opt.zero_grad(set_to_none=True)
+        bal.backward(losses(), list(trunk.parameters()), trunk.weight)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        opt.step()
+        with torch.no_grad():
+            bal.after_step({t: v.detach() for t, v in losses().items()})
+    last = {t: float(v.detach()) for t, v in losses().items()}
+    assert all(last[t] < 0.8 * first[t] for t in tasks), (first, last)
+    assert set(bal.weights()) == set(tasks)
+
+
+def test_teacher_must_fit_the_student(synth_tiny: Path, dual_run: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_main(["train", "--data", str(synth_tiny), "--method", "distill", "--teacher",
+                          str(dual_run), "--imgsz", "96", "--epochs", "1", "--workers", "0",
+                          "--device", "cpu", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "--teacher" in err and "imgsz 64 vs 96" in err, err
+    assert str(dual_run) in err
+
+
+@pytest.mark.slow
+def test_compare_trains_the_source_first_and_counts_both_stages(synth_tiny: Path,
+                                                                tmp_path: Path) -> None:
+    """`compare --methods staged,distill`: the dual run of the seed is added and trained first;
+    staged starts from it, distill learns from it; the report's training time is both runs'."""
+    from medmtl.engine.compare import run_compare
+    from medmtl.report.collect import collect_runs, extract
+
+    out = tmp_path / "cmp"
+    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "diag_steps": 0}
+    run_compare(str(synth_tiny), ["staged", "distill"], [0], out, overrides=over, jobs=2,
+                report=False)
+    report_runs = {r.name: r for r in collect_runs(out)}
+    runs = out / "runs"
+    assert {p.name for p in runs.iterdir() if p.is_dir()} == {"dual-s0", "staged-s0",
+                                                             "distill-s0"}
+    dual = json.loads((runs / "dual-s0" / "metrics.json").read_text())["training"]
+    for name, kind, stage in (("staged", "init-from", "joint"), ("distill", "teacher", "distill")):
+        run = runs / f"{name}-s0"
+        tr = json.loads((run / "metrics.json").read_text())["training"]
+        assert tr["stages"][0]["stage"] == kind
+        assert tr["stages"][0]["run"] == str((runs / "dual-s0").resolve())
+        assert tr["seconds_total"] == pytest.approx(dual["seconds"] + tr["seconds"], abs=0.011)
+        rows = (run / "history.csv").read_text().splitlines()
+        assert rows[1].split(",")[rows[0].split(",").index("stage")] == stage
+        # what the report reads as the method's training time
+        assert extract(report_runs[f"{name}-s0"].metrics)["train_seconds"] == tr["seconds_total"]
+    # the source finished training before its dependents started (metrics.json is rewritten
+    # by the re-timing at the end: its last history row is the mark)
+    assert (runs / "dual-s0" / "history.csv").stat().st_mtime < \
+        (runs / "staged-s0" / "config.yaml").stat().st_mtime

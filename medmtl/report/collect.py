@@ -141,8 +141,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# history.csv columns that hold words, not numbers (left out of the rows read here): `stage`
+# (frozen-trunk | joint | distill) of runs that start from other runs
+TEXT_COLUMNS = frozenset({"stage"})
+
+
 def read_history(path: Path) -> list[dict[str, float | None]]:
-    """history.csv -> one dict per epoch; empty cells become None."""
+    """history.csv -> one dict per epoch; empty cells become None; `TEXT_COLUMNS` left out."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -159,6 +164,8 @@ def read_history(path: Path) -> list[dict[str, float | None]]:
                         raise ReportError(f"{path}: malformed history.csv: line {line_no} has "
                                           "more cells than the header")
                     text = (cell or "").strip()
+                    if key in TEXT_COLUMNS:
+                        continue
                     if text == "":
                         row[key] = None
                         continue
