@@ -308,3 +308,21 @@ def test_compare_trains_the_source_first_and_counts_both_stages(synth_tiny: Path
     # by the re-timing at the end: its last history row is the mark)
     assert (runs / "dual-s0" / "history.csv").stat().st_mtime < \
         (runs / "staged-s0" / "config.yaml").stat().st_mtime
+
+
+def test_plan_adds_the_source_method_and_points_each_seed_at_its_run(synth_tiny: Path,
+                                                                      tmp_path: Path) -> None:
+    from medmtl.engine.compare import plan_runs
+
+    plan = plan_runs(str(synth_tiny), ["staged:freeze_trunk_epochs=2", "distill", "fixed"],
+                     [0, 1], tmp_path)
+    by = {r.name: r.cfg for r in plan}
+    assert list(by) == ["dual-s0", "dual-s1", "staged_freeze_trunk_epochs=2-s0",
+                        "staged_freeze_trunk_epochs=2-s1", "distill-s0", "distill-s1", "fixed-s0",
+                        "fixed-s1"]
+    for s in (0, 1):
+        src = str((tmp_path / "runs" / f"dual-s{s}").resolve())
+        staged = by[f"staged_freeze_trunk_epochs=2-s{s}"]
+        assert (staged.init_from, staged.freeze_trunk_epochs, staged.teacher) == (src, 2, None)
+        assert by[f"distill-s{s}"].teacher == src and by[f"distill-s{s}"].init_from is None
+        assert by[f"fixed-s{s}"].init_from is None and by[f"fixed-s{s}"].teacher is None
