@@ -326,3 +326,60 @@ def test_plan_adds_the_source_method_and_points_each_seed_at_its_run(synth_tiny:
         assert (staged.init_from, staged.freeze_trunk_epochs, staged.teacher) == (src, 2, None)
         assert by[f"distill-s{s}"].teacher == src and by[f"distill-s{s}"].init_from is None
         assert by[f"fixed-s{s}"].init_from is None and by[f"fixed-s{s}"].teacher is None
+
+
+def _fake_run(path: Path, method: str, names: list[str], cls_names: list[str]) -> Path:
+    """A finished run folder holding a freshly initialised model of `method`."""
+    from medmtl.engine.checkpoint import save_checkpoint
+    from medmtl.models import build_model
+    from medmtl.models.checkpoint import checkpoint_dict
+
+    cfg = build_config(method, {"imgsz": 64})
+    cfg.model.num_classes, cfg.model.num_views = len(names), len(cls_names)
+    save_checkpoint(checkpoint_dict(build_model(cfg.model), cfg, names, cls_names),
+                    path / "weights" / "best.pt")
+    (path / "metrics.json").write_text(json.dumps({"training": {"seconds": 2.5}}))
+    return path
+
+
+def test_teacher_pair_and_the_distillation_terms(tmp_path: Path, one_thread: None) -> None:
+    """--teacher DETECT_RUN,CLASSIFY_RUN: each task from its run; the loss is 0 on the teacher's
+    own outputs; feature imitation and localisation distillation add what they should."""
+    from medmtl.engine.teacher import Teacher
+    from medmtl.losses.distill import DistillLoss
+
+    names, views = ["a", "b"], ["v1", "v2", "v3"]
+    det = _fake_run(tmp_path / "det", "detect", names, views)
+    cls = _fake_run(tmp_path / "cls", "classify", names, views)
+    cfg = build_config("distill", {"imgsz": 64, "teacher": f"{det},{cls}",
+                                   "loss": {"distill_feature": 2.0}})
+    teacher = Teacher(cfg, names, views, ("detect", "classify"), torch.device("cpu"))
+    assert teacher.cache is None  # augmentation is on by default: batch by batch
+    x = torch.rand(2, 3, 64, 64)
+    out = teacher(x, [0, 1])
+    ref_det, _, _ = model_from_checkpoint(det / "weights" / "best.pt")
+    ref_cls, _, _ = model_from_checkpoint(cls / "weights" / "best.pt")
+    with torch.no_grad():
+        assert torch.equal(out["classify"], ref_cls(x)["classify"])
+        assert all(torch.equal(a, b) for a, b in zip(out["detect"], ref_det(x)["detect"],
+                                                      strict=True))
+    assert len(out["neck"]) == 3
+    loss = DistillLoss(len(names), 16, cfg.loss)
+    fg = torch.zeros(2, 84, dtype=torch.bool)
+    fg[0, 5] = True
+    assert float(loss(out, out, fg)) == pytest.approx(0.0, abs=1e-5)
+    moved = {**out, "neck": [f + 0.5 for f in out["neck"]]}
+    loss(moved, out, fg)
+    assert float(loss.parts["feature"]) == pytest.approx(2.0 * 0.25, rel=1e-5)
+    # a changed box distribution counts only at the assigned anchor (image 0, anchor 5)
+    shifted = [p.clone() for p in out["detect"]]
+    shifted[0][1, :64] += torch.randn(64, 8, 8)  # image 1: no positives
+    loss({**out, "detect": shifted}, out, fg)
+    assert float(loss.parts["box"]) == pytest.approx(0.0, abs=1e-6)
+    shifted[0][0, :16, 0, 5] += 3 * torch.arange(16.0)  # image 0, anchor 5 (row 0, col 5)
+    loss({**out, "detect": shifted}, out, fg)
+    assert float(loss.parts["box"]) > 0.01
+    # a pair missing a task is refused in one line
+    bad = build_config("distill", {"imgsz": 64, "teacher": str(det)})
+    with pytest.raises(ValueError, match="no teacher for classify"):
+        Teacher(bad, names, views, ("detect", "classify"), torch.device("cpu"))
