@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX
 
 TASKS = ("detect", "classify")
+# the extra loss task of knowledge distillation (--teacher): weighed by the balancer like a task
+DISTILL = "distill"
 
 
 def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | None = None,
@@ -92,6 +101,14 @@ class LossConfig(BaseModel):
             raise ValueError(f"view class weights must be >= 0, not all 0, got {v}")
         return v
 
+    distill_temperature: float = opt(2.0, "--teacher: temperature of the view-logit KL "
+                                     "divergence (Hinton et al. 2015)", panel=_LOSS, gt=0)
+    distill_box_temperature: float = opt(10.0, "--teacher: temperature of the DFL box-"
+                                         "distribution KL divergence (localisation "
+                                         "distillation, Zheng et al. 2022)", panel=_LOSS, gt=0)
+    distill_feature: float = opt(0.0, "--teacher: gain of the neck feature-imitation term "
+                                 "(mean squared error to the teacher's neck; 0 = off)",
+                                 panel=_LOSS, ge=0)
     assigner_alpha: float = opt(0.5, "Task-aligned assigner: score exponent", panel=_LOSS, ge=0)
     assigner_beta: float = opt(6.0, "Task-aligned assigner: IoU exponent", panel=_LOSS, ge=0)
 
@@ -108,6 +125,33 @@ class BalancerConfig(BaseModel):
     weights: dict[str, float] = opt(lambda: {"detect": 1.0, "classify": 1.0},
                                     "Fixed task weights, e.g. detect=1,classify=0.1",
                                     panel="Method", flag="--task-weights")
+    init_weights: dict[str, float] | None = opt(
+        None, "Initial task weights of a balancer that learns them (gradnorm, uncertainty, famo), "
+        "e.g. detect=1,classify=0.5; unnamed tasks start at 1", panel="Method",
+        flag="--init-weights")
+
+    @field_validator("init_weights")
+    @classmethod
+    def _init_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        known = (*TASKS, DISTILL)
+        unknown = [k for k in v if k not in known]
+        if unknown:
+            raise ValueError(f"init weights: unknown task(s) {', '.join(unknown)}; tasks: "
+                             f"{', '.join(known)}")
+        bad = {k: w for k, w in v.items() if not (math.isfinite(w) and w > 0)}
+        if bad:
+            raise ValueError(f"init weights must be finite and > 0, got {bad}")
+        return dict(v)
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_init(self, handler: Any) -> dict[str, Any]:
+        """`init_weights` only where given: other balancers' blocks stay as they were."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("init_weights", 0) is None:
+            out.pop("init_weights")
+        return out
 
     @field_validator("weights")
     @classmethod
@@ -210,6 +254,14 @@ class TrainConfig(BaseModel):
     select_refs: dict[str, float] = opt(dict, "Single-task val references of --select delta-m, "
                                         "e.g. map50=0.6,map50_95=0.3,accuracy=0.7,macro_f1=0.6",
                                         panel=_RUN)
+    init_from: str | None = opt(None, "Staged training: start from the weights of this finished "
+                                "run (RUN_DIR of a dual run or a single-task detector): its "
+                                "detection backbone, neck and head", panel="Method")
+    freeze_trunk_epochs: int = opt(0, "With --init-from: keep the shared trunk frozen for the "
+                                   "first N epochs", panel="Method", ge=0)
+    teacher: str | None = opt(None, "Knowledge distillation from a frozen teacher: RUN_DIR of a "
+                              "dual run, or DETECT_RUN,CLASSIFY_RUN (single-task runs)",
+                              panel="Method")
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
@@ -220,6 +272,13 @@ class TrainConfig(BaseModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _stages(self) -> TrainConfig:
+        if self.freeze_trunk_epochs and not self.init_from:
+            raise ValueError("freeze_trunk_epochs needs init_from (--freeze-trunk-epochs freezes "
+                             "a trunk that starts from another run's weights)")
+        return self
 
     @field_validator("select_refs")
     @classmethod

@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
-from medmtl.config import TASKS, TrainConfig, merge_dicts
+from medmtl.config import DISTILL, TASKS, TrainConfig, merge_dicts
 from medmtl.data.view_labels import POLICIES
 from medmtl.models import ARCHS
 
@@ -41,7 +41,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "detach": {"model": {"arch": "detach"}, "balancer": {"name": "fixed"}},
     "detect": {"model": {"arch": "single", "tasks": ["detect"]}, "balancer": {"name": "fixed"}},
     "classify": {"model": {"arch": "single", "tasks": ["classify"]}, "balancer": {"name": "fixed"}},
+    # hybrids (issue #13): they start from another run, `SOURCES` names which
+    "staged": {"model": {"arch": "shared"}, "balancer": {"name": "gradnorm"}},
+    "distill": {"model": {"arch": "shared"}, "balancer": {"name": "gradnorm"}},
 }
+
+# presets that start from another run: preset -> (config field, the method whose run of the same
+# seed `compare` trains first and hands over); `train` takes the field as a flag
+SOURCES: dict[str, tuple[str, str]] = {
+    "staged": ("init_from", "dual"),
+    "distill": ("teacher", "dual"),
+}
+
+
+def base_preset(method: str) -> str | None:
+    """The preset a method is or extends (`staged:alpha=0.5` -> `staged`); None for a spec
+    arch:balancer."""
+    if not is_spec(method):
+        return method
+    parts = method.split(":")
+    return parts[0] if len(parts) > 1 and "=" in parts[1] else None
+
+
+def method_source(method: str) -> tuple[str, str] | None:
+    """(config field, source method) of a method that starts from another run, else None."""
+    base = base_preset(method)
+    return SOURCES.get(base) if base is not None else None
 
 
 def presets() -> dict[str, dict[str, Any]]:
@@ -90,7 +115,8 @@ def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, A
     weights: dict[str, float] = {}
     for item in (x for part in parts for x in part.split(",") if x.strip()):
         key, eq, value = (x.strip() for x in item.partition("="))
-        allowed = sorted({*opts, *(f"w_{t}" for t in TASKS), "lr", "view_labels"})
+        allowed = sorted({*opts, *(f"w_{t}" for t in (*TASKS, DISTILL)), "lr", "view_labels",
+                          "freeze_trunk_epochs"})
         if not eq or key not in allowed:
             raise ValueError(f"method spec {spec!r}: unknown key {key!r}; {balancer} specs take "
                              f"{', '.join(allowed)}")
@@ -106,6 +132,8 @@ def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, A
             raise ValueError(f"method spec {spec!r}: {key}={value!r} is not a number") from None
         if key.startswith("w_"):
             weights[key[2:]] = number
+        elif key == "freeze_trunk_epochs":
+            over[key] = int(number)
         elif key == "lr":
             over["lr"] = number
         else:
@@ -159,8 +187,14 @@ def build_config(method: str | None = None, overrides: dict[str, Any] | None = N
         data = merge_dicts(data, overrides)
     cfg = TrainConfig.model_validate(data)
     cfg.balancer = resolve_config(cfg.balancer)
+    need = method_source(method) if method is not None else None
+    if need is not None and not getattr(cfg, need[0]):
+        flag = "--" + need[0].replace("_", "-")
+        raise ValueError(f"method {method!r} starts from a finished run: give {flag} RUN_DIR "
+                         f"(e.g. a {need[1]} run), or run it in `medmtl compare`, which trains "
+                         f"the {need[1]} run of each seed first")
     return cfg
 
 
-__all__ = ["PRESETS", "build_config", "check_method", "is_spec", "method_names", "parse_spec",
+__all__ = ["PRESETS", "SOURCES", "base_preset", "build_config", "method_source", "check_method", "is_spec", "method_names", "parse_spec",
            "presets", "run_name", "split_methods"]

@@ -26,8 +26,9 @@ def test_spec_sets_arch_balancer_options_weights_and_lr() -> None:
 
 
 @pytest.mark.parametrize(("spec", "needle"), [
-    ("shared:gradnorm:beta=1", "unknown key 'beta'; gradnorm specs take alpha, lr, view_labels, "
-                               "w_classify, w_detect"),
+    ("shared:gradnorm:beta=1", "unknown key 'beta'; gradnorm specs take alpha, "
+                               "freeze_trunk_epochs, lr, view_labels, w_classify, w_detect, "
+                               "w_distill"),
     ("shared:nope", "unknown balancer 'nope'"),
     ("triple:fixed", "unknown arch 'triple'; known: detach, dual, shared, single, split<k>"),
     ("shared", None),  # a preset name: no spec error

@@ -69,6 +69,8 @@ class Balancer:
 
     # whether `backward` accepts a `split: TaskSplit | None` keyword (the trainer passes it then)
     uses_split = False
+    # whether the balancer learns task weights (and so takes `init_weights`, --init-weights)
+    learns_weights = False
 
     name = "base"
 
@@ -118,6 +120,13 @@ class Balancer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+    def initial_weights(self, normalise: bool = False) -> list[float]:
+        """`cfg.init_weights` per task (1.0 for unnamed tasks); `normalise`: scaled to sum to the
+        number of tasks (the balancers whose weights always do)."""
+        given = self.cfg.init_weights or {}
+        w = [float(given.get(t, 1.0)) for t in self.tasks]
+        return [x * len(w) / sum(w) for x in w] if normalise else w
 
     def to(self, device: torch.device | str) -> Balancer:
         """Move internal tensors; call before building the optimiser (uncertainty's parameters)."""
@@ -252,4 +261,10 @@ def resolve_config(cfg: BalancerConfig, strict: bool = False) -> BalancerConfig:
     config.yaml records. Raises KeyError for an unknown balancer, ValueError for a bad option."""
     cls = BALANCERS.get(cfg.name)
     opts = parse_options(cls, cfg.model_extra or {}, strict=strict)
-    return BalancerConfig(name=cfg.name, weights=dict(cfg.weights), **opts.model_dump())
+    if cfg.init_weights and not getattr(cls, "learns_weights", False):
+        learners = [n for n in BALANCERS.names() if getattr(BALANCERS.get(n), "learns_weights",
+                                                              False)]
+        raise ValueError(f"balancer {cfg.name!r} does not learn task weights: init weights "
+                         f"apply to {', '.join(learners)} (fixed weights: --weights)")
+    init = {"init_weights": dict(cfg.init_weights)} if cfg.init_weights else {}
+    return BalancerConfig(name=cfg.name, weights=dict(cfg.weights), **init, **opts.model_dump())

@@ -1,6 +1,7 @@
 """`famo`: Fast Adaptive Multitask Optimization (Liu, Liang, Chen & Liu, NeurIPS 2023).
 
-Task logits xi (init 0), z = softmax(xi). The model update follows the gradient of
+Task logits xi (init 0; with `cfg.init_weights` (--init-weights) xi_i = log w_i, so that the
+logged weights K z_i start at the given weights scaled to sum to K), z = softmax(xi). The model update follows the gradient of
 sum_i z_i log(L_i - L_i*), normalised by c = 1 / sum_i z_i / (L_i - L_i*), i.e. the task gradients
 enter with weights c z_i / (L_i - L_i*), which sum to 1, so every task's log-loss decreases at the
 same rate when z is uniform. We take L_i* = 0 (all losses here are >= 0) and add 1e-8 inside logs
@@ -57,12 +58,13 @@ class FAMOOptions(BalancerOptions):
 @BALANCERS.register("famo")
 class FAMO(Balancer):
     name = "famo"
+    learns_weights = True
     Options = FAMOOptions
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
         k = len(self.tasks)
-        self.xi = torch.zeros(k)
+        self.xi = torch.tensor(self.initial_weights(normalise=True)).log()
         self.opt = TinyAdam(k, lr=self.opts.lr, weight_decay=self.opts.famo_gamma)
         self.prev: Tensor | None = None  # detached losses (every task) of the last backward
         self.pending: Tensor | None = None  # old losses of a deferred update (next-batch variant)

@@ -7,8 +7,8 @@ On the weight W of the last shared layer (`last_shared`), per step with every ta
     L_grad = sum_i | G_i - mean_j(G_j) * r_i^alpha |      (the target is a constant: detached)
 
 Because G_i = w_i * ||g_i|| is linear in w_i, dL_grad/dw_i = sign(G_i - target_i) * ||g_i|| is
-written analytically: no double backward. The task weights w (initialised to 1, as in the paper;
-`cfg.weights` is not used) are updated by their own Adam (option `lr`), clamped to >= 1e-3 (Adam
+written analytically: no double backward. The task weights w (initialised to 1, as in the paper,
+or to `cfg.init_weights` (--init-weights) scaled to sum to K; `cfg.weights` is not used) are updated by their own Adam (option `lr`), clamped to >= 1e-3 (Adam
 could otherwise push a weight through zero into gradient *ascent*) and renormalised to sum to K.
 The model gradient is one backward of sum_i w_i(t) L_i with the weights *before* the update
 (Algorithm 1 of the paper). Cost: K backwards to W (each traverses the graph from L_i down to W)
@@ -66,13 +66,14 @@ class GradNorm(Balancer):
     name = "gradnorm"
     Options = GradNormOptions
     init_steps = 3
+    learns_weights = True
     min_weight = 1e-3
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
         k = len(self.tasks)
         self.alpha = float(self.opts.alpha)
-        self.w = torch.ones(k)
+        self.w = torch.tensor(self.initial_weights(normalise=True))
         self.opt = TinyAdam(k, lr=self.opts.lr)
         self.l0_sum = torch.zeros(k)
         self.l0_count = torch.zeros(())

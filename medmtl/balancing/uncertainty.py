@@ -1,7 +1,7 @@
 """`uncertainty`: homoscedastic task uncertainty (Kendall, Gal & Cipolla, CVPR 2018).
 
 Each task has a learned log-variance s_i = log sigma_i^2 (an `nn.Parameter`, initialised to 0, so
-weights start at 1) and the objective is
+weights start at 1; with `cfg.init_weights` (--init-weights) to s_i = -log w_i) and the objective is
 
     total = sum_i exp(-s_i) * L_i + s_i
 
@@ -33,10 +33,13 @@ from medmtl.config import BalancerConfig
 @BALANCERS.register("uncertainty")
 class UncertaintyWeighting(Balancer):
     name = "uncertainty"
+    learns_weights = True
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
         super().__init__(tasks, cfg)
-        self.log_vars: dict[str, Parameter] = {t: Parameter(torch.zeros(())) for t in self.tasks}
+        self.log_vars: dict[str, Parameter] = {
+            t: Parameter(-torch.tensor(w).log()) for t, w in zip(self.tasks, self.initial_weights(),
+                                                                 strict=True)}
 
     def parameters(self) -> list[Parameter]:
         return [self.log_vars[t] for t in self.tasks]

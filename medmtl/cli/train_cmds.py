@@ -83,7 +83,8 @@ def train(
     task: Annotated[str | None, Opt(help="Single-task reference: detect | classify",
                                     rich_help_panel=_METHOD)] = None,
     method: Annotated[str | None, Opt(help="Preset: original, fixed, gradnorm, uncertainty, dwa, "
-                                           "pcgrad, cagrad, famo, dual, split2, detach (any "
+                                           "pcgrad, cagrad, famo, dual, split2, detach, staged "
+                                           "(with --init-from), distill (with --teacher) (any "
                                            "registered balancer too), or a spec arch:balancer"
                                            "[:key=value,...] \\[default: fixed]",
                                       rich_help_panel=_METHOD)] = None,

@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from medmtl.config import TrainConfig, merge_dicts
-from medmtl.methods import build_config, check_method, run_name
+from medmtl.methods import build_config, check_method, method_source, run_name
 
 
 @dataclass
@@ -51,6 +51,7 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
     for m in methods:
         if m not in variants:
             check_method(m)  # every method before any run starts
+    methods = with_sources(methods, variants)
     plan = []
     for m in methods:
         for s in seeds:
@@ -58,6 +59,9 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             run_dir = out / "runs" / name
             over = dict(overrides or {})
             over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
+            need = method_source(variants[m][0] if m in variants else m)
+            if need is not None:  # staged / distill: the source method's run of this seed
+                over[need[0]] = str((out / "runs" / f"{run_name(need[1])}-s{s}").resolve())
             if over.get("corrections"):  # the runs read it from their own working folder
                 over["corrections"] = str(Path(over["corrections"]).resolve())
             if m in variants:
@@ -73,6 +77,44 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
                 pr.status = "resume"
             plan.append(pr)
     return plan
+
+
+def with_sources(methods: list[str], variants: dict[str, Any] | None = None) -> list[str]:
+    """`methods` plus the source method of every method that starts from another run (staged,
+    distill: `methods.SOURCES`), added before it when missing."""
+    out: list[str] = []
+    for m in methods:
+        need = method_source((variants or {}).get(m, (m,))[0])
+        if need is not None and need[1] not in methods and need[1] not in out:
+            out.append(need[1])
+        out.append(m)
+    return out
+
+
+def _source_of(r: PlannedRun) -> Path | None:
+    """The run directory `r` starts from (--init-from, or the first --teacher), if any."""
+    src = r.cfg.init_from or (r.cfg.teacher or "").split(",")[0]
+    return Path(src) if src else None
+
+
+def _sources_first(plan: list[PlannedRun], todo: list[PlannedRun]) -> list[PlannedRun]:
+    """The unfinished runs that other runs of `todo` start from (trained before them)."""
+    wanted = {p.resolve() for r in todo if (p := _source_of(r)) is not None}
+    return [r for r in todo if r.run_dir.resolve() in wanted]
+
+
+def _skip_orphans(todo: list[PlannedRun], console: Console) -> list[PlannedRun]:
+    """Runs whose source run did not finish are marked failed instead of started."""
+    ready = []
+    for r in todo:
+        src = _source_of(r)
+        if src is not None and not (src / "metrics.json").exists():
+            r.status = "failed"
+            console.print(f"[red]{r.name}: not started, the run it starts from ({src}) did not "
+                          "finish[/]")
+        else:
+            ready.append(r)
+    return ready
 
 
 def _resources(n_runs: int, jobs: int | None) -> tuple[int, int, list[str]]:
@@ -264,8 +306,11 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
     _execute(plan, first, n_jobs, threads, gpus, t0, cfg_dir, console)
     if any(_needs_references(r) for r in todo):
         _set_references(plan, console)
-    _execute(plan, [r for r in todo if r not in first], n_jobs, threads, gpus, t0, cfg_dir,
-             console)
+    # then the runs that staged / distilled runs start from, then the rest
+    second = [r for r in _sources_first(plan, todo) if r not in first]
+    _execute(plan, second, n_jobs, threads, gpus, t0, cfg_dir, console)
+    rest = [r for r in todo if r not in first and r not in second]
+    _execute(plan, _skip_orphans(rest, console), n_jobs, threads, gpus, t0, cfg_dir, console)
     # a shard's timings are superseded by `report --retime` over all shards: no ONNX export here
     remeasure_latency([r.run_dir for r in plan if (r.run_dir / "metrics.json").exists()],
                       console, ort=shard is None)

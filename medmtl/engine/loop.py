@@ -37,11 +37,13 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     """Train the rest of epoch `t.state.epoch`; returns its history row (without val columns)."""
     cfg, st, comm, tasks = t.cfg, t.state, t.comm, t.tasks
     t.model.train()
+    if getattr(t, "frozen", False):
+        t.model.trunk.eval()  # staged training: the frozen trunk keeps its BatchNorm statistics
     nb = t.data.batches_per_epoch()
     start_batch = st.step_in_epoch * cfg.accumulate
     loader = t.data.train_loader(st.epoch, start_batch)
     acc = st.epoch_acc
-    sums = t.loss_sums = {k: torch.zeros((), device=t.device) for k in tasks}
+    sums = t.loss_sums = {k: torch.zeros((), device=t.device) for k in t.loss_tasks}
     # (losses, backward passes) of micro-steps whose optimiser step has not happened yet
     pending: list[tuple[dict[str, torch.Tensor], float]] = []
     diag_every = max(1, nb // cfg.diag_steps) if cfg.diag_steps > 0 else 0
@@ -106,13 +108,13 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
 
 
 def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
-    tasks = t.tasks
+    tasks = t.loss_tasks
     epoch_losses = {k: acc[f"sum/loss/{k}"] / acc[f"n/loss/{k}"] for k in tasks
                     if acc.get(f"n/loss/{k}")}
     t.balancer.on_epoch_end(epoch_losses)
     weights = t.balancer.weights()
     row: dict[str, Any] = {"epoch": t.state.epoch + 1}
-    for k in ("detect", "classify"):
+    for k in ("detect", "classify", *(k for k in tasks if k not in ("detect", "classify"))):
         row[f"loss/{k}"] = epoch_losses.get(k, "")
         row[f"weight/{k}"] = weights.get(k, 1.0) if k in tasks else ""
     for k in ("grad_cos", "grad_norm_ratio"):
@@ -130,6 +132,9 @@ def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
                 "nonfinite_steps": acc.get("nonfinite_steps", 0),
                 "unreadable_samples": getattr(t.data.train_set, "unreadable", 0)})
     row.update(rank_spread(t, weights))
+    if t.cfg.init_from or t.cfg.teacher:  # runs that start from other runs say which stage
+        row["stage"] = "frozen-trunk" if getattr(t, "frozen", False) else \
+            "distill" if t.cfg.teacher else "joint"
     return row
 
 
@@ -180,14 +185,16 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
     tgt = move_targets(batch, t.device)
     with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
         out = t.net(images)
+        teacher = teach(t, images, batch)
     shared_features = t.model.take_shared_features()
     split = None if shared_features is None or t.task_params is None else \
         TaskSplit(list(shared_features), t.task_params)
-    losses = t.criterion(out, tgt, present, t.comm)
+    losses = t.criterion(with_neck(t, out), tgt, present, t.comm, teacher=teacher)
     scale = float(t.scaler.get_scale()) if t.scaler else 1.0
-    if diag_every and len(losses) == 2 and t.shared and i % diag_every == 0:
+    pair = {k: v for k, v in losses.items() if k in ("detect", "classify")}
+    if diag_every and len(pair) == 2 and t.shared and i % diag_every == 0:
         d = gradient_interference(
-            losses, t.shared, t.model.shared_stages() if t.cfg.diag_per_stage else None,
+            pair, t.shared, t.model.shared_stages() if t.cfg.diag_per_stage else None,
             scale=scale)
         for k, v in d.items():
             if isinstance(v, float) and math.isfinite(v):
@@ -196,6 +203,18 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
     kw = {"split": split} if t.balancer.uses_split else {}
     blog = t.balancer.backward(losses, t.shared, t.last_shared, scale, **kw)
     return losses, blog.get("backward_passes", 1)
+
+
+def teach(t: Any, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The teacher's outputs of the batch (knowledge distillation), None without a teacher."""
+    if t.teacher is None:
+        return None
+    return t.teacher(images, [m["image_id"] for m in batch["meta"]])
+
+
+def with_neck(t: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """The student's output plus its neck levels when feature imitation reads them."""
+    return out if t.student_tap is None else {**out, "neck": t.student_tap.take()}
 
 
 @torch.no_grad()
@@ -209,8 +228,10 @@ def reforward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool],
     images = prepare_images(batch["images"], t.device, t.channels_last)
     with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
         out = t.model(images)  # the bare model: a no-grad forward needs no DDP machinery
+        teacher = teach(t, images, batch)
     t.model.take_shared_features()
-    losses = t.criterion(out, move_targets(batch, t.device), present, t.comm)
+    losses = t.criterion(with_neck(t, out), move_targets(batch, t.device), present, t.comm,
+                         teacher=teacher)
     for b, s in saved:
         b.copy_(s)
     return global_losses(t.comm, losses)

@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 
 from medmtl.balancing import create_balancer, resolve_config
-from medmtl.config import TrainConfig
+from medmtl.config import DISTILL, TrainConfig
 from medmtl.distributed import (
     cleanup,
     convert_sync_batchnorm,
@@ -46,6 +46,14 @@ from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.progress import epoch_line
 from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
 from medmtl.engine.runlock import RunLock
+from medmtl.engine.stages import (
+    copy_source_files,
+    prepare_init,
+    set_trunk_frozen,
+    source_dirs,
+    training_stages,
+)
+from medmtl.engine.teacher import NeckTap, Teacher
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
@@ -117,16 +125,25 @@ class Trainer:
         self.names, self.cls_names = self.data.names, self.data.cls_names
         cfg.model.num_classes, cfg.model.num_views = len(self.names), len(self.cls_names)
         self.model = build_model(cfg.model)
+        self.frozen = False
+        if cfg.init_from and ckpt is None:
+            info = prepare_init(cfg, self.model, self.names, self.cls_names, world > 1)
+            self.console.print(f"--init-from {cfg.init_from}: {info['copied_tensors']} tensors "
+                               f"copied, {info['fresh_tensors']} start fresh")
         if cfg.sync_bn and self.comm.active:
             self.model = convert_sync_batchnorm(self.model, self.device)
         self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = tuple(self.model.tasks)
+        self.teacher = Teacher(cfg, self.names, self.cls_names, self.tasks, self.device,
+                               self.channels_last) if cfg.teacher else None
+        # the balancer's tasks: the model's, and distillation as a task of its own
+        self.loss_tasks = (*self.tasks, DISTILL) if self.teacher else self.tasks
         self.criterion = MultiTaskCriterion(self.tasks, cfg.model.num_classes,
                                             cfg.model.num_views, cfg.model.reg_max,
-                                            self.model.strides, cfg.loss)
-        self.balancer = create_balancer(self.tasks, cfg.balancer)
+                                            self.model.strides, cfg.loss, self.teacher is not None)
+        self.balancer = create_balancer(self.loss_tasks, cfg.balancer)
         self.balancer.comm = self.comm
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads
         # GradNorm's fast path: the model hands out the trunk's output features
@@ -134,6 +151,8 @@ class Trainer:
         if self.balancer.uses_split and self.model.shared_boundary_valid():
             self.model.expose_shared = True
             self.task_params = {t: self.model.task_parameters(t) for t in self.tasks}
+            if self.teacher:  # the distillation loss reaches every task branch
+                self.task_params[DISTILL] = [p for t in self.tasks for p in self.task_params[t]]
         self.balancer.to(self.device)
         self.net = self._wrap_model()
         self.shared = list(self.model.shared_parameters())
@@ -147,6 +166,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
         self.ema = ModelEMA(self.model, cfg.ema_decay, tau=max(100.0, self.total_steps / 20)) \
             if cfg.ema else None
+        self.student_tap = NeckTap(self.model) if self.teacher and self.teacher.tap else None
 
         self.state = RunState()
         self.stop = StopSignals(self.console.print)
@@ -205,6 +225,14 @@ class Trainer:
             net = compile_module(net)
         return net
 
+    def _set_stage(self, frozen: bool) -> None:
+        """Staged training: the trunk frozen (first --freeze-trunk-epochs epochs) or trained."""
+        if frozen != self.frozen:
+            set_trunk_frozen(self.model, frozen)
+            self.frozen = frozen
+            self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+            self.last_shared = None if frozen else self.model.last_shared_parameter()
+
     def _optimizer_step(self, n_micro: int, losses: list[torch.Tensor] | None = None) -> bool:
         return optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
                               self.balancer, self.comm, n_micro, self.cfg.clip_grad, losses)
@@ -241,12 +269,14 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
+            copy_source_files(self.run_dir, [d for _, d in source_dirs(cfg)])
         bad_epochs = 0
         run_t0, start_epoch = time.perf_counter(), st.epoch
         with self.stop, contextlib.ExitStack() as stack:
             stack.callback(self.close)
             try:
                 while st.epoch < cfg.epochs:
+                    self._set_stage(st.epoch < cfg.freeze_trunk_epochs)
                     row = train_one_epoch(self)
                     self._check_finite()
                     validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == cfg.epochs
@@ -340,8 +370,9 @@ class Trainer:
             "seed": cfg.seed, "device": str(self.device),
             "world_size": self.comm.world_size, "global_batch": cfg.batch,
             "sync_bn": bool(cfg.sync_bn and self.comm.active),
-            "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
-            else None,
+            "final_weights": {t: weights.get(t, 1.0) for t in self.loss_tasks}
+            if len(self.loss_tasks) > 1 else None,
+            **training_stages(cfg, st.train_seconds, st.epoch),
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics

@@ -12,29 +12,37 @@ from typing import Any
 
 from torch import Tensor
 
-from medmtl.config import LossConfig
+from medmtl.config import DISTILL, LossConfig
 from medmtl.distributed import LOCAL, Comm
 from medmtl.losses.classify import ViewLoss
 from medmtl.losses.detection import DetectionLoss
+from medmtl.losses.distill import DistillLoss
 
 
 class MultiTaskCriterion:
     """`detect`: the detection loss (assigner + BCE + CIoU + DFL) of the raw head outputs;
-    `classify`: the masked view cross-entropy. Normalisers are those of the global batch when
-    `comm` is a process group (medmtl/distributed.py)."""
+    `classify`: the masked view cross-entropy; `distill` (with `distill=True`, when the caller
+    hands the teacher's outputs): the distillation loss, a task of its own for the balancer.
+    Normalisers are those of the global batch when `comm` is a process group
+    (medmtl/distributed.py)."""
 
     def __init__(self, tasks: Sequence[str], num_classes: int, num_views: int, reg_max: int,
-                 strides: Sequence[int], cfg: LossConfig | None = None) -> None:
+                 strides: Sequence[int], cfg: LossConfig | None = None,
+                 distill: bool = False) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.tasks = tuple(tasks)
         self.detect = DetectionLoss(num_classes, reg_max, list(strides), cfg)
         self.view = ViewLoss(num_views, cfg)
+        self.distill = DistillLoss(num_classes, reg_max, cfg) if distill else None
 
     def __call__(self, out: Mapping[str, Any], targets: Mapping[str, Any],
-                 present: Mapping[str, bool], comm: Comm = LOCAL) -> dict[str, Tensor]:
+                 present: Mapping[str, bool], comm: Comm = LOCAL,
+                 teacher: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
         """Losses of the tasks this model has and the (global) batch has labels for, in task
-        order. `present[task]` is decided by the caller on the host (no device sync here)."""
+        order, then `distill` when given the teacher's outputs of the batch. `present[task]` is
+        decided by the caller on the host (no device sync here)."""
         losses: dict[str, Tensor] = {}
+        self.detect.last_fg = None
         if "detect" in self.tasks and present.get("detect"):
             losses["detect"] = self.detect([p.float() for p in out["detect"]], targets, comm)[0]
         if "classify" in self.tasks and present.get("classify"):
@@ -42,6 +50,8 @@ class MultiTaskCriterion:
                            present=True)
             if vl is not None:
                 losses["classify"] = vl
+        if self.distill is not None and teacher is not None:
+            losses[DISTILL] = self.distill(out, teacher, self.detect.last_fg)
         return losses
 
 

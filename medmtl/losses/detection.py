@@ -55,6 +55,9 @@ class DetectionLoss:
         self.reg_max = reg_max
         self.strides = list(strides)
         self.cfg = cfg if cfg is not None else LossConfig()
+        # the anchors the last call assigned (B, N) bool, detached: where localisation
+        # distillation reads the student's boxes (medmtl/losses/distill.py)
+        self.last_fg: Tensor | None = None
         self.assigner = TaskAlignedAssigner(
             num_classes, self.cfg.assigner_topk, self.cfg.assigner_alpha, self.cfg.assigner_beta
         )
@@ -90,6 +93,7 @@ class DetectionLoss:
             cls_logits.detach().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes,
             box_mask,
         )
+        self.last_fg = a.fg_mask.detach() & det_mask[:, None]
         tss = a.scores.sum((1, 2)).clamp(min=1.0)  # (B,) per-image normaliser
         weight = a.scores.sum(-1) * a.fg_mask  # (B, N) target score of positives
 

@@ -28,7 +28,7 @@ _NUMERIC_FIELDS: dict[str, tuple[str, ...]] = {
     "efficiency": ("params", "gflops", "ms_per_image", "images_per_s", "imgsz", "weights_mb",
                    *(f"latency_e2e{rt}_{k}" for rt in ("", "_ort", "_cuda")
                      for k in ("ms", "p90_ms", "noise_ms"))),
-    "training": ("seconds", "epochs", "peak_mem_mb", "best_epoch", "seed"),
+    "training": ("seconds", "seconds_total", "epochs", "peak_mem_mb", "best_epoch", "seed"),
 }
 
 
@@ -39,6 +39,7 @@ class Metric:
     path: tuple[str, ...]  # location inside metrics.json
     higher_is_better: bool
     kind: str  # metric (0-1) | loss | weight | seconds | ms | mb | params | gflops | rate
+    first: tuple[str, ...] | None = None  # read before `path` when present
 
 
 METRICS: tuple[Metric, ...] = (
@@ -59,7 +60,9 @@ METRICS: tuple[Metric, ...] = (
            True, "weight"),
     Metric("weight_classify", "final weight (classify)",
            ("training", "final_weights", "classify"), True, "weight"),
-    Metric("train_seconds", "training time (s)", ("training", "seconds"), False, "seconds"),
+    # a run that starts from other runs (staged, distill) costs their training time too
+    Metric("train_seconds", "training time (s)", ("training", "seconds"), False, "seconds",
+           first=("training", "seconds_total")),
     Metric("peak_mem_mb", "peak memory (MB)", ("training", "peak_mem_mb"), False, "mb"),
     Metric("params", "parameters", ("efficiency", "params"), False, "params"),
     Metric("gflops", "GFLOPs", ("efficiency", "gflops"), False, "gflops"),
@@ -74,9 +77,12 @@ def extract(metrics: dict[str, Any]) -> dict[str, float | None]:
     """The report's metrics from one metrics.json (None where absent)."""
     out: dict[str, float | None] = {}
     for m in METRICS:
-        v: Any = metrics
-        for part in m.path:
-            v = v.get(part) if isinstance(v, dict) else None
+        v: Any = None
+        for path in (m.first, m.path):
+            if v is None and path is not None:
+                v = metrics
+                for part in path:
+                    v = v.get(part) if isinstance(v, dict) else None
         out[m.key] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
     return out
 
@@ -135,8 +141,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# history.csv columns that hold words, not numbers (left out of the rows read here): `stage`
+# (frozen-trunk | joint | distill) of runs that start from other runs
+TEXT_COLUMNS = frozenset({"stage"})
+
+
 def read_history(path: Path) -> list[dict[str, float | None]]:
-    """history.csv -> one dict per epoch; empty cells become None."""
+    """history.csv -> one dict per epoch; empty cells become None; `TEXT_COLUMNS` left out."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -153,6 +164,8 @@ def read_history(path: Path) -> list[dict[str, float | None]]:
                         raise ReportError(f"{path}: malformed history.csv: line {line_no} has "
                                           "more cells than the header")
                     text = (cell or "").strip()
+                    if key in TEXT_COLUMNS:
+                        continue
                     if text == "":
                         row[key] = None
                         continue
