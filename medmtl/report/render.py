@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
-from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
+from medmtl.report.collect import (
+    METRIC_BY_KEY,
+    METRICS,
+    Run,
+    collect_runs,
+    compressed_runs,
+    extract,
+)
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.pareto import DEFAULT_RUNTIME, analyse
 from medmtl.report.plots import make_plots
@@ -27,7 +34,7 @@ from medmtl.report.render_stats import (
     stats_notes,
     verdict_cell,
 )
-from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
+from medmtl.report.stats import ALPHA, aggregate, compressed_entries, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 from medmtl.report.view_labels import VIEW_LABEL_KEYS, run_view_labels, view_label_blocks
 
@@ -108,7 +115,9 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
     """Every aggregated number, per method and per run, the Pareto front and the advice."""
     agg = aggregate(runs, baseline, alpha, delta_m_metrics)
     boot = add_bootstrap(list(runs), agg, bootstrap)
-    deployment = analyse(runs, agg, latency_runtime)
+    variants = compressed_runs(runs)  # <run>/compressed/<kind>/metrics.json, when present
+    deployment = analyse(list(runs) + variants, {**agg, "methods": {
+        **agg["methods"], **compressed_entries(runs, variants)}}, latency_runtime)
     per_run = []
     order = method_order([r.method for r in runs])
     for r in sorted(runs, key=lambda r: (order.index(r.method), r.seed)):

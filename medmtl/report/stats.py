@@ -207,3 +207,19 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
                                      "metrics": list(family), "comparisons": tested},
             "methods": out}
 
+
+
+def compressed_entries(runs: Sequence[Run], variants: Sequence[Run]) -> dict[str, Any]:
+    """`aggregate`-style entries (``n``, ``joint``, ``delta_m``, ``compressed``, ``of``) of the
+    compressed variants (`collect.compressed_runs`), their Δm against the same single-task
+    references as the float runs, for the Pareto front."""
+    everything = list(runs) + list(variants)
+    out: dict[str, Any] = {}
+    for name in sorted({v.method for v in variants}):
+        of, kind = name.rsplit("+", 1)
+        if not is_joint(runs, of):
+            continue
+        out[name] = {"n": sum(v.method == name for v in variants), "joint": True,
+                     "compressed": kind, "of": of,
+                     "delta_m": delta_m(everything, name, DELTA_M_MAIN)}
+    return out
