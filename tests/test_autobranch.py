@@ -124,3 +124,30 @@ def test_auto_trains_from_the_cli(synth_tiny: Path, tmp_path: Path,
     assert f"arch: {rec['choice']}" in (out / "config.yaml").read_text()
     assert json.loads((out / "metrics.json").read_text())["classification"] is not None
     assert not (out / "auto_probe").exists()
+
+
+def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) -> None:
+    from test_report import make_run
+
+    from medmtl.report import write_report
+
+    for seed in (0, 1):
+        d = make_run(tmp_path, "auto", seed, 0.61, 0.87)
+        make_run(tmp_path, "split2", seed, 0.60, 0.86)
+        make_run(tmp_path, "detect", seed, 0.65, None)
+        make_run(tmp_path, "classify", seed, None, 0.91)
+        cos = {f"backbone.stage{g}": 0.3 - 0.15 * g for g in range(5)}  # conflict from stage 3
+        arch, conflict, why = choose_split(cos, 5, 0.0)
+        (d / "auto_branch.json").write_text(json.dumps({
+            "threshold": 0.0, "choice": arch, "conflict_stage": conflict, "reason": why,
+            "probe_steps": 200, "grad_cos": cos,
+            "feature_cka": {k: 0.9 - 0.1 * g for g, k in enumerate(cos)}}))
+    paths = write_report(tmp_path)
+    md = paths["md"].read_text()
+    assert "## Automatic branching (--arch auto)" in md
+    assert "3: -0.15" in md and "split2" in md  # the evidence and the choice
+    summary = json.loads((tmp_path / "summary.json").read_text())["auto_branch"]
+    assert [r["choice"] for r in summary["runs"]] == ["split2", "split2"]
+    assert set(summary["compare"]) >= {"auto", "split2"}
+    assert summary["compare"]["auto"]["delta_m"] > summary["compare"]["split2"]["delta_m"]
+    assert (tmp_path / "plots" / "auto_branch.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run
+from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, compressed_runs
+from medmtl.report.pareto import analyse
 from medmtl.report.recommendations import accuracy_first, efficiency_first, recommend
 from medmtl.report.significance import (
     ALPHA,
@@ -223,3 +224,11 @@ def compressed_entries(runs: Sequence[Run], variants: Sequence[Run]) -> dict[str
                      "compressed": kind, "of": of,
                      "delta_m": delta_m(everything, name, DELTA_M_MAIN)}
     return out
+
+
+def deployment_points(runs: Sequence[Run], agg: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """`pareto.analyse` of the methods and their compressed variants (`collect.compressed_runs`:
+    ``<run>/compressed/<kind>/metrics.json``, when present)."""
+    variants = compressed_runs(runs)
+    methods = {**agg["methods"], **compressed_entries(runs, variants)}
+    return analyse(list(runs) + variants, {**agg, "methods": methods}, runtime)
