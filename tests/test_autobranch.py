@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _cli import run_main
 from torch import nn
 
 from medmtl.config import ModelConfig
@@ -109,21 +108,26 @@ def test_auto_is_a_method_and_a_spec() -> None:
     assert parse_spec("auto:pcgrad")["model"]["arch"] == "auto"
 
 
-def test_auto_trains_from_the_cli(synth_tiny: Path, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "auto"
-    code, err = run_main(["train", "--arch", "auto", "--auto-probe-steps", "3", "--data",
-                          str(synth_tiny), "--epochs", "1", "--imgsz", "64", "--batch", "16",
-                          "--workers", "0", "--out", str(out), "--no-progress"], capsys)
-    assert code == 0, err
-    rec = json.loads((out / "auto_branch.json").read_text())
+@pytest.mark.slow
+def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
+    """`compare --methods auto` runs `medmtl train --method auto` in a subprocess (the CLI path):
+    probe, choice, training, metrics, and the report's section."""
+    from medmtl.engine.compare import run_compare
+
+    out = tmp_path / "cmp"
+    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "auto_probe_steps": 3}
+    run_compare(str(synth_tiny), ["auto"], [0], out, overrides=over, jobs=1)
+    run = out / "runs" / "auto-s0"
+    rec = json.loads((run / "auto_branch.json").read_text())
     assert rec["probe_steps"] == 3 and rec["threshold"] == 0.0
     assert set(rec["grad_cos"]) == {f"backbone.stage{g}" for g in range(5)}
-    assert set(rec["feature_cka"]) == set(rec["grad_cos"])
+    assert set(rec["feature_cka"]) <= set(rec["grad_cos"]) and rec["feature_cka"]
     assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0)[0]
-    assert f"arch: {rec['choice']}" in (out / "config.yaml").read_text()
-    assert json.loads((out / "metrics.json").read_text())["classification"] is not None
-    assert not (out / "auto_probe").exists()
+    assert f"arch: {rec['choice']}" in (run / "config.yaml").read_text()
+    assert json.loads((run / "metrics.json").read_text())["classification"] is not None
+    assert not (run / "auto_probe").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["auto_branch"]["runs"][0]["choice"] == rec["choice"]
 
 
 def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) -> None:

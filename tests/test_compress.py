@@ -43,6 +43,7 @@ def _val(weights: Path, data: Path, out: Path) -> dict:
     return validate_checkpoint(weights, data, out=out, workers=0, plots=False, latency_iters=3)
 
 
+@pytest.mark.slow
 def test_int8_and_half_scored_by_val(trained: Path, synth_tiny: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's per-node warnings
