@@ -215,9 +215,9 @@ class TrainConfig(BaseModel):
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     auto_probe_steps: int = opt(200, "--arch auto: optimiser steps of the shared probe that "
                                 "measures the per-stage gradient cosine (not counted in --epochs)",
-                                panel="Method", ge=1)
+                                panel="Model", ge=1)
     auto_threshold: float = opt(0.0, "--arch auto: split at the shallowest stage whose mean "
-                                "gradient cosine is below this", panel="Method", ge=-1, le=1)
+                                "gradient cosine is below this", panel="Model", ge=-1, le=1)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
                             le=1)
     iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)

@@ -106,6 +106,13 @@ def test_auto_is_a_method_and_a_spec() -> None:
     check_method("auto")
     assert build_config("auto", {}).model.arch == "auto"
     assert parse_spec("auto:pcgrad")["model"]["arch"] == "auto"
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    for cmd in ("train", "compare"):  # the probe's settings reach both commands
+        out = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
+        assert "--auto-probe-steps" in out and "--auto-threshold" in out, cmd
 
 
 @pytest.mark.slow
