@@ -33,6 +33,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -142,6 +143,7 @@ def _similarity_step(t: Any, batch: dict[str, Any]) -> dict[str, float]:
         for g, stage in zip(model.trunk.global_indices(), model.trunk.stages, strict=True)]
     try:
         out = model(prepare_images(batch["images"], t.device, False))
+        model.take_shared_features()  # (GradNorm's fast path leaves them; not used here)
         losses = t.criterion(out, move_targets(batch, t.device),
                              {"detect": True, "classify": True}, t.comm)
         sim = feature_similarity(losses, outs)
@@ -192,7 +194,6 @@ def run_auto(cfg: Any, trainer_cls: Any, progress: bool = True
     """Probe (a `shared` run of ``trainer_cls`` in ``<out>/auto_probe``, removed afterwards),
     choose, and return the run's config with the chosen arch, the state dict to start from, and
     the record (also written to ``<out>/auto_branch.json``)."""
-
     run_dir = Path(cfg.out)
     if len(cfg.model.tasks) != 2:
         raise ValueError("--arch auto needs both tasks (detect and classify)")
@@ -225,6 +226,6 @@ def run_auto(cfg: Any, trainer_cls: Any, progress: bool = True
     out.model.arch = arch
     if arch != "shared":
         state = transfer_shared(state, int(arch[len("split"):]))
-    if progress:
-        print(f"auto: {arch} ({why}; {found['steps']} probe steps)")
+    print(f"auto: {arch} ({why}; {found['steps']} probe steps; {run_dir / RECORD})",
+          file=sys.stderr)
     return out, state, record
