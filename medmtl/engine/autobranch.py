@@ -189,7 +189,7 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
             "steps": done, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_auto(cfg: Any, trainer_cls: Any, progress: bool = True
+def run_auto(cfg: Any, trainer_cls: Any
              ) -> tuple[Any, dict[str, Tensor], dict[str, Any]]:
     """Probe (a `shared` run of ``trainer_cls`` in ``<out>/auto_probe``, removed afterwards),
     choose, and return the run's config with the chosen arch, the state dict to start from, and

@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     try:
         start = None
         if cfg.model.arch == AUTO and not resume:  # probe, choose split<k>, start from the probe
-            cfg, start, _ = run_auto(cfg, Trainer, progress)
+            cfg, start, _ = run_auto(cfg, Trainer)
         trainer = Trainer(cfg, resume=resume, progress=progress)
         if start is not None:
             trainer.start_from(start)
