@@ -131,7 +131,10 @@ def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     assert set(rec["feature_cka"]) <= set(rec["grad_cos"]) and rec["feature_cka"]
     assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0)[0]
     assert f"arch: {rec['choice']}" in (run / "config.yaml").read_text()
-    assert json.loads((run / "metrics.json").read_text())["classification"] is not None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classification"] is not None
+    assert metrics["auto_branch"]["choice"] == rec["choice"]
+    assert metrics["auto_branch"]["probe_steps"] == 3
     assert not (run / "auto_probe").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["auto_branch"]["runs"][0]["choice"] == rec["choice"]

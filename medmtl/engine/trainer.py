@@ -36,7 +36,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.autobranch import AUTO, run_auto
+from medmtl.engine.autobranch import AUTO, RECORD, run_auto
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
@@ -338,6 +338,10 @@ class Trainer:
             "final_weights": {t: weights.get(t, 1.0) for t in self.tasks} if len(self.tasks) > 1
             else None,
         }
+        if (self.run_dir / RECORD).is_file():  # --arch auto: the choice (evidence in the file)
+            rec = json.loads((self.run_dir / RECORD).read_text())
+            metrics["auto_branch"] = {k: rec.get(k) for k in ("choice", "conflict_stage",
+                                                              "threshold", "probe_steps")}
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
