@@ -71,6 +71,8 @@ class E2ETimer:
 
     ``image``: an image file to decode at every call (default: a synthetic 430x320 JPEG, the
     real data's frame size). Use as a context manager (the temp folder is removed on exit).
+    ``predictors`` (key -> predictor, e.g. ``{"_ort": OnnxPredictor}``): time those instead of
+    building them from ``model`` (``medmtl val`` on an exported graph).
     """
 
     def __init__(self, model: nn.Module | None, imgsz: int, names: Sequence[str] | None = None,
