@@ -82,7 +82,7 @@ def blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 def plot(runs: Sequence[Run], path: Path) -> Path | None:
     """Cosine (left) and CKA (right) per stage, one line per auto run, the threshold dashed and
-    the stage where each run branched marked."""
+    where each run's branches start dotted."""
     recs = records(runs)
     if not recs:
         return None
@@ -92,13 +92,16 @@ def plot(runs: Sequence[Run], path: Path) -> Path | None:
         cos = _stages(rec.get("grad_cos") or {})
         line = ax_c.plot([g for g, _ in cos], [v for _, v in cos], "o-",
                          label=f"{r.method}-s{r.seed}: {rec.get('choice')}")[0]
-        if rec.get("conflict_stage") is not None:
-            ax_c.axvline(rec["conflict_stage"] - 0.5, color=line.get_color(), ls=":")
+        m = re.fullmatch(r"split(\d+)", str(rec.get("choice")))
+        if m:  # split<k>: stages 0..k shared, the branches start after stage k
+            ax_c.axvline(int(m.group(1)) + 0.5, color=line.get_color(), ls=":")
         cka = _stages(rec.get("feature_cka") or {})
         ax_k.plot([g for g, _ in cka], [v for _, v in cka], "o-", color=line.get_color())
     ax_c.axhline(float(recs[0][1].get("threshold", 0.0)), color="grey", ls="--", lw=1)
     ax_c.set(xlabel="backbone stage", ylabel="mean gradient cosine", title="probe: cosine")
     ax_k.set(xlabel="backbone stage", ylabel="linear CKA", title="probe: feature-gradient CKA")
+    for ax in (ax_c, ax_k):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax_c.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ PLOT_CAPTIONS = {
     "grad_cos": "Cosine between the task gradients on the shared parameters (where measured)",
     "pr_curves": "Detection precision-recall curves (first seed with eval/pr_curves.json)",
     "confusion": "View confusion matrices, summed over seeds (rows: true, columns: predicted)",
-    "auto_branch": "--arch auto probes: gradient cosine and CKA per backbone stage (dotted: split)",
+    "auto_branch": "--arch auto probes: gradient cosine and CKA per stage (dotted: branch point)",
 }
 HOW_TO_READ = [
     "Each cell 'mean ± std' is the mean over the finished seeds of a method and the sample "
