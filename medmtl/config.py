@@ -46,7 +46,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: str = opt("shared", "Architecture: shared | dual | detach | split<k> (e.g. split2) | "
-                    "single, or a registered plug-in", panel="Method")
+                    "single | auto (a probe picks split<k>), or a registered plug-in",
+                    panel="Method")
     tasks: tuple[str, ...] = opt(TASKS, cli=False)  # set by --task / the preset
     size: Literal["n", "s", "m"] = opt("n", "Model size", panel="Model")
     backbone: str | None = opt(None, "Any timm model name (default: the size's CSP-Darknet)",
@@ -264,6 +265,11 @@ class TrainConfig(BaseModel):
                               panel="Method")
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
+    auto_probe_steps: int = opt(200, "--arch auto: optimiser steps of the shared probe that "
+                                "measures the per-stage gradient cosine (not counted in --epochs)",
+                                panel="Model", ge=1)
+    auto_threshold: float = opt(0.0, "--arch auto: split at the shallowest stage whose mean "
+                                "gradient cosine is below this", panel="Model", ge=-1, le=1)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
                             le=1)
     iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)

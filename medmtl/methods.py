@@ -38,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "famo": {"model": {"arch": "shared"}, "balancer": {"name": "famo"}},
     "dual": {"model": {"arch": "dual"}, "balancer": {"name": "fixed"}},
     "split2": {"model": {"arch": "split2"}, "balancer": {"name": "fixed"}},
+    "auto": {"model": {"arch": "auto"}, "balancer": {"name": "fixed"}},
     "detach": {"model": {"arch": "detach"}, "balancer": {"name": "fixed"}},
     "detect": {"model": {"arch": "single", "tasks": ["detect"]}, "balancer": {"name": "fixed"}},
     "classify": {"model": {"arch": "single", "tasks": ["classify"]}, "balancer": {"name": "fixed"}},
@@ -99,7 +100,7 @@ def parse_spec(spec: str) -> dict[str, Any]:
                              f"{', '.join(presets())}")
         return _spec_keys(spec, copy.deepcopy(preset), parts[1:])
     arch, balancer = parts[0], parts[1]
-    if arch not in ARCHS:
+    if arch not in ARCHS and arch != "auto":
         raise ValueError(f"method spec {spec!r}: unknown arch {arch!r}; known: "
                          f"{', '.join(ARCHS.usage())}")
     if balancer not in BALANCERS:

@@ -171,3 +171,36 @@ def test_report_and_cli_name_the_front_and_the_budget(tmp_path: Path) -> None:
     assert summary["recommendations"]["latency_budget"]["method"] == "dual"
     bad = runner.invoke(app, ["report", str(tmp_path), "--latency-runtime", "tpu"])
     assert bad.exit_code != 0 and "choose from torch-cpu" in " ".join(bad.output.split())
+
+
+def test_compressed_variants_enter_the_front(tmp_path: Path) -> None:
+    """<run>/compressed/<kind>/metrics.json (`medmtl val` of an exported graph) -> a point
+    `<method>+<kind>` with its own Δm against the same references and its ONNX Runtime latency."""
+    from medmtl.report.render import build_summary
+
+    for seed in (0, 1):
+        d = make_run(tmp_path, "fixed", seed, 0.60, 0.86, e2e=20.0)
+        make_run(tmp_path, "dual", seed, 0.64, 0.90, e2e=34.0)
+        make_run(tmp_path, "detect", seed, 0.65, None, e2e=15.0)
+        make_run(tmp_path, "classify", seed, None, 0.91, e2e=8.0)
+        m = json.loads((d / "metrics.json").read_text())
+        m["detection"]["map50"] -= 0.03  # INT8 loses 3 mAP points and runs faster on ORT
+        m["efficiency"] = {"latency_e2e_ort_ms": 7.0, "latency_e2e_ort_noise_ms": 0.2}
+        (d / "compressed" / "int8").mkdir(parents=True)
+        (d / "compressed" / "int8" / "metrics.json").write_text(json.dumps(m))
+        other = dict(m, split="test")  # scored on another split: not comparable, left out
+        (d / "compressed" / "half").mkdir()
+        (d / "compressed" / "half" / "metrics.json").write_text(json.dumps(other))
+    runs = collect_runs(tmp_path)
+    dep = build_summary(runs, latency_runtime="ort-cpu")["deployment"]
+    rows = {r["method"]: r for r in dep["points"]}
+    assert set(rows) == {"fixed", "dual", "fixed+int8"}
+    assert rows["fixed+int8"]["compressed"] == "int8" and rows["fixed+int8"]["of"] == "fixed"
+    assert rows["fixed+int8"]["latency_ms"] == pytest.approx(7.0)
+    # Δm over (map50, map50_95, accuracy, macro_f1): the map50 term falls by 3/0.65 % / 4
+    assert rows["fixed"]["delta_m"] - rows["fixed+int8"]["delta_m"] == \
+        pytest.approx(0.03 / 0.65 * 100 / 4, rel=1e-6)
+    # fastest (7 ms against 12), less accurate than fixed: both stay on the front
+    assert dep["front"] == ["fixed+int8", "fixed", "dual"]
+    cpu = build_summary(runs)["deployment"]  # PyTorch CPU: the graph has no such latency
+    assert "compressed ONNX graph" in cpu["excluded"]["fixed+int8"]

@@ -10,7 +10,8 @@ from medmtl.cli.app import Opt, app, console, print_metrics
 
 @app.command()
 def val(
-    weights: Annotated[Path, Opt(help="Checkpoint (.pt)")],
+    weights: Annotated[Path, Opt(help="Checkpoint (.pt) or exported graph (.onnx, also "
+                                      ".half.onnx / .int8.onnx)")],
     data: Annotated[Path, Opt(help="Dataset YAML")],
     split: Annotated[str, Opt(help="val | test | train")] = "val",
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
@@ -22,8 +23,11 @@ def val(
     workers: Annotated[int, Opt(min=0)] = 2,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
                                                  "applied on top of the label files")] = None,
+    latency_iters: Annotated[int, Opt(min=0, help="An .onnx graph: timed end-to-end calls "
+                                                  "(efficiency.latency_e2e_ort_*; 0: none)")] = 20,
 ) -> None:
-    """Evaluate a checkpoint: metrics.json, predictions.json and ground_truth.json (COCO)."""
+    """Evaluate a checkpoint or an ONNX graph: metrics.json, predictions.json and
+    ground_truth.json (COCO)."""
     import typer
 
     from medmtl.data.corrections import CorrectionError
@@ -31,7 +35,8 @@ def val(
 
     try:
         validate_checkpoint(weights, data, split, out, imgsz=imgsz, batch=batch, conf=conf,
-                            iou=iou, device=device, workers=workers, corrections=corrections)
+                            iou=iou, device=device, workers=workers, corrections=corrections,
+                            latency_iters=latency_iters)
     except CorrectionError as e:
         raise typer.BadParameter(str(e), param_hint="--corrections") from None
     print_metrics(out / "metrics.json")
@@ -98,12 +103,24 @@ def export(
     format: Annotated[str, Opt(help="onnx")] = "onnx",
     out: Annotated[Path | None, Opt(help="Output path \\[default: WEIGHTS with .onnx]")] = None,
     dynamic: Annotated[bool, Opt(help="Dynamic batch and image size")] = False,
-    half: Annotated[bool, Opt(help="fp16 weights (needs CUDA)")] = False,
-    opset: Annotated[int, Opt(min=7)] = 17,
-    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
+    half: Annotated[bool, Opt(help="Also write <stem>.half.onnx: fp16 network, float32 I/O")]
+    = False,
+    int8: Annotated[bool, Opt(help="Also write <stem>.int8.onnx: ONNX Runtime static INT8 "
+                                   "quantisation calibrated on training images")] = False,
+    calib_data: Annotated[Path | None, Opt(help="Dataset YAML whose training split calibrates "
+                                                "--int8 (default: the run's)")] = None,
+    calib_n: Annotated[int, Opt(min=1, help="Calibration images for --int8")] = 64,
+    nms: Annotated[bool, Opt(help="NMS in the graph (inputs conf, iou; output detections)")]
+    = False,
+    max_det: Annotated[int, Opt(min=1, help="With --nms: detections kept per image")] = 100,
+    opset: Annotated[int, Opt(min=11)] = 17,
+    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 "
+                                                 "\\[default: the checkpoint's]")] = None,
 ) -> None:
-    """Export to ONNX: boxes and scores before NMS, plus view logits; checked against PyTorch."""
+    """Export to ONNX: boxes and scores before NMS (or final detections with --nms), plus view
+    logits; checked against PyTorch. --half / --int8 add compressed copies."""
     from medmtl.inference.export import export_command
 
     export_command(weights, format=format, out=out, dynamic=dynamic, half=half, opset=opset,
-                   imgsz=imgsz)
+                   imgsz=imgsz, int8=int8, nms=nms, max_det=max_det, calib_data=calib_data,
+                   calib_n=calib_n)

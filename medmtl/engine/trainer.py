@@ -37,6 +37,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
+from medmtl.engine.autobranch import AUTO, RECORD, run_auto
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
@@ -178,6 +179,12 @@ class Trainer:
             self.console.print(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, "
                                f"step {self.state.step_in_epoch}")
             self._keep_selection_rule(ckpt.get("config") or {})
+
+    def start_from(self, state: dict[str, Any]) -> None:
+        """Begin from these weights (e.g. `--arch auto`'s probe), the EMA too."""
+        self.model.load_state_dict(state, strict=True)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
 
     def _keep_selection_rule(self, saved: dict[str, Any]) -> None:
         """A resumed run keeps the selection rule its best checkpoint was chosen by (a run begun
@@ -374,6 +381,10 @@ class Trainer:
             if len(self.loss_tasks) > 1 else None,
             **training_stages(cfg, st.train_seconds, st.epoch),
         }
+        if (self.run_dir / RECORD).is_file():  # --arch auto: the choice (evidence in the file)
+            rec = json.loads((self.run_dir / RECORD).read_text())
+            metrics["auto_branch"] = {k: rec.get(k) for k in ("choice", "conflict_stage",
+                                                              "threshold", "probe_steps")}
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
@@ -383,7 +394,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     calls this; the process group is torn down at the end."""
     trainer = None
     try:
+        start = None
+        if cfg.model.arch == AUTO and not resume:  # probe, choose split<k>, start from the probe
+            cfg, start, _ = run_auto(cfg, Trainer)
         trainer = Trainer(cfg, resume=resume, progress=progress)
+        if start is not None:
+            trainer.start_from(start)
         return trainer.fit()
     finally:
         if trainer is not None:

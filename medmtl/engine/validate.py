@@ -1,6 +1,14 @@
-"""`medmtl val`: score a checkpoint on a split and export predictions for re-scoring.
+"""`medmtl val`: score a checkpoint or an exported ONNX graph on a split and export predictions
+for re-scoring.
 
-The model comes from `medmtl.models.checkpoint.model_from_checkpoint`."""
+A checkpoint's model comes from `medmtl.models.checkpoint.model_from_checkpoint`. An ``.onnx``
+graph (float, ``.half``, ``.int8``, with or without NMS inside) runs through `OnnxPredictor` on the
+same letterboxed batches and is scored by the same `engine.evaluate.score`, so the accuracy a
+compressed graph loses is measured on the same split with the same COCO scorer; its end-to-end
+latency is timed by the same `E2ETimer` as the trainer's (``efficiency.latency_e2e_ort_*``). The
+graph's metadata gives the class names, imgsz and the run's evaluation thresholds; there is no
+validation loss (the graph has no raw head outputs).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medmtl.devices import select_device
@@ -21,14 +30,18 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
                         out: str | Path = "runs/val", imgsz: int | None = None, batch: int = 16,
                         conf: float | None = None, iou: float | None = None,
                         device: str = "auto", workers: int = 2, plots: bool = True,
-                        strict: bool = False,
-                        corrections: str | Path | None = None) -> dict[str, Any]:
-    """Score `weights` on `split` of `data` (with a corrections file applied on top of the labels
-    when given) and write metrics.json and the exports to `out`."""
+                        strict: bool = False, corrections: str | Path | None = None,
+                        latency_iters: int = 20) -> dict[str, Any]:
+    """Score `weights` (a checkpoint or an ``.onnx`` graph) on `split` of `data` (with a
+    corrections file applied on top of the labels when given) and write metrics.json and the
+    exports to `out`. ``latency_iters``: timed end-to-end calls of an ``.onnx`` graph (0: none)."""
     from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
     from medmtl.data.corrections import load_corrections
     from medmtl.losses import DetectionLoss, ViewLoss
 
+    if Path(weights).suffix.lower() == ".onnx":
+        return validate_onnx(weights, data, split, out, imgsz, batch, conf, iou, workers, plots,
+                             strict, corrections, latency_iters)
     dev = select_device(device)
     model, cfg, ck = model_from_checkpoint(weights, dev)
     spec = load_data_yaml(data)
@@ -55,5 +68,84 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     metrics["data_summary"] = index.summary
     metrics["data"] = {"corrections": corr.record() if corr else None,
                        "clip_regex": cfg.clip_regex}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _split_index(data: str | Path, split: str, strict: bool, corrections: str | Path | None,
+                 names: list[str], cls_names: list[str], weights: str | Path) -> tuple[Any, Any, Any]:
+    from medmtl.data import load_data_yaml, scan_split
+    from medmtl.data.corrections import load_corrections
+
+    spec = load_data_yaml(data)
+    if list(spec.names) != list(names) or list(spec.cls_names) != list(cls_names):
+        raise ValueError(f"{data}: class names {spec.names}/{spec.cls_names} differ from the "
+                         f"model's {names}/{cls_names} ({weights})")
+    if split not in spec.splits:
+        raise ValueError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
+    corr = load_corrections(corrections, spec) if corrections is not None else None
+    return spec, scan_split(spec, split, strict=strict, corrections=corr), corr
+
+
+def onnx_inference(pred: Any, loader: Any, conf: float, iou: float, max_det: int) -> dict[str, Any]:
+    """`run_inference`'s result for an `OnnxPredictor` (no validation loss)."""
+    from medmtl.data.transforms import unletterbox_boxes
+
+    dets: dict[int, np.ndarray] = {}
+    probs: dict[int, np.ndarray] = {}
+    for b in loader:
+        x = np.ascontiguousarray(b["images"].float().div(255).numpy())
+        found, logits = pred.detect_views(x, conf, iou, max_det)
+        p = None if logits is None else logits.float().softmax(-1).numpy()
+        for k, m in enumerate(b["meta"]):
+            if found is not None:
+                r = found[k].float().cpu()
+                scale, px, py = m["letterbox"]
+                boxes = torch.as_tensor(unletterbox_boxes(r[:, :4], scale, px, py, m["orig_size"]),
+                                        dtype=torch.float32)
+                dets[int(m["image_id"])] = torch.cat([boxes, r[:, 4:6]], 1).numpy()
+            if p is not None:
+                probs[int(m["image_id"])] = p[k]
+    return {"detections": dets, "view_probs": probs, "val_loss": {}, "val_loss_parts": {}}
+
+
+def validate_onnx(weights: str | Path, data: str | Path, split: str = "val",
+                  out: str | Path = "runs/val", imgsz: int | None = None, batch: int = 16,
+                  conf: float | None = None, iou: float | None = None, workers: int = 2,
+                  plots: bool = True, strict: bool = False,
+                  corrections: str | Path | None = None, latency_iters: int = 20) -> dict[str, Any]:
+    """`validate_checkpoint` for an exported graph (ONNX Runtime, CPU)."""
+    from medmtl.config import AugmentConfig, TrainConfig
+    from medmtl.data import MTLDataset, collate
+    from medmtl.inference.export import OnnxPredictor
+    from medmtl.inference.latency import E2ETimer
+
+    pred = OnnxPredictor.from_file(weights, "cpu", imgsz=imgsz, max_batch=batch)
+    meta, defaults = pred.meta, TrainConfig()
+    if not meta:
+        raise ValueError(f"{weights}: no medmtl metadata in the graph; export it with medmtl export")
+    spec, index, corr = _split_index(data, split, strict, corrections, pred.names, pred.cls_names,
+                                     weights)
+    ds = MTLDataset(index.records, pred.imgsz, train=False, augment=AugmentConfig(), cache=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate,
+                                         num_workers=workers)
+    conf = conf if conf is not None else meta.get("conf_thres", defaults.conf_thres)
+    iou = iou if iou is not None else meta.get("iou_thres", defaults.iou_thres)
+    max_det = int(meta.get("max_det", defaults.max_det))
+    clip_regex = meta.get("clip_regex", defaults.clip_regex)
+    inf = onnx_inference(pred, loader, conf, iou, max_det)
+    out = Path(out)
+    metrics = score(inf, index.records, spec.names, spec.cls_names, pred.tasks, split=split,
+                    out_dir=out, plots=plots, clip_regex=clip_regex)
+    metrics["weights"] = str(weights)
+    metrics["data_summary"] = index.summary
+    metrics["data"] = {"corrections": corr.record() if corr else None, "clip_regex": clip_regex}
+    metrics["onnx"] = {"compression": meta.get("compression", {"kind": "fp32"}),
+                       "nms_in_graph": pred.nms_in_graph, "conf": conf, "iou": iou,
+                       "max_det": max_det}
+    if latency_iters > 0:
+        with E2ETimer(None, pred.imgsz, predictors={"_ort": pred}) as timer:
+            timer.run(latency_iters, warmup=min(3, latency_iters))
+            metrics.setdefault("efficiency", {}).update(timer.results())
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -120,14 +120,9 @@ class BasePredictor:
                        view_min_prob: float, sources: list[str], frames: list[int]) -> list[FrameResult]:
         lbs = [letterbox(a, self.imgsz) for a in arrays]
         x = np.stack([lb[0] for lb in lbs]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        boxes, scores, logits = self._forward(np.ascontiguousarray(x))
-        for name, t in (("boxes", boxes), ("scores", scores), ("view logits", logits)):
-            if t is not None and not bool(torch.isfinite(torch.as_tensor(t)).all()):
-                raise NonFiniteError(f"{getattr(self, 'weights', 'the model')}: non-finite "
-                                     f"(NaN/inf) {name} in the model's output; the weights are "
-                                     "broken, this is not 'no detections'")
-        dets = (select_detections(boxes, scores, (self.imgsz, self.imgsz), conf, iou, max_det)
-                if boxes is not None and scores is not None else [None] * len(arrays))
+        dets, logits = self.detect_views(np.ascontiguousarray(x), conf, iou, max_det)
+        if dets is None:
+            dets = [None] * len(arrays)
         probs = None if logits is None else logits.float().softmax(-1).cpu().numpy()
         out = []
         for k, (a, (_, scale, px, py)) in enumerate(zip(arrays, lbs, strict=True)):
@@ -152,6 +147,24 @@ class BasePredictor:
             out.append(FrameResult(detections, view, view_name, view_probs, hw, sources[k],
                                    frames[k]))
         return out
+
+    def detect_views(self, x: np.ndarray, conf: float, iou: float, max_det: int
+                     ) -> tuple[list[Tensor] | None, Tensor | None]:
+        """Letterboxed float32 (B, 3, S, S) in [0, 1] -> per image (K, 6) ``[x1, y1, x2, y2,
+        score, cls]`` in letterboxed pixels after NMS (None without the detect task), and the
+        view logits (B, V) (or None). `medmtl val` on an ``.onnx`` graph calls this too."""
+        boxes, scores, logits = self._forward(x)
+        self._check_finite((("boxes", boxes), ("scores", scores), ("view logits", logits)))
+        dets = (select_detections(boxes, scores, (x.shape[2], x.shape[3]), conf, iou, max_det)
+                if boxes is not None and scores is not None else None)
+        return dets, logits
+
+    def _check_finite(self, named: Sequence[tuple[str, Tensor | None]]) -> None:
+        for name, t in named:
+            if t is not None and not bool(torch.isfinite(torch.as_tensor(t)).all()):
+                raise NonFiniteError(f"{getattr(self, 'weights', 'the model')}: non-finite "
+                                     f"(NaN/inf) {name} in the model's output; the weights are "
+                                     "broken, this is not 'no detections'")
 
     def _view_label(self, j: int) -> str:
         return self.cls_names[j] if j < len(self.cls_names) else str(j)

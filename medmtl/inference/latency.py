@@ -71,12 +71,15 @@ class E2ETimer:
 
     ``image``: an image file to decode at every call (default: a synthetic 430x320 JPEG, the
     real data's frame size). Use as a context manager (the temp folder is removed on exit).
+    ``predictors`` (key -> predictor, e.g. ``{"_ort": OnnxPredictor}``): time those instead of
+    building them from ``model`` (``medmtl val`` on an exported graph).
     """
 
-    def __init__(self, model: nn.Module, imgsz: int, names: Sequence[str] | None = None,
+    def __init__(self, model: nn.Module | None, imgsz: int, names: Sequence[str] | None = None,
                  cls_names: Sequence[str] | None = None, image: str | Path | None = None,
                  threads: int | None = None, ort: bool = True, cuda: bool | None = None,
-                 conf: float = 0.25, iou: float = 0.6, max_det: int = 100) -> None:
+                 conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
+                 predictors: dict[str, BasePredictor] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="medmtl-e2e-")
         tmp = Path(self._tmp.name)
         self.image = Path(image) if image is not None else sample_frame(tmp / "frame.jpg")
@@ -84,12 +87,18 @@ class E2ETimer:
             self.frame = f"{im.size[0]}x{im.size[1]} {im.format or self.image.suffix} file"
         self.imgsz, self.threads = int(imgsz), threads
         self.kw = {"conf": conf, "iou": iou, "max_det": max_det}
+        self.skipped: dict[str, str] = {}
+        if predictors is not None:  # given predictors (e.g. an exported graph): time those
+            self.predictors = dict(predictors)
+            self.tasks = next(iter(self.predictors.values())).tasks
+            self.times: dict[str, list[float]] = {k: [] for k in self.predictors}
+            return
+        assert model is not None, "E2ETimer needs a model or predictors"
         self.tasks = tuple(getattr(model, "tasks", ("detect", "classify")))
         names = list(names or [str(i) for i in range(model.num_classes)])
         cls_names = list(cls_names or [str(i) for i in range(model.num_views)])
         cpu = copy.deepcopy(model).cpu().eval()
-        self.predictors: dict[str, BasePredictor] = {"": Predictor(cpu, names, cls_names, imgsz)}
-        self.skipped: dict[str, str] = {}
+        self.predictors = {"": Predictor(cpu, names, cls_names, imgsz)}
         if cuda is None:
             cuda = torch.cuda.is_available()
         if cuda:
@@ -104,7 +113,7 @@ class E2ETimer:
                     reason = f"ONNX export or session failed: {type(e).__name__}: {e}"[:300]
             if reason is not None:
                 self.skipped["_ort"] = reason
-        self.times: dict[str, list[float]] = {k: [] for k in self.predictors}
+        self.times = {k: [] for k in self.predictors}
 
     def _ort(self, model: nn.Module, path: Path, names: list[str],
              cls_names: list[str]) -> BasePredictor:

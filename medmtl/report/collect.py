@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,28 @@ def collect_runs(directory: str | Path) -> list[Run]:
             raise ReportError(f"{r.path}: method {r.method!r} seed {r.seed} also in {seen[key]}")
         seen[key] = r.path
     return sorted(runs, key=lambda r: (r.method, r.seed))
+
+
+COMPRESSED_DIR = "compressed"
+
+
+def compressed_runs(runs: Sequence[Run]) -> list[Run]:
+    """Compressed variants of the finished runs, as runs of their own: each
+    ``<run>/compressed/<kind>/metrics.json`` (written by ``medmtl val --weights
+    <run>/weights/best.<kind>.onnx --split <the run's split> --out <run>/compressed/<kind>``)
+    becomes a run of method ``<method>+<kind>``, same seed. A file scored on another split than
+    the run's scores is left out (it would not be comparable)."""
+    out: list[Run] = []
+    for r in runs:
+        if not r.finished or not (r.path / COMPRESSED_DIR).is_dir():
+            continue
+        for d in sorted((r.path / COMPRESSED_DIR).iterdir()):
+            f = d / "metrics.json"
+            if not f.is_file():
+                continue
+            m = read_metrics(f)
+            if str(m.get("split")) != r.split:
+                continue
+            out.append(Run(method=f"{r.method}+{d.name}", seed=r.seed, path=d, config=r.config,
+                           metrics=m, split=r.split, val_metrics=m))
+    return out

@@ -5,6 +5,9 @@ The front is computed by pure functions on `Point`s (`dominates`, `pareto_front`
 `budget_pick`, `tolerance_pick`); `analyse` builds the points from the runs (Δm from
 :func:`medmtl.report.stats.delta_m` through the aggregate, latency from metrics.json's
 ``efficiency.latency_e2e*_ms``) and returns what summary.json records under ``deployment``.
+Compressed variants (``<method>+int8``, ``+half``: `collect.compressed_runs`) are points like the
+others when the aggregate carries them (`stats.compressed_entries`); they have only ONNX Runtime
+latencies, so they are on the front with ``--latency-runtime ort-cpu``.
 
 Latency ties: two latencies differing by no more than the sum of their noise bands are equal
 (neither is faster). A method's latency is the mean over its runs of their medians; its noise
@@ -151,7 +154,9 @@ def analyse(runs: Sequence[Run], agg: dict[str, Any],
         elif not _finite(dm.get("mean")):
             excluded[m] = "non-finite Δm"
         elif (lat := method_latency(runs, m, runtime)) is None:
-            excluded[m] = _no_latency_reason(runs, m, runtime)
+            excluded[m] = (f"compressed ONNX graph: no {label} latency (it runs on ONNX "
+                           "Runtime; --latency-runtime ort-cpu)" if e.get("compressed")
+                           else _no_latency_reason(runs, m, runtime))
         else:
             points.append(Point(m, float(dm["mean"]), lat["ms"], lat["noise_ms"]))
             others = {rt: x["ms"] for rt in RUNTIMES
@@ -159,7 +164,9 @@ def analyse(runs: Sequence[Run], agg: dict[str, Any],
             rows[m] = {"method": m, "delta_m": float(dm["mean"]), "delta_m_std": dm.get("std"),
                        "latency_ms": lat["ms"], "noise_ms": lat["noise_ms"],
                        "p90_ms": lat["p90_ms"], "latency_runs": lat["runs"],
-                       "other_runtimes_ms": others}
+                       "other_runtimes_ms": others,
+                       **({"compressed": e["compressed"], "of": e["of"]} if e.get("compressed")
+                          else {})}
     dom = dominators(points)
     for p in points:
         rows[p.method].update({"pareto": not dom[p.method], "dominated_by": dom[p.method]})

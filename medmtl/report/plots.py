@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from medmtl.report import auto_branch
 from medmtl.report.collect import METRIC_BY_KEY, Run
 from medmtl.report.setup import class_name
 
@@ -249,5 +250,6 @@ def make_plots(runs: Sequence[Run], agg: dict[str, Any], out_dir: Path) -> dict[
         "grad_cos": grad_cos(done, methods, out_dir / "grad_cos.png"),
         "pr_curves": pr_curves(runs, methods, out_dir / "pr_curves.png"),
         "confusion": confusion(runs, methods, out_dir / "confusion.png"),
+        "auto_branch": auto_branch.plot(runs, out_dir / "auto_branch.png"),
     }
     return {k: v for k, v in made.items() if v is not None}

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medmtl.report import auto_branch
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.markup import to_html, to_markdown
-from medmtl.report.pareto import DEFAULT_RUNTIME, analyse
+from medmtl.report.pareto import DEFAULT_RUNTIME
 from medmtl.report.plots import make_plots
 from medmtl.report.recommendations import DM_TOLERANCE
 from medmtl.report.render_stats import (
@@ -27,7 +28,7 @@ from medmtl.report.render_stats import (
     verdict_cell,
 )
 from medmtl.report.setup import per_class_ap_blocks, setup_blocks, single_seed_banner, withheld
-from medmtl.report.stats import ALPHA, aggregate, method_order, recommend
+from medmtl.report.stats import ALPHA, aggregate, deployment_points, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 from medmtl.report.view_labels import VIEW_LABEL_KEYS, run_view_labels, view_label_blocks
 
@@ -41,6 +42,7 @@ PLOT_CAPTIONS = {
     "grad_cos": "Cosine between the task gradients on the shared parameters (where measured)",
     "pr_curves": "Detection precision-recall curves (first seed with eval/pr_curves.json)",
     "confusion": "View confusion matrices, summed over seeds (rows: true, columns: predicted)",
+    "auto_branch": "--arch auto probes: gradient cosine and CKA per stage (dotted: branch point)",
 }
 HOW_TO_READ = [
     "Each cell 'mean ± std' is the mean over the finished seeds of a method and the sample "
@@ -109,7 +111,7 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
     """Every aggregated number, per method and per run, the Pareto front and the advice."""
     agg = aggregate(runs, baseline, alpha, delta_m_metrics)
     boot = add_bootstrap(list(runs), agg, bootstrap)
-    deployment = analyse(runs, agg, latency_runtime)
+    deployment = deployment_points(runs, agg, latency_runtime)  # compressed variants too
     per_run = []
     order = method_order([r.method for r in runs])
     for r in sorted(runs, key=lambda r: (order.index(r.method), r.seed)):
@@ -134,7 +136,7 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "methods": agg["methods"], "runs": per_run,
         "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
                         "epochs_logged": len(r.history)} for r in runs if not r.finished],
-        "deployment": deployment,
+        "deployment": deployment, "auto_branch": auto_branch.summary_block(runs, agg),
         "recommendations": recs,
     }
 
@@ -279,7 +281,7 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
     b.append(("table", ["method", "parameters", "GFLOPs", "ms/image", "images/s", "weights (MB)",
                         "mAP@0.5 per ms", "mAP@0.5 per MB", "training time (s)",
                         "peak memory (MB)"], erows))
-    b += deployment_blocks(summary)
+    b += deployment_blocks(summary) + auto_branch.blocks(summary)
     b.append(("h", 2, "Per run"))
     b.append(("table", ["method", "seed", "mAP@0.5", "mAP@0.5:0.95", "view accuracy",
                         "macro-F1", "best epoch", "epochs", "training time (s)", "status"],

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run
+from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, compressed_runs
+from medmtl.report.pareto import analyse
 from medmtl.report.recommendations import accuracy_first, efficiency_first, recommend
 from medmtl.report.significance import (
     ALPHA,
@@ -207,3 +208,27 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
                                      "metrics": list(family), "comparisons": tested},
             "methods": out}
 
+
+
+def compressed_entries(runs: Sequence[Run], variants: Sequence[Run]) -> dict[str, Any]:
+    """`aggregate`-style entries (``n``, ``joint``, ``delta_m``, ``compressed``, ``of``) of the
+    compressed variants (`collect.compressed_runs`), their Δm against the same single-task
+    references as the float runs, for the Pareto front."""
+    everything = list(runs) + list(variants)
+    out: dict[str, Any] = {}
+    for name in sorted({v.method for v in variants}):
+        of, kind = name.rsplit("+", 1)
+        if not is_joint(runs, of):
+            continue
+        out[name] = {"n": sum(v.method == name for v in variants), "joint": True,
+                     "compressed": kind, "of": of,
+                     "delta_m": delta_m(everything, name, DELTA_M_MAIN)}
+    return out
+
+
+def deployment_points(runs: Sequence[Run], agg: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """`pareto.analyse` of the methods and their compressed variants (`collect.compressed_runs`:
+    ``<run>/compressed/<kind>/metrics.json``, when present)."""
+    variants = compressed_runs(runs)
+    methods = {**agg["methods"], **compressed_entries(runs, variants)}
+    return analyse(list(runs) + variants, {**agg, "methods": methods}, runtime)

@@ -1,0 +1,125 @@
+"""Compressed ONNX graphs for deployment, made from the float graph `export_onnx` wrote.
+
+- `int8_graph`: ONNX Runtime static quantisation (`onnxruntime.quantization.quantize_static`, QDQ
+  format, per-channel symmetric int8 weights, uint8 activations, MinMax calibration) calibrated on
+  ``n`` letterboxed training images (a seeded sample of the training split).
+- `half_graph`: fp16 weights and compute with ONNX Runtime's float16 converter
+  (`onnxruntime.transformers.float16`), float32 input and outputs.
+
+Both leave the nodes outside the network in float32: the box decoding (DFL softmax, anchor
+arithmetic) and, with ``--nms``, the NMS head. Quantising the decoded pixel coordinates to 8 bits
+would cost up to a pixel per 256 of range for nothing; only the network's own layers are
+compressed. The graph's ``medmtl`` metadata gains a ``compression`` block.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmtl.data.transforms import letterbox
+from medmtl.inference.results import to_rgb_array
+
+
+def wrapper_nodes(proto: Any) -> list[str]:
+    """Names of the graph's nodes that are not part of the network (``/model/...``): the
+    decoding and NMS that `ExportWrapper` adds, left in float32."""
+    return [n.name for n in proto.graph.node if not n.name.startswith("/model/")]
+
+
+def _set_meta(proto: Any, extra: dict[str, Any]) -> None:
+    meta: dict[str, Any] = {}
+    for e in list(proto.metadata_props):
+        if e.key == "medmtl":
+            meta = json.loads(e.value)
+            proto.metadata_props.remove(e)
+    meta.update(extra)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "medmtl", json.dumps(meta)
+
+
+def graph_meta(path: str | Path) -> dict[str, Any]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for e in proto.metadata_props:
+        if e.key == "medmtl":
+            return dict(json.loads(e.value))
+    return {}
+
+
+def calibration_images(data: str | Path, n: int, seed: int = 0) -> list[Path]:
+    """A seeded sample of ``n`` images of the training split of ``data`` (all when fewer)."""
+    from medmtl.data import load_data_yaml, scan_split
+    from medmtl.data.dataset_yaml import DataError
+
+    spec = load_data_yaml(data)
+    records = scan_split(spec, "train", decode=False).records
+    if not records:
+        raise DataError(f"{data}: the training split has no images to calibrate on")
+    paths = sorted(Path(r.path) for r in records)
+    pick = np.random.default_rng(seed).permutation(len(paths))[:n]
+    return [paths[i] for i in sorted(pick)]
+
+
+def letterboxed_batches(paths: Sequence[Path], imgsz: int) -> Iterator[np.ndarray]:
+    """Each image as the graph's input: float32 (1, 3, S, S) in [0, 1], letterboxed like
+    `BasePredictor` does at inference."""
+    for p in paths:
+        lb = letterbox(to_rgb_array(p), imgsz)[0]
+        yield np.ascontiguousarray(lb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+
+
+def int8_graph(src: str | Path, dst: str | Path, images: Sequence[Path], imgsz: int,
+               extra_inputs: dict[str, np.ndarray] | None = None) -> Path:
+    """Static INT8 quantisation of the float graph ``src`` into ``dst``, calibrated on
+    ``images``. ``extra_inputs``: fixed values of the graph's other inputs (``conf``, ``iou``)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = letterboxed_batches(images, imgsz)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {"images": x, **(extra_inputs or {})}
+
+    if not images:
+        raise ValueError("INT8 calibration needs at least one image")
+    proto = onnx.load(str(src))
+    dst = Path(dst)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=wrapper_nodes(proto))
+    out = onnx.load(str(dst))
+    _set_meta(out, {"compression": {"kind": "int8", "method": "onnxruntime quantize_static",
+                                    "format": "QDQ", "weights": "int8 per-channel",
+                                    "activations": "uint8", "calibration": "MinMax",
+                                    "calib_images": len(images)}})
+    onnx.save(out, str(dst))
+    return dst
+
+
+def half_graph(src: str | Path, dst: str | Path) -> Path:
+    """fp16 copy of the float graph ``src`` (network only; input and outputs stay float32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(src))
+    half = convert_float_to_float16(proto, keep_io_types=True, node_block_list=wrapper_nodes(proto))
+    _set_meta(half, {"half": True, "compression": {
+        "kind": "fp16", "method": "onnxruntime.transformers.float16 (decoding kept float32)"}})
+    onnx.save(half, str(dst))
+    return Path(dst)

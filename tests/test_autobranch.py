@@ -1,0 +1,167 @@
+"""--arch auto: the per-stage probe, the split rule, the weight transfer, and the CLI run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from medmtl.config import ModelConfig
+from medmtl.engine.autobranch import (
+    StageProfile,
+    choose_split,
+    feature_similarity,
+    linear_cka,
+    transfer_shared,
+)
+from medmtl.methods import build_config, check_method, parse_spec
+from medmtl.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Toy(nn.Module):
+    """Five linear "backbone stages". Both task losses read stage 2's output the same way (weight
+    ``c``) and the last stage's output in opposite ways: early stages get agreeing gradients, the
+    last two opposing ones -- conflict only in the late stages."""
+
+    def __init__(self, c: float = 4.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stages = nn.ModuleList(nn.Linear(8, 8) for _ in range(5))
+        self.u, self.v, self.c = torch.randn(8), torch.randn(8), c
+
+    def losses(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        feats = {}
+        for g, s in enumerate(self.stages):
+            x = torch.tanh(s(x))
+            feats[f"backbone.stage{g}"] = x
+        common = self.c * (feats["backbone.stage2"] @ self.u).pow(2).mean()
+        late = (feats["backbone.stage4"] @ self.v).mean()
+        return {"detect": common + late, "classify": common - late}, feats
+
+    def shared_stages(self) -> list[tuple[str, list[nn.Parameter]]]:
+        return [(f"backbone.stage{g}", list(s.parameters())) for g, s in enumerate(self.stages)]
+
+
+def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
+    toy = Toy()
+    prof = StageProfile()
+    for i in range(5):  # the probe's measurement over a few batches
+        losses, _ = toy.losses(torch.randn(16, 8, generator=torch.Generator().manual_seed(i)))
+        prof.add(losses, list(toy.parameters()), toy.shared_stages())
+    cos = prof.means()
+    assert list(cos) == [f"backbone.stage{g}" for g in range(5)]
+    assert min(cos[f"backbone.stage{g}"] for g in (0, 1, 2)) > 0.3, cos  # agree early
+    assert max(cos[f"backbone.stage{g}"] for g in (3, 4)) < -0.99, cos  # oppose late
+    arch, conflict, why = choose_split(cos, num_stages=5, threshold=0.0)
+    assert (arch, conflict) == ("split2", 3) and "stage 3" in why  # stages 0..2 shared
+    # a stricter threshold moves the split earlier, one above every cosine to split1; a toy
+    # whose tasks never conflict stays shared
+    assert choose_split(cos, 5, 0.99)[0] == "split1"
+    assert choose_split({k: 0.5 for k in cos}, 5, 0.0)[0] == "shared"
+    assert choose_split({**cos, "backbone.stage1": math.nan}, 5, 0.0)[0] == "split2"
+
+
+def test_feature_similarity_is_linear_cka() -> None:
+    toy = Toy()
+    losses, feats = toy.losses(torch.randn(32, 8, generator=torch.Generator().manual_seed(9)))
+    sim = feature_similarity(losses, feats)
+    # stage 3's feature gradients come from the opposed term only, exact negatives: CKA is 1
+    # (sign-blind: the second signal tells related from unrelated, not agreeing from opposing);
+    # the last stage's are the same vector for every image: constant, no CKA
+    assert sim["backbone.stage3"] == pytest.approx(1.0, abs=1e-9)
+    assert math.isnan(sim["backbone.stage4"])
+    assert all(0.0 <= v <= 1.0 + 1e-12 for v in list(sim.values())[:4])
+    x = torch.randn(20, 5, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0, abs=1e-9)  # rotation, scale
+    assert linear_cka(x, torch.randn(20, 5, dtype=torch.float64)) < 0.6
+    assert math.isnan(linear_cka(x, torch.ones(20, 3)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_transfer_makes_split_compute_what_the_probe_computed(k: int) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="shared", size="n")
+    shared = build_model(cfg).eval()
+    split = build_model(cfg.model_copy(update={"arch": f"split{k}"})).eval()
+    split.load_state_dict(transfer_shared(shared.state_dict(), k), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = shared(x), split(x)
+    assert torch.allclose(a["classify"], b["classify"], atol=1e-5)
+    for p, q in zip(a["detect"], b["detect"], strict=True):
+        assert torch.allclose(p, q, atol=1e-4 * float(p.abs().max()))
+    # the two branches are copies, not one module
+    assert split.det_body.stages[0].parameters().__next__() is not \
+        split.cls_body.stages[0].parameters().__next__()
+
+
+def test_auto_is_a_method_and_a_spec() -> None:
+    check_method("auto")
+    assert build_config("auto", {}).model.arch == "auto"
+    assert parse_spec("auto:pcgrad")["model"]["arch"] == "auto"
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    for cmd in ("train", "compare"):  # the probe's settings reach both commands
+        out = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
+        assert "--auto-probe-steps" in out and "--auto-threshold" in out, cmd
+
+
+@pytest.mark.slow
+def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
+    """`compare --methods auto` runs `medmtl train --method auto` in a subprocess (the CLI path):
+    probe, choice, training, metrics, and the report's section."""
+    from medmtl.engine.compare import run_compare
+
+    out = tmp_path / "cmp"
+    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "auto_probe_steps": 3}
+    run_compare(str(synth_tiny), ["auto"], [0], out, overrides=over, jobs=1)
+    run = out / "runs" / "auto-s0"
+    rec = json.loads((run / "auto_branch.json").read_text())
+    assert rec["probe_steps"] == 3 and rec["threshold"] == 0.0
+    assert set(rec["grad_cos"]) == {f"backbone.stage{g}" for g in range(5)}
+    assert set(rec["feature_cka"]) <= set(rec["grad_cos"]) and rec["feature_cka"]
+    assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0)[0]
+    assert f"arch: {rec['choice']}" in (run / "config.yaml").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classification"] is not None
+    assert metrics["auto_branch"]["choice"] == rec["choice"]
+    assert metrics["auto_branch"]["probe_steps"] == 3
+    assert not (run / "auto_probe").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["auto_branch"]["runs"][0]["choice"] == rec["choice"]
+
+
+def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) -> None:
+    from test_report import make_run
+
+    from medmtl.report import write_report
+
+    for seed in (0, 1):
+        d = make_run(tmp_path, "auto", seed, 0.61, 0.87)
+        make_run(tmp_path, "split2", seed, 0.60, 0.86)
+        make_run(tmp_path, "detect", seed, 0.65, None)
+        make_run(tmp_path, "classify", seed, None, 0.91)
+        cos = {f"backbone.stage{g}": 0.3 - 0.15 * g for g in range(5)}  # conflict from stage 3
+        arch, conflict, why = choose_split(cos, 5, 0.0)
+        (d / "auto_branch.json").write_text(json.dumps({
+            "threshold": 0.0, "choice": arch, "conflict_stage": conflict, "reason": why,
+            "probe_steps": 200, "grad_cos": cos,
+            "feature_cka": {k: 0.9 - 0.1 * g for g, k in enumerate(cos)}}))
+    paths = write_report(tmp_path)
+    md = paths["md"].read_text()
+    assert "## Automatic branching (--arch auto)" in md
+    assert "3: -0.15" in md and "split2" in md  # the evidence and the choice
+    summary = json.loads((tmp_path / "summary.json").read_text())["auto_branch"]
+    assert [r["choice"] for r in summary["runs"]] == ["split2", "split2"]
+    assert set(summary["compare"]) >= {"auto", "split2"}
+    assert summary["compare"]["auto"]["delta_m"] > summary["compare"]["split2"]["delta_m"]
+    assert (tmp_path / "plots" / "auto_branch.png").read_bytes()[:4] == b"\x89PNG"
