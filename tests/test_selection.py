@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from medmtl.engine.compare import _references_first, _set_references, plan_runs
-from medmtl.engine.trainer import Trainer
+from medmtl.engine.run_state import keep_selection_rule
 from medmtl.evaluation.selection import describe, references_from, selection_score
 
 
@@ -98,8 +98,8 @@ def test_compare_trains_the_references_first_and_hands_them_to_joint_runs(tmp_pa
 
 def test_resume_keeps_the_rule_the_run_selected_by() -> None:
     cfg = SimpleNamespace(select="delta-m", select_refs={})
-    fake = SimpleNamespace(cfg=cfg, console=Console(quiet=True))
-    Trainer._keep_selection_rule(fake, {"seed": 0})  # a run begun before --select existed
+    say = Console(quiet=True).print
+    keep_selection_rule(cfg, {"seed": 0}, say)  # a run begun before --select existed
     assert (cfg.select, cfg.select_refs) == ("composite", {})
-    Trainer._keep_selection_rule(fake, {"select": "delta-m", "select_refs": REFS})
+    keep_selection_rule(cfg, {"select": "delta-m", "select_refs": REFS}, say)
     assert (cfg.select, cfg.select_refs) == ("delta-m", REFS)

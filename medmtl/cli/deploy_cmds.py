@@ -108,7 +108,7 @@ def export(
     int8: Annotated[bool, Opt(help="Also write <stem>.int8.onnx: ONNX Runtime static INT8 "
                                    "quantisation calibrated on training images")] = False,
     calib_data: Annotated[Path | None, Opt(help="Dataset YAML whose training split calibrates "
-                                                "--int8 (default: the run's)")] = None,
+                                                "--int8 \\[default: the run's]")] = None,
     calib_n: Annotated[int, Opt(min=1, help="Calibration images for --int8")] = 64,
     nms: Annotated[bool, Opt(help="NMS in the graph (inputs conf, iou; output detections)")]
     = False,

@@ -229,3 +229,14 @@ def run_auto(cfg: Any, trainer_cls: Any
     print(f"auto: {arch} ({why}; {found['steps']} probe steps; {run_dir / RECORD})",
           file=sys.stderr)
     return out, state, record
+
+
+def auto_branch_record(run_dir: Path) -> dict[str, Any]:
+    """metrics.json's `auto_branch` block (the choice; the evidence stays in RECORD), or {}."""
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return {}
+    rec = json.loads(path.read_text())
+    return {"auto_branch": {k: rec.get(k) for k in ("choice", "conflict_stage", "threshold",
+                                                    "probe_steps")}}
+

@@ -54,4 +54,23 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-__all__ = ["BASE_COLUMNS", "val_columns", "write_history"]
+
+def training_summary(trainer: Any) -> dict[str, Any]:
+    """metrics.json's `training` block of a finished trainer (medmtl.engine.trainer.Trainer)."""
+    from medmtl.engine.stages import training_stages
+
+    st, cfg, tasks = trainer.state, trainer.cfg, trainer.loss_tasks
+    weights = trainer.balancer.weights()
+    return {
+        "seconds": round(st.train_seconds, 2), "epochs": st.epoch,
+        "peak_mem_mb": max([r.get("peak_mem_mb", 0.0) for r in st.history] or [0.0]),
+        "best_epoch": st.best_epoch + 1, "method": cfg.method,
+        "arch": cfg.model.arch, "balancer": cfg.balancer.name,
+        "seed": cfg.seed, "device": str(trainer.device),
+        "world_size": trainer.comm.world_size, "global_batch": cfg.batch,
+        "sync_bn": bool(cfg.sync_bn and trainer.comm.active),
+        "final_weights": {t: weights.get(t, 1.0) for t in tasks} if len(tasks) > 1 else None,
+        **training_stages(cfg, st.train_seconds, st.epoch),
+    }
+
+__all__ = ["BASE_COLUMNS", "training_summary", "val_columns", "write_history"]

@@ -84,6 +84,16 @@ def restore(ck: dict[str, Any], model: torch.nn.Module, ema: Any, optimizer: Any
                     train_seconds=float(ck.get("train_seconds", 0.0)))
 
 
+def keep_selection_rule(cfg: Any, saved: dict[str, Any], say: Callable[[str], Any]) -> None:
+    """A resumed run keeps the selection rule its best checkpoint was chosen by (`saved`: the
+    checkpoint's config; a run begun before --select existed used the composite score)."""
+    rule = (saved.get("select", "composite"), dict(saved.get("select_refs") or {}))
+    if rule != (cfg.select, dict(cfg.select_refs)):
+        say(f"[yellow]resume: keeping the run's selection rule {rule[0]} {rule[1] or ''} "
+            f"(asked: {cfg.select} {cfg.select_refs or ''})[/]")
+        cfg.select, cfg.select_refs = rule[0], rule[1]
+
+
 class StopAtStep(Exception):
     """Raised inside the epoch loop at a step boundary after a stop signal."""
 

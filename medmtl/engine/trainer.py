@@ -37,22 +37,28 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.autobranch import AUTO, RECORD, run_auto
+from medmtl.engine.autobranch import AUTO, auto_branch_record, run_auto
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
-from medmtl.engine.history import val_columns, write_history
+from medmtl.engine.history import training_summary, val_columns, write_history
 from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_epoch
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
 from medmtl.engine.progress import epoch_line
-from medmtl.engine.run_state import RunState, StopAtStep, StopSignals, checkpoint_dict, restore
+from medmtl.engine.run_state import (
+    RunState,
+    StopAtStep,
+    StopSignals,
+    checkpoint_dict,
+    keep_selection_rule,
+    restore,
+)
 from medmtl.engine.runlock import RunLock
 from medmtl.engine.stages import (
     copy_source_files,
     prepare_init,
     set_trunk_frozen,
     source_dirs,
-    training_stages,
 )
 from medmtl.engine.teacher import NeckTap, Teacher
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
@@ -178,23 +184,13 @@ class Trainer:
                                  self.scaler, self.balancer, last)
             self.console.print(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, "
                                f"step {self.state.step_in_epoch}")
-            self._keep_selection_rule(ckpt.get("config") or {})
+            keep_selection_rule(self.cfg, ckpt.get("config") or {}, self.console.print)
 
     def start_from(self, state: dict[str, Any]) -> None:
         """Begin from these weights (e.g. `--arch auto`'s probe), the EMA too."""
         self.model.load_state_dict(state, strict=True)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
-
-    def _keep_selection_rule(self, saved: dict[str, Any]) -> None:
-        """A resumed run keeps the selection rule its best checkpoint was chosen by (a run begun
-        before --select existed used the composite score)."""
-        cfg = self.cfg
-        rule = (saved.get("select", "composite"), dict(saved.get("select_refs") or {}))
-        if rule != (cfg.select, dict(cfg.select_refs)):
-            self.console.print(f"[yellow]resume: keeping the run's selection rule {rule[0]} "
-                               f"{rule[1] or ''} (asked: {cfg.select} {cfg.select_refs or ''})[/]")
-            cfg.select, cfg.select_refs = rule[0], rule[1]
 
     @property
     def val_index(self) -> Any:
@@ -367,24 +363,8 @@ class Trainer:
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
-        weights = self.balancer.weights()
-        st, cfg = self.state, self.cfg
-        metrics["training"] = {
-            "seconds": round(st.train_seconds, 2), "epochs": st.epoch,
-            "peak_mem_mb": max([r.get("peak_mem_mb", 0.0) for r in st.history] or [0.0]),
-            "best_epoch": st.best_epoch + 1, "method": cfg.method,
-            "arch": cfg.model.arch, "balancer": cfg.balancer.name,
-            "seed": cfg.seed, "device": str(self.device),
-            "world_size": self.comm.world_size, "global_batch": cfg.batch,
-            "sync_bn": bool(cfg.sync_bn and self.comm.active),
-            "final_weights": {t: weights.get(t, 1.0) for t in self.loss_tasks}
-            if len(self.loss_tasks) > 1 else None,
-            **training_stages(cfg, st.train_seconds, st.epoch),
-        }
-        if (self.run_dir / RECORD).is_file():  # --arch auto: the choice (evidence in the file)
-            rec = json.loads((self.run_dir / RECORD).read_text())
-            metrics["auto_branch"] = {k: rec.get(k) for k in ("choice", "conflict_stage",
-                                                              "threshold", "probe_steps")}
+        metrics["training"] = training_summary(self)
+        metrics.update(auto_branch_record(self.run_dir))  # --arch auto: the choice
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
