@@ -53,6 +53,8 @@ def clip_majority(counts: np.ndarray) -> np.ndarray:
     """(N,) int: the unique most frequent view of each row of `loo_clip_counts`, -1 where the
     row is empty or tied."""
     counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[1] == 0:  # no views (empty cls_names): no majority
+        return np.full(len(counts), -1, dtype=np.int64)
     top = counts.max(axis=1, initial=0)
     unique = (counts == top[:, None]).sum(axis=1) == 1
     return np.where((top > 0) & unique, counts.argmax(axis=1), -1)
