@@ -90,22 +90,32 @@ def _images(c: Case) -> list[Path]:
     return sorted(p for p in (c.root / "train" / "images").iterdir() if p.is_file())
 
 
-def m_token(c: Case, rng: random.Random) -> str:
+def _edit_line(c: Case, rng: random.Random, edit: Any) -> str:
+    """Replace the tokens of a random line of a random label file by `edit(tokens)`, which
+    returns (new tokens, what it did); returns 'what file:line'."""
     f = rng.choice(_labels(c))
     lines = f.read_text().splitlines()
     i = rng.randrange(len(lines))
-    toks = lines[i].split() or ["0"]
-    toks[rng.randrange(len(toks))] = rng.choice(_TOKENS)
+    toks, what = edit(lines[i].split())
     lines[i] = " ".join(toks)
     f.write_text("\n".join(lines) + "\n")
-    return f"token {f.name}:{i + 1}"
+    return f"{what} {f.name}:{i + 1}"
+
+
+def m_token(c: Case, rng: random.Random) -> str:
+    def edit(toks: list[str]) -> tuple[list[str], str]:
+        toks = toks or ["0"]
+        toks[rng.randrange(len(toks))] = rng.choice(_TOKENS)
+        return toks, "token"
+
+    return _edit_line(c, rng, edit)
 
 
 def m_line_shape(c: Case, rng: random.Random) -> str:
-    f = rng.choice(_labels(c))
-    lines = f.read_text().splitlines()
-    i = rng.randrange(len(lines))
-    toks = lines[i].split()
+    return _edit_line(c, rng, lambda toks: _reshape(toks, rng))
+
+
+def _reshape(toks: list[str], rng: random.Random) -> tuple[list[str], str]:
     op = rng.choice(["drop", "dup", "polygon", "blank", "swap_view"])
     if op == "drop" and toks:
         toks.pop(rng.randrange(len(toks)))
@@ -117,9 +127,7 @@ def m_line_shape(c: Case, rng: random.Random) -> str:
         toks = []
     else:
         toks = [rng.choice("01") for _ in range(rng.randint(1, 5))]
-    lines[i] = " ".join(toks)
-    f.write_text("\n".join(lines) + "\n")
-    return f"line {op} {f.name}:{i + 1}"
+    return toks, f"line {op}"
 
 
 def m_view_conflict(c: Case, rng: random.Random) -> str:
