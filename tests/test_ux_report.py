@@ -102,8 +102,10 @@ def test_html_reads_on_a_phone(tmp_path: Path) -> None:
                     "this machine: the screenshot check of the report (1400 and 400 px) needs "
                     "Debian's `chromium` package")
 def test_screenshots_desktop_and_phone(tmp_path: Path) -> None:
-    _three_seeds(tmp_path)
-    html = write_report(tmp_path)["html"]
+    # the title is the folder's name: one long unbroken word must wrap, not widen the page
+    root = tmp_path / "regurgitation_study_with_a_very_long_folder_name_128px_8epochs"
+    _three_seeds(root)
+    html = write_report(root)["html"]
     for width in (1400, 400):
         png = tmp_path / f"report-{width}.png"
         subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",

@@ -37,7 +37,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45;overflow-wrap:anywhere}
+td,th{overflow-wrap:normal}
 table{border-collapse:collapse;margin:0.8em 0;font-size:0.88em}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f3f7}td:first-child,th:first-child{text-align:left;font-weight:600}
