@@ -16,7 +16,15 @@
 #    split2, and fixed trained on clip-majority view labels (issue 17's label policy; every run
 #    is scored against both the original and the clip-majority labels), then writes the report.
 #    Everything resumes: run the script again after a stop (finished runs and trials are kept).
-# 5. The report (report.md, summary.json, plots/) is copied to docs/study/.
+# 5. Issue 13's methods on the same split, budget and seeds (`medmtl compare`, same folder):
+#    staged (GradNorm from the detection branch of the dual run of its seed), distill (GradNorm,
+#    the dual run of its seed is the teacher), auto, and every fixed split@k auto chooses among
+#    (split1, split3; split2 ran above). detect and classify are named only so that the joint
+#    runs select by Δm against them (finished above, not retrained). Then the INT8 graph of each fixed and
+#    dual run (`export --int8`, calibrated on the run's own training images) is scored on the
+#    run's held-out test split by `medmtl val` (<run>/compressed/int8/).
+# 6. The report is written with ONNX Runtime latency (the deployment runtime, and the one the
+#    INT8 graphs have) and copied (report.md, summary.json, plots/) to docs/study/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/regurgitation/data.yaml}
@@ -37,11 +45,25 @@ mkdir -p "$OUT"
 [[ -f "$OUT/split/data.yaml" ]] || "$MEDMTL" split --data "$DATA" --out "$OUT/split" --val 0.2 --seed 0
 "$MEDMTL" audit --data "$OUT/split/data.yaml" --json "$OUT/audit.json" > "$OUT/audit.txt"
 start=$(date +%s)
+COMMON=(--epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1
+        --test-split grouped --test-fraction 0.2 --split-seed 0)
 "$MEDMTL" tune --data "$OUT/split/data.yaml" --methods fixed,gradnorm --trials "$TRIALS" \
   --untuned detect,classify,original,fixed,pcgrad,dual,split2,fixed:view_labels=clip-majority \
-  --seeds "$SEEDS" \
-  --epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1 \
-  --test-split grouped --test-fraction 0.2 --split-seed 0 --out "$OUT" 2>&1 | tee -a "$OUT/study.log"
+  --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" 2>&1 | tee -a "$OUT/study.log"
+"$MEDMTL" compare --data "$OUT/split/data.yaml" --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" \
+  --methods detect,classify,staged,distill,auto,split1:fixed,split3:fixed \
+  2>&1 | tee -a "$OUT/study.log"
+for m in fixed dual; do
+  for s in $(seq 0 $((SEEDS - 1))); do
+    run="$OUT/runs/$m-s$s"
+    [[ -f "$run/weights/best.pt" && ! -f "$run/compressed/int8/metrics.json" ]] || continue
+    "$MEDMTL" export --weights "$run/weights/best.pt" --int8 --calib-data "$run/split/data.yaml" \
+      2>&1 | tee -a "$OUT/study.log"
+    "$MEDMTL" val --weights "$run/weights/best.int8.onnx" --data "$run/split/data.yaml" \
+      --split test --workers 1 --out "$run/compressed/int8" 2>&1 | tee -a "$OUT/study.log"
+  done
+done
+"$MEDMTL" report "$OUT" --latency-runtime ort-cpu 2>&1 | tee -a "$OUT/study.log"
 echo "study: $(( ($(date +%s) - start) / 60 )) min this invocation (imgsz $IMGSZ, epochs $EPOCHS, trials $TRIALS, seeds $SEEDS)" | tee -a "$OUT/study.log"
 mkdir -p "$DOCS"
 cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$OUT/tune.json" "$DOCS/"
