@@ -52,6 +52,16 @@ def test_setup_header_and_recommendation_first(tmp_path: Path) -> None:
     assert [float(x) for x in ap["gradnorm"]] == pytest.approx([0.62, 0.64, 0.66, 0.68], abs=6e-4)
 
 
+def test_setup_describes_a_joint_run_not_the_single_task_classifier(tmp_path: Path) -> None:
+    """The demo's header said "0.69M parameters in classify": the single-task classifier sorts
+    first by name, and it has no detector. The header describes a joint run when there is one."""
+    _three_seeds(tmp_path)
+    make_run(tmp_path, "classify", 0, None, 0.9)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    size = {r[0]: r[1] for r in _md_tables(md)["Setup"]}["model size"]
+    assert size.startswith("n (3.15M parameters in fixed"), size
+
+
 def test_no_recommendation_when_every_map_is_zero(tmp_path: Path) -> None:
     for seed in range(2):
         make_run(tmp_path, "fixed", seed, 0.0, 0.5)

@@ -31,6 +31,8 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
     done = [r for r in runs if r.finished] or list(runs)
     if not done:
         return []
+    # describe a joint run when there is one (a single-task classifier has no detector)
+    done.sort(key=lambda r: len((r.config.get("model") or {}).get("tasks") or ["", ""]) < 2)
     cfg, m = done[0].config, done[0].metrics or {}
     model = cfg.get("model") or {}
     tr, eff = m.get("training") or {}, m.get("efficiency") or {}
