@@ -106,3 +106,21 @@ def test_key_value_arguments(data: Path, tmp_path: Path, capsys) -> None:
 def test_debug_shows_the_traceback(run_folder: Path, capsys) -> None:
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint"):
         run_main(["val", "--weights", str(run_folder), "--data", "D", "--debug"], capsys)
+
+
+def test_debug_reaches_the_runs_compare_starts(monkeypatch, capsys) -> None:
+    """compare and tune train each run in a `medmtl train` subprocess: --debug on their command
+    line must reach those (through MEDMTL_DEBUG, which subprocesses inherit), and only for the
+    duration of the command."""
+    import os
+
+    import medmtl.cli as cli
+
+    seen = []
+    monkeypatch.delenv("MEDMTL_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "app", lambda **kw: seen.append(os.environ.get("MEDMTL_DEBUG")))
+    for argv in (["compare", "--debug"], ["compare"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 0
+    assert seen == ["1", None] and "MEDMTL_DEBUG" not in os.environ

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MEDMTL_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    before = os.environ.get("MEDMTL_DEBUG")
+    if debug:  # the runs `compare` and `tune` start as subprocesses show their tracebacks too
+        os.environ["MEDMTL_DEBUG"] = "1"
     try:
         rv = app(args=args, prog_name="medmtl", standalone_mode=False)
     except KeyboardInterrupt:  # Ctrl-C: train has saved last.pt and said so
@@ -33,6 +36,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug and "NoArgsIsHelpError" not in {c.__name__ for c in type(e).__mro__}:
             raise
         _one_line(e, args)
+    finally:  # main() called in-process (tests, notebooks) leaves the environment as it was
+        if before is None:
+            os.environ.pop("MEDMTL_DEBUG", None)
+        else:
+            os.environ["MEDMTL_DEBUG"] = before
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
