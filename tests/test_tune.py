@@ -90,3 +90,41 @@ def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path:
     assert set(summary["methods"]) == {"gradnorm@tuned", "fixed@tuned", "detect", "classify"}
     md = (out / "report.md").read_text()
     assert "## Tuning" in md and "gradnorm@tuned" in md and (out / "plots/tune_trace.png").exists()
+
+
+def test_a_resumed_search_draws_new_configurations(synth_tiny: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the real-data study: stopped after one gradnorm trial and resumed, the search
+    drew the first trial's parameters again (the seeded sampler restarts its random sequence in
+    a new process), so gradnorm got 2 distinct configurations of its budget of 3. A resumed
+    search draws new ones, reproducibly, and a repeated configuration does not count."""
+    import medmtl.engine.tune as tune_mod
+
+    def fake_objective(method, data, base, out, space):  # no training: a score from the params
+        def run(trial):
+            p = {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in space.items()}
+            return -abs(p["alpha"] - 1.0)
+        return run
+
+    monkeypatch.setattr(tune_mod, "_objective", fake_objective)
+    runs = {}
+    for name, steps in (("once", [3]), ("resumed", [1, 2, 3]), ("again", [1, 2, 3])):
+        for n in steps:
+            res = tune(str(synth_tiny), ["gradnorm"], n, tmp_path / name, console=None)
+        runs[name] = [tuple(sorted(t["params"].items())) for t in res["methods"]["gradnorm"]["trials"]]
+    assert len(runs["once"]) == len(set(runs["once"])) == 3
+    assert len(runs["resumed"]) == len(set(runs["resumed"])) == 3  # was 2 distinct of 3
+    assert runs["resumed"][0] == runs["once"][0]  # the first process is seeded as before
+    assert runs["resumed"] == runs["again"]  # and the resumed sequence is reproducible
+
+    # a configuration completed twice (as in that study's database) counts once
+    import optuna
+
+    study = optuna.load_study(study_name="gradnorm", storage=f"sqlite:///{tmp_path / 'once' / 'tune.db'}")
+    study.enqueue_trial(dict(runs["once"][0]))
+    study.optimize(fake_objective("gradnorm", "", {}, tmp_path, {"lr": (5e-4, 8e-3, True),
+                                                                  "alpha": (0.0, 3.0, False)}),
+                   n_trials=1)
+    res = tune(str(synth_tiny), ["gradnorm"], 4, tmp_path / "once", console=None)
+    trials = res["methods"]["gradnorm"]["trials"]
+    assert len(trials) == 5 and len({tuple(sorted(t["params"].items())) for t in trials}) == 4

@@ -9,7 +9,9 @@ references by default, trained first): the same number a run uses to pick its ch
 Studies live in a database (`<out>/tune.db`, SQLite, or any Optuna storage URL shared by several
 machines), so a killed search resumes: finished trials are kept, a trial left
 RUNNING by a dead process on this host is marked failed and its parameters are tried again, and
-only the missing trials run. The best configuration of each method then runs over the seeds as
+only the missing trials run (the budget counts distinct configurations; the resumed sampler is
+re-seeded by the number of stored trials, so it does not draw the first process's sequence
+again). The best configuration of each method then runs over the seeds as
 `<method>@tuned` through `compare`, and the report shows the tuned values and the search trace
 (`<out>/tune.json`).
 """
@@ -22,6 +24,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from medmtl.balancing import balancer_class
@@ -82,6 +85,30 @@ def _recover_stale(study: Any, console: Console) -> None:
                           "run again")
 
 
+def _sampler(seed: int, n_before: int, trials: int) -> Any:
+    """TPE seeded by (seed, trials already in the study): a fresh search is seeded by `seed`
+    alone; a resumed one draws a new, still reproducible, sequence."""
+    import optuna
+
+    s = seed if n_before == 0 else int(np.random.SeedSequence([seed, n_before]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=s, n_startup_trials=min(5, trials))
+
+
+def _distinct_complete(study: Any) -> list[Any]:
+    """The complete trials, the first of each parameter set only: a repeated configuration is
+    not a new point of the budget."""
+    import optuna
+
+    seen: set[tuple[tuple[str, float], ...]] = set()
+    out = []
+    for t in study.trials:
+        key = tuple(sorted(t.params.items()))
+        if t.state == optuna.trial.TrialState.COMPLETE and key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
 def _objective(method: str, data: str, base: dict[str, Any], out: Path,
                space: dict[str, tuple[float, float, bool]]) -> Any:
     from medmtl.engine.trainer import train
@@ -133,16 +160,19 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
         space = search_space(cfg)
         study = optuna.create_study(
             study_name=method, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)))
+            sampler=_sampler(seed, 0, trials))
+        # a resumed search must not draw again what the first process drew: the sampler's random
+        # state is not stored, so it is re-seeded by the number of trials already in the study
+        study.sampler = _sampler(seed, len(study.trials), trials)
         _recover_stale(study, console)
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        done = _distinct_complete(study)
         missing = trials - len(done)
         console.print(f"{method}: {len(done)}/{trials} trials done; tuning "
                       f"{', '.join(space)}")
         if missing > 0:
             study.optimize(_objective(method, data, base, out / "trials" / run_name(method), space),
                            n_trials=missing, catch=())
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE][:trials]
+        done = _distinct_complete(study)[:trials]
         best = max(done, key=lambda t: t.value)
         result["methods"][method] = {
             "space": {k: list(v) for k, v in space.items()},
