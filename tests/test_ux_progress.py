@@ -15,8 +15,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from medmtl.engine.compare import PlannedRun, run_end_line
-from medmtl.engine.progress import EpochProgress, epoch_line, format_duration
+from medmtl.engine.compare import PlannedRun
+from medmtl.engine.progress import EpochProgress, epoch_line, format_duration, run_end_line
 from medmtl.methods import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,6 +28,8 @@ from rich.live import Live
 from rich.table import Table
 
 from medmtl.config import TrainConfig, merge_dicts
+from medmtl.engine.drift import config_drift, warn_drift
+from medmtl.engine.progress import run_end_line
 from medmtl.methods import build_config, check_method, method_source, run_name
 
 
@@ -40,6 +42,7 @@ class PlannedRun:
     returncode: int | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
     log: Any = field(default=None, repr=False)
+    drift: list[str] = field(default_factory=list)  # a finished run's config != the plan's
 
 
 def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
@@ -73,6 +76,7 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             pr = PlannedRun(name, cfg, run_dir)
             if (run_dir / "metrics.json").exists():
                 pr.status = "finished"
+                pr.drift = config_drift(run_dir, cfg)
             elif (run_dir / "weights" / "last.pt").exists():
                 pr.status = "resume"
             plan.append(pr)
@@ -206,27 +210,6 @@ def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, thread
                 live.update(_table(plan, t0))
 
 
-def run_end_line(r: PlannedRun, seconds: float) -> str:
-    """``done   fixed-s0  method fixed  seed 0  mAP50 0.412  view acc 0.850  1m20s``."""
-    from medmtl.engine.progress import format_duration
-
-    head = f"{r.status:<6} {r.name}  method {r.cfg.method}  seed {r.cfg.seed}"
-    if r.status != "done":
-        return (f"{head}  exit {r.returncode}  {format_duration(seconds)}  log: "
-                f"{r.run_dir.parent / (r.name + '.log')}")
-    try:
-        m = json.loads((r.run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        m = {}
-    parts = [head]
-    if m.get("detection"):
-        parts.append(f"mAP50 {m['detection']['map50']:.3f}")
-    if m.get("classification"):
-        parts.append(f"view acc {m['classification']['accuracy']:.3f}")
-    parts.append(format_duration(seconds))
-    return "  ".join(parts)
-
-
 def _needs_references(r: PlannedRun) -> bool:
     return len(r.cfg.model.tasks) > 1 and r.cfg.select == "delta-m" and not r.cfg.select_refs
 
@@ -296,6 +279,7 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
         plan = plan[shard[0]::shard[1]]
         console.print(f"shard {shard[0]}/{shard[1]}: {', '.join(r.name for r in plan) or 'nothing'}")
     todo = [r for r in plan if r.status != "finished"]
+    drift = warn_drift(plan, console)
     n_jobs, threads, gpus = _resources(len(todo) or 1, jobs)
     console.print(f"{len(plan)} runs ({len(plan) - len(todo)} already finished); "
                   f"{n_jobs} at a time, {threads} CPU threads each"
@@ -319,7 +303,8 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
     (out / summary).write_text(json.dumps({
         "data": str(Path(data).resolve()), "methods": methods, "seeds": seeds,
         "seconds": round(time.perf_counter() - t0, 1),
-        "runs": {r.name: {"status": r.status, "returncode": r.returncode} for r in plan}},
+        "runs": {r.name: {"status": r.status, "returncode": r.returncode} for r in plan},
+        "config_drift": drift},
         indent=2))
     for r in failed:
         console.print(f"[red]run {r.name} failed[/] (exit {r.returncode}); its log: "

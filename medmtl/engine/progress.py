@@ -8,6 +8,7 @@ the epoch's time and the ETA of the run, never wrapped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
@@ -80,4 +81,24 @@ def epoch_line(row: dict[str, Any], epochs: int, eta_seconds: float | None) -> s
         parts.append(format_duration(row["seconds"]))
     if eta_seconds is not None:
         parts.append(f"ETA {format_duration(eta_seconds)}")
+    return "  ".join(parts)
+
+
+def run_end_line(r: Any, seconds: float) -> str:
+    """``done   fixed-s0  method fixed  seed 0  mAP50 0.412  view acc 0.850  1m20s``: the line
+    `compare` prints when a run (a `compare.PlannedRun`) ends."""
+    head = f"{r.status:<6} {r.name}  method {r.cfg.method}  seed {r.cfg.seed}"
+    if r.status != "done":
+        return (f"{head}  exit {r.returncode}  {format_duration(seconds)}  log: "
+                f"{r.run_dir.parent / (r.name + '.log')}")
+    try:
+        m = json.loads((r.run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        m = {}
+    parts = [head]
+    if m.get("detection"):
+        parts.append(f"mAP50 {m['detection']['map50']:.3f}")
+    if m.get("classification"):
+        parts.append(f"view acc {m['classification']['accuracy']:.3f}")
+    parts.append(format_duration(seconds))
     return "  ".join(parts)
