@@ -62,6 +62,41 @@ def test_setup_describes_a_joint_run_not_the_single_task_classifier(tmp_path: Pa
     assert size.startswith("n (3.15M parameters in fixed"), size
 
 
+def test_setup_counts_list_splits_and_the_held_out_split(tmp_path: Path) -> None:
+    """The real-data study's header said "train 0, val 0": its data YAML lists images in .txt
+    files (`medmtl split`), and its runs trained on `<run>/split/data.yaml` (`--test-split
+    grouped`). Both are counted now, the run's own split first."""
+    import yaml
+
+    img = tmp_path / "img"
+    img.mkdir()
+    files = [img / f"p{i}-c.mp4-{i}.jpg" for i in range(7)]
+    for f in files:
+        f.write_bytes(b"")
+    lists = {"train": files[:3], "val": files[3:5], "test": files[5:]}
+    for k, fs in lists.items():
+        (tmp_path / f"{k}.txt").write_text("".join(f"{f}\n" for f in fs))
+
+    def write(path: Path, keys: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({**{k: str(tmp_path / f"{k}.txt") for k in keys},
+                                        "names": ["AR"], "cls_names": ["A4C"]}))
+
+    _three_seeds(tmp_path / "cmp")
+    data = tmp_path / "data.yaml"
+    write(data, ["train", "val"])
+    for d in (tmp_path / "cmp" / "runs").iterdir():
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": str(data)}))
+    md = write_report(tmp_path / "cmp", plots=False)["md"].read_text()
+    assert {r[0]: r[1] for r in _md_tables(md)["Setup"]}["splits (images)"] == "train 3, val 2"
+    for d in (tmp_path / "cmp" / "runs").iterdir():
+        write(d / "split" / "data.yaml", ["train", "val", "test"])
+    md = write_report(tmp_path / "cmp", plots=False)["md"].read_text()
+    assert {r[0]: r[1] for r in _md_tables(md)["Setup"]}["splits (images)"] == \
+        "train 3, val 2, test 2"
+
+
 def test_no_recommendation_when_every_map_is_zero(tmp_path: Path) -> None:
     for seed in range(2):
         make_run(tmp_path, "fixed", seed, 0.0, 0.5)

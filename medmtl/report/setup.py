@@ -18,11 +18,10 @@ Block = tuple[Any, ...]
 def _split_sizes(data: str) -> str:
     """"train 240, val 80" from the data YAML (image files counted); "" when it cannot be read."""
     try:
-        from medmtl.data.dataset_yaml import load_data_yaml
-        from medmtl.data.images import discover
+        from medmtl.data.dataset_yaml import list_split_images, load_data_yaml
 
-        spec = load_data_yaml(data)
-        return ", ".join(f"{k} {len(discover(p)[0])}" for k, p in spec.splits.items())
+        spec = load_data_yaml(data)  # folders or .txt lists (a `medmtl split` YAML)
+        return ", ".join(f"{k} {len(list_split_images(spec, k))}" for k in spec.splits)
     except Exception:  # noqa: BLE001 -- the data moved since: the header says so, nothing else
         return "not readable now"
 
@@ -43,7 +42,9 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
     params = eff.get("params")
     rows = [
         ["data", str(cfg.get("data", "n/a"))],
-        ["splits (images)", _split_sizes(str(cfg.get("data", "")))],
+        # with --test-split grouped the run trained and was scored on <run>/split/data.yaml
+        ["splits (images)", _split_sizes(str(held if (held := done[0].path / "split" / "data.yaml")
+                                              .is_file() else cfg.get("data", "")))],
         ["scored on", f"{m.get('split', 'n/a')} ({m.get('images', 'n/a')} images)"],
         ["epochs", str(cfg.get("epochs", "n/a"))],
         ["image size", f"{cfg.get('imgsz', 'n/a')} px"],
