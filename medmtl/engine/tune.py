@@ -158,11 +158,10 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
     for method in methods:
         cfg = build_config(method, {**base, "data": data})
         space = search_space(cfg)
-        study = optuna.create_study(
-            study_name=method, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=_sampler(seed, 0, trials))
+        study = optuna.create_study(study_name=method, storage=storage, load_if_exists=True,
+                                    direction="maximize")
         # a resumed search must not draw again what the first process drew: the sampler's random
-        # state is not stored, so it is re-seeded by the number of trials already in the study
+        # state is not stored, so it is seeded by the number of trials already in the study
         study.sampler = _sampler(seed, len(study.trials), trials)
         _recover_stale(study, console)
         done = _distinct_complete(study)

@@ -14,7 +14,6 @@ from medmtl.report.collect import Run
 Block = tuple[Any, ...]
 
 
-
 def _split_sizes(data: str) -> str:
     """"train 240, val 80" from the data YAML (image files counted); "" when it cannot be read."""
     try:
@@ -31,8 +30,11 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
     if not done:
         return []
     # describe a joint run when there is one (a single-task classifier has no detector)
-    done.sort(key=lambda r: len((r.config.get("model") or {}).get("tasks") or ["", ""]) < 2)
+    done.sort(key=lambda r: len((r.config.get("model") or {}).get("tasks") or []) == 1)
     cfg, m = done[0].config, done[0].metrics or {}
+    # with --test-split grouped the run trained and was scored on <run>/split/data.yaml
+    held = done[0].path / "split" / "data.yaml"
+    data = str(held) if held.is_file() else str(cfg.get("data", ""))
     model = cfg.get("model") or {}
     tr, eff = m.get("training") or {}, m.get("efficiency") or {}
     import torch
@@ -42,9 +44,7 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
     params = eff.get("params")
     rows = [
         ["data", str(cfg.get("data", "n/a"))],
-        # with --test-split grouped the run trained and was scored on <run>/split/data.yaml
-        ["splits (images)", _split_sizes(str(held if (held := done[0].path / "split" / "data.yaml")
-                                              .is_file() else cfg.get("data", "")))],
+        ["splits (images)", _split_sizes(data)],
         ["scored on", f"{m.get('split', 'n/a')} ({m.get('images', 'n/a')} images)"],
         ["epochs", str(cfg.get("epochs", "n/a"))],
         ["image size", f"{cfg.get('imgsz', 'n/a')} px"],
@@ -85,19 +85,20 @@ def withheld(summary: dict[str, Any]) -> str | None:
 
 def per_class_ap_blocks(runs: Sequence[Run], methods: Sequence[str]) -> list[Block]:
     """AP@0.5 per jet class (AR, MR, PR, TR) and method, mean over finished seeds."""
+    def per_class(r: Run) -> dict[str, Any]:
+        return ((r.metrics or {}).get("detection") or {}).get("per_class") or {}
+
     names: list[str] = []
     for r in runs:
-        for n in ((r.metrics or {}).get("detection") or {}).get("per_class") or {}:
-            if n not in names:
-                names.append(n)
+        names += [n for n in per_class(r) if n not in names]
     if not names:
         return []
     rows = []
     for m in methods:
         cells = []
         for n in names:
-            xs = [((r.metrics or {}).get("detection") or {}).get("per_class", {}).get(n, {})
-                  .get("ap50") for r in runs if r.method == m and r.finished]
+            xs = [per_class(r).get(n, {}).get("ap50") for r in runs
+                  if r.method == m and r.finished]
             xs = [x for x in xs if x is not None]
             cells.append(f"{sum(xs) / len(xs):.3f}" if xs else "n/a")
         if any(c != "n/a" for c in cells):
