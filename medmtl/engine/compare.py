@@ -62,7 +62,7 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             run_dir = out / "runs" / name
             over = dict(overrides or {})
             over.update({"data": str(Path(data).resolve()), "seed": s, "out": str(run_dir)})
-            need = method_source(variants[m][0] if m in variants else m)
+            need = _source_method(m, variants)
             if need is not None:  # staged / distill: the source method's run of this seed
                 over[need[0]] = str((out / "runs" / f"{run_name(need[1])}-s{s}").resolve())
             if over.get("corrections"):  # the runs read it from their own working folder
@@ -88,11 +88,16 @@ def with_sources(methods: list[str], variants: dict[str, Any] | None = None) -> 
     distill: `methods.SOURCES`), added before it when missing."""
     out: list[str] = []
     for m in methods:
-        need = method_source((variants or {}).get(m, (m,))[0])
+        need = _source_method(m, variants)
         if need is not None and need[1] not in methods and need[1] not in out:
             out.append(need[1])
         out.append(m)
     return out
+
+
+def _source_method(m: str, variants: dict[str, Any] | None) -> tuple[str, str] | None:
+    """`methods.method_source` of `m`, or of the preset / spec a variant label stands for."""
+    return method_source((variants or {}).get(m, (m,))[0])
 
 
 def _source_of(r: PlannedRun) -> Path | None:
