@@ -270,6 +270,11 @@ class TrainConfig(BaseModel):
                                 panel="Model", ge=1)
     auto_threshold: float = opt(0.0, "--arch auto: split at the shallowest stage whose mean "
                                 "gradient cosine is below this", panel="Model", ge=-1, le=1)
+    auto_confidence: float = opt(0.95, "--arch auto: a stage conflicts only when the upper "
+                                 "bound of this one-sided confidence interval of its mean "
+                                 "cosine (batch means of the probe's steps) is below "
+                                 "--auto-threshold; 0: the mean alone", panel="Model", ge=0,
+                                 lt=1)
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
                             le=1)
     iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)

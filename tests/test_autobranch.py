@@ -16,6 +16,7 @@ from medmtl.engine.autobranch import (
     choose_split,
     feature_similarity,
     linear_cka,
+    mean_upper_bound,
     transfer_shared,
 )
 from medmtl.methods import build_config, check_method, parse_spec
@@ -56,6 +57,8 @@ def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
         prof.add(losses, list(toy.parameters()), toy.shared_stages())
     cos = prof.means()
     assert list(cos) == [f"backbone.stage{g}" for g in range(5)]
+    for k, v in cos.items():  # one value per step, whose mean is the profile
+        assert len(prof.series[k]) == 5 and sum(prof.series[k]) / 5 == pytest.approx(v, abs=1e-9)
     assert min(cos[f"backbone.stage{g}"] for g in (0, 1, 2)) > 0.3, cos  # agree early
     assert max(cos[f"backbone.stage{g}"] for g in (3, 4)) < -0.99, cos  # oppose late
     arch, conflict, why = choose_split(cos, num_stages=5, threshold=0.0)
@@ -65,6 +68,45 @@ def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
     assert choose_split(cos, 5, 0.99)[0] == "split1"
     assert choose_split({k: 0.5 for k in cos}, 5, 0.0)[0] == "shared"
     assert choose_split({**cos, "backbone.stage1": math.nan}, 5, 0.0)[0] == "split2"
+
+
+def test_the_upper_bound_is_the_t_bound_of_batch_means() -> None:
+    # 20 steps -> 10 consecutive batches of 2; batch means 0.0, 0.1, ..., 0.9
+    steps = [v for i in range(10) for v in (i / 10 - 0.05, i / 10 + 0.05)]
+    means = [i / 10 for i in range(10)]
+    sd = (sum((m - 0.45) ** 2 for m in means) / 9) ** 0.5  # 0.30277
+    t95_9 = 1.8331129326536335  # t quantile 0.95, 9 degrees of freedom (tables)
+    assert mean_upper_bound(steps, 0.95) == pytest.approx(0.45 + t95_9 * sd / 10 ** 0.5,
+                                                          rel=1e-9)
+    assert mean_upper_bound(steps, 0.0) == pytest.approx(0.45, rel=1e-12)
+    assert mean_upper_bound([0.2, 0.4, 0.9], 0.95) > mean_upper_bound([0.2, 0.4, 0.9], 0.5)
+    assert mean_upper_bound([-0.5], 0.95) == math.inf  # one step: no evidence of conflict
+
+
+def test_a_mean_below_the_threshold_by_noise_does_not_split() -> None:
+    """The study's seed 2 probe: stage 4's mean cosine -0.001 split the network under the mean
+    rule. With the confidence bound a noise-level mean stays shared and a clear one splits."""
+    gen = torch.Generator().manual_seed(0)
+    noise = 0.05 * torch.randn(5, 200, generator=gen, dtype=torch.float64)
+    centre = torch.tensor([0.08, 0.04, 0.02, 0.006, -0.001], dtype=torch.float64)
+    prof = StageProfile()
+    for i in range(200):
+        for g in range(5):
+            k = f"backbone.stage{g}"
+            prof.acc[f"sum/grad_cos/{k}"] = prof.acc.get(f"sum/grad_cos/{k}", 0.0) + float(
+                centre[g] + noise[g, i] - noise[g].mean())  # exactly the centre on average
+            prof.acc[f"n/grad_cos/{k}"] = i + 1
+        prof.end_step()
+    cos = prof.means()
+    assert cos["backbone.stage4"] == pytest.approx(-0.001, abs=1e-9)
+    assert choose_split(cos, 5, 0.0)[0] == "split3"  # the mean rule follows the noise
+    arch, conflict, why = choose_split(cos, 5, 0.0, prof.upper_bounds(0.95), 0.95)
+    assert (arch, conflict) == ("shared", None)
+    assert "95% confidence" in why and "lowest: stage 4, mean -0.001, upper bound" in why
+    clear = {**cos, "backbone.stage3": -0.2}
+    upper = {**prof.upper_bounds(0.95), "backbone.stage3": -0.19}
+    arch, conflict, why = choose_split(clear, 5, 0.0, upper, 0.95)
+    assert (arch, conflict) == ("split2", 3) and "upper bound -0.190" in why
 
 
 def test_feature_similarity_is_linear_cka() -> None:
@@ -113,6 +155,7 @@ def test_auto_is_a_method_and_a_spec() -> None:
     for cmd in ("train", "compare"):  # the probe's settings reach both commands
         out = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "200"}).output
         assert "--auto-probe-steps" in out and "--auto-threshold" in out, cmd
+        assert "--auto-confidence" in out, cmd
 
 
 @pytest.mark.slow
@@ -126,10 +169,13 @@ def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     run_compare(str(synth_tiny), ["auto"], [0], out, overrides=over, jobs=1)
     run = out / "runs" / "auto-s0"
     rec = json.loads((run / "auto_branch.json").read_text())
-    assert rec["probe_steps"] == 3 and rec["threshold"] == 0.0
+    assert rec["probe_steps"] == 3 and rec["threshold"] == 0.0 and rec["confidence"] == 0.95
     assert set(rec["grad_cos"]) == {f"backbone.stage{g}" for g in range(5)}
     assert set(rec["feature_cka"]) <= set(rec["grad_cos"]) and rec["feature_cka"]
-    assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0)[0]
+    for k, steps in rec["grad_cos_steps"].items():  # the evidence, step by step
+        assert len(steps) == 3 and sum(steps) / 3 == pytest.approx(rec["grad_cos"][k], abs=1e-5)
+        assert rec["grad_cos_upper"][k] == pytest.approx(mean_upper_bound(steps, 0.95), abs=1e-5)
+    assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0, rec["grad_cos_upper"], 0.95)[0]
     assert f"arch: {rec['choice']}" in (run / "config.yaml").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classification"] is not None
@@ -159,7 +205,8 @@ def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) ->
     paths = write_report(tmp_path)
     md = paths["md"].read_text()
     assert "## Automatic branching (--arch auto)" in md
-    assert "3: -0.15" in md and "split2" in md  # the evidence and the choice
+    assert "3: -0.150" in md and "split2" in md  # the evidence and the choice
+    assert "| none |" in md  # records without a confidence: the mean rule
     summary = json.loads((tmp_path / "summary.json").read_text())["auto_branch"]
     assert [r["choice"] for r in summary["runs"]] == ["split2", "split2"]
     assert set(summary["compare"]) >= {"auto", "split2"}

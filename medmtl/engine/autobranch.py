@@ -15,9 +15,12 @@
    tasks ask of them differs.
 3. **Rule** (`choose_split`): the conflict starts at the shallowest stage g whose mean cosine is
    below ``auto_threshold`` (default 0: the tasks pull that stage's weights in opposing
-   directions on average). Stages before g are shared and g onwards duplicated: ``split<g-1>``
-   (`split<k>` shares the stem and k stages), clamped to split1 when the stem or stage 1
-   conflicts. No stage below the threshold: stay ``shared``.
+   directions on average) with confidence ``auto_confidence`` (default 0.95): the one-sided upper
+   confidence bound of the mean (`mean_upper_bound`, batch means of the per-step cosines, t
+   quantile from scipy.stats) must be below the threshold, so a mean a hair below 0 by noise
+   does not split the network (``auto_confidence`` 0: the mean alone). Stages before g are
+   shared and g onwards duplicated: ``split<g-1>`` (`split<k>` shares the stem and k stages),
+   clamped to split1 when the stem or stage 1 conflicts. No such stage: stay ``shared``.
 4. **Continue.** The chosen model is built and loaded from the probe's weights
    (`transfer_shared`: trunk stages to the trunk, each later stage to both task branches, neck and
    heads as they are); the run then trains its full ``--epochs`` (the probe's steps are extra,
@@ -39,7 +42,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
 
 from medmtl.engine.evaluate import move_targets, prepare_images
@@ -50,17 +55,21 @@ from medmtl.fileio import atomic_write_text
 AUTO = "auto"
 RECORD = "auto_branch.json"
 SIMILARITY_PROBES = 8
+BATCHES = 10  # batch means of the per-step cosines for the confidence bound
 _STAGE = re.compile(r"backbone\.stage(\d+)$")
 
 
 class StageProfile:
-    """Mean gradient cosine per shared stage over the steps measured. ``acc`` has the training
-    loop's format (``sum/grad_cos/<stage>``, ``n/grad_cos/<stage>``): the probe hands it to
-    `loop.micro_step`, which measures with `gradient_interference` before the balancer's
-    backward; `add` measures the same way on given losses."""
+    """Gradient cosine per shared stage, step by step. ``acc`` has the training loop's format
+    (``sum/grad_cos/<stage>``, ``n/grad_cos/<stage>``): the probe hands it to `loop.micro_step`,
+    which measures with `gradient_interference` before the balancer's backward, then calls
+    `end_step`; `add` measures the same way on given losses. ``series`` holds one value per
+    stage and step (the mean of that step's measurements)."""
 
     def __init__(self) -> None:
         self.acc: dict[str, Any] = {}
+        self.series: dict[str, list[float]] = {}
+        self._seen: dict[str, tuple[float, int]] = {}
 
     def add(self, losses: Mapping[str, Tensor], shared: Sequence[Any],
             stages: list[tuple[str, list[Any]]]) -> None:
@@ -68,11 +77,45 @@ class StageProfile:
             if isinstance(v, float) and math.isfinite(v):
                 self.acc[f"sum/{k}"] = self.acc.get(f"sum/{k}", 0.0) + v
                 self.acc[f"n/{k}"] = self.acc.get(f"n/{k}", 0) + 1
+        self.end_step()
+
+    def end_step(self) -> None:
+        """Move what ``acc`` gained since the last call into ``series`` (one value per stage)."""
+        pre = "n/grad_cos/"
+        for key, n in list(self.acc.items()):
+            if not key.startswith(pre):
+                continue
+            name = key[len(pre):]
+            total, seen_total = self.acc[f"sum/grad_cos/{name}"], self._seen.get(name, (0.0, 0))
+            if n > seen_total[1]:
+                self.series.setdefault(name, []).append(
+                    (total - seen_total[0]) / (n - seen_total[1]))
+                self._seen[name] = (total, n)
 
     def means(self) -> dict[str, float]:
         pre = "sum/grad_cos/"
         return {k[len(pre):]: v / self.acc[f"n/grad_cos/{k[len(pre):]}"]
                 for k, v in self.acc.items() if k.startswith(pre)}
+
+    def upper_bounds(self, confidence: float) -> dict[str, float]:
+        return {k: mean_upper_bound(v, confidence) for k, v in self.series.items()}
+
+
+def mean_upper_bound(values: Sequence[float], confidence: float) -> float:
+    """One-sided upper confidence bound of the mean of per-step cosines by the method of batch
+    means: consecutive steps are correlated (the weights move little between them), so the steps
+    are cut into up to `BATCHES` consecutive batches and the t bound is taken over the batches'
+    means (df = batches - 1). The mean itself at ``confidence`` 0; +inf with fewer than 2
+    values (no evidence of a conflict)."""
+    x = np.asarray(values, dtype=float)
+    if confidence == 0:
+        return float(x.mean()) if x.size else math.nan
+    b = min(BATCHES, x.size)
+    if b < 2:
+        return math.inf
+    means = np.array([c.mean() for c in np.array_split(x, b)])
+    se = float(means.std(ddof=1)) / math.sqrt(b)
+    return float(x.mean()) + float(stats.t.ppf(confidence, b - 1)) * se
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
@@ -99,17 +142,29 @@ def feature_similarity(losses: Mapping[str, Tensor], feats: Mapping[str, Tensor]
             for n, x, y in zip(names, ga, gb, strict=True)}
 
 
-def choose_split(cosines: Mapping[str, float], num_stages: int, threshold: float
+def choose_split(cosines: Mapping[str, float], num_stages: int, threshold: float,
+                 upper: Mapping[str, float] | None = None, confidence: float = 0.0
                  ) -> tuple[str, int | None, str]:
-    """(arch, conflict stage or None, reason) from the mean cosine per ``backbone.stage<g>``."""
-    per_stage = sorted((int(m.group(1)), v) for k, v in cosines.items()
+    """(arch, conflict stage or None, reason) from the mean cosine per ``backbone.stage<g>``, or,
+    given ``upper`` (`mean_upper_bound` at ``confidence``), from its upper confidence bound."""
+    test = upper if upper is not None else cosines
+    per_stage = sorted((int(m.group(1)), v, test.get(k, math.inf)) for k, v in cosines.items()
                        if (m := _STAGE.match(k)) and math.isfinite(v))
-    conflict = next((g for g, v in per_stage if v < threshold), None)
-    if conflict is None:
-        return "shared", None, f"no stage has a mean gradient cosine below {threshold:g}"
+    what = (f"below {threshold:g} with {confidence:.0%} confidence (upper bound of the mean, "
+            f"batch means)" if upper is not None else f"below {threshold:g}")
+    hit = next(((g, v, u) for g, v, u in per_stage if u < threshold), None)
+    if hit is None:
+        why = f"no stage has a mean gradient cosine {what}"
+        if per_stage:
+            g, v, u = min(per_stage, key=lambda e: e[1])
+            why += f"; lowest: stage {g}, mean {v:.3f}" + (
+                f", upper bound {u:.3f}" if upper is not None else "")
+        return "shared", None, why
+    conflict, mean, bound = hit
     k = min(max(1, conflict - 1), num_stages - 2)
-    why = (f"stage {conflict} is the shallowest with a mean gradient cosine below {threshold:g} "
-           f"({dict(per_stage)[conflict]:.3f}): stages 0..{k} shared, the rest per task")
+    why = (f"stage {conflict} is the shallowest with a mean gradient cosine {what} "
+           f"(mean {mean:.3f}" + (f", upper bound {bound:.3f}" if upper is not None else "")
+           + f"): stages 0..{k} shared, the rest per task")
     if conflict - 1 < 1:
         why += " (clamped: split1 is the earliest branching point)"
     return f"split{k}", conflict, why
@@ -178,6 +233,7 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
                         sims.setdefault(k, []).append(v)
             present = {"detect": True, "classify": True}
             losses, _ = micro_step(t, batch, present, 0, 1, prof.acc)  # cosines every step
+            prof.end_step()
             t._optimizer_step(1, list(losses.values()))
             done += 1
             if done >= steps:
@@ -185,7 +241,7 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
         if not seen:
             raise ValueError("--arch auto: no training batch has labels of both tasks")
         epoch += 1
-    return {"grad_cos": prof.means(), "feature_cka": {k: sum(v) / len(v) for k, v in sims.items()},
+    return {"grad_cos": prof.means(), "profile": prof, "feature_cka": {k: sum(v) / len(v) for k, v in sims.items()},
             "steps": done, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -211,15 +267,25 @@ def run_auto(cfg: Any, trainer_cls: Any
     finally:
         t.close()
     shutil.rmtree(pcfg.out, ignore_errors=True)
-    arch, conflict, why = choose_split(found["grad_cos"], num_stages, cfg.auto_threshold)
-    record = {"rule": "split at the shallowest stage whose mean gradient cosine is below the "
-                      "threshold; none: shared", "threshold": cfg.auto_threshold,
+    conf = cfg.auto_confidence
+    upper = found["profile"].upper_bounds(conf) if conf > 0 else None
+    arch, conflict, why = choose_split(found["grad_cos"], num_stages, cfg.auto_threshold,
+                                       upper, conf)
+    rule = ("split at the shallowest stage whose mean gradient cosine is below the threshold"
+            + (" with the given confidence (one-sided upper bound by batch means of the "
+               "per-step cosines)" if upper is not None else "") + "; none: shared")
+    record = {"rule": rule, "threshold": cfg.auto_threshold, "confidence": conf,
               "choice": arch, "conflict_stage": conflict, "reason": why,
               "probe_steps": found["steps"], "probe_seconds": found["seconds"],
               "probe_counts_in_epochs": False, "balancer": cfg.balancer.name,
-              "grad_cos": found["grad_cos"], "feature_cka": found["feature_cka"],
+              "grad_cos": found["grad_cos"],
+              "grad_cos_upper": None if upper is None else {
+                  k: v if math.isfinite(v) else None for k, v in upper.items()},
+              "feature_cka": found["feature_cka"],
               "feature_cka_note": "linear CKA of the two tasks' per-image gradients w.r.t. each "
-                                  "stage's output (second signal; not used by the rule)"}
+                                  "stage's output (second signal; not used by the rule)",
+              "grad_cos_steps": {k: [round(v, 6) for v in vals]
+                                 for k, vals in found["profile"].series.items()}}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2))
     out = cfg.model_copy(deep=True)
@@ -238,5 +304,5 @@ def auto_branch_record(run_dir: Path) -> dict[str, Any]:
         return {}
     rec = json.loads(path.read_text())
     return {"auto_branch": {k: rec.get(k) for k in ("choice", "conflict_stage", "threshold",
-                                                    "probe_steps")}}
+                                                    "confidence", "probe_steps")}}
 

@@ -47,8 +47,8 @@ def summary_block(runs: Sequence[Run], agg: dict[str, Any]) -> dict[str, Any] | 
             cmp[m] = {"arch": arch, "delta_m": dm.get("mean") if dm.get("available") else None,
                       **{k: e["metrics"][k]["mean"] for k in ("map50", "accuracy")}}
     return {"runs": [{"method": r.method, "seed": r.seed, **{k: rec.get(k) for k in (
-        "choice", "conflict_stage", "threshold", "probe_steps", "reason", "grad_cos",
-        "feature_cka")}} for r, rec in recs], "compare": cmp}
+        "choice", "conflict_stage", "threshold", "confidence", "probe_steps", "reason",
+        "grad_cos", "grad_cos_upper", "feature_cka")}} for r, rec in recs], "compare": cmp}
 
 
 def blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -58,18 +58,25 @@ def blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
     b: list[tuple[Any, ...]] = [("h", 2, "Automatic branching (--arch auto)")]
     b.append(("p", "A shared probe measures the mean cosine between the two tasks' gradients on "
                    "each backbone stage; the run splits at the shallowest stage whose cosine is "
-                   "below the threshold (split<k> shares the stages before it) and continues "
-                   "from the probe's weights. CKA: linear CKA of the two tasks' per-image "
-                   "gradients on the stage's output (second signal, not used by the rule). "
-                   "docs/auto_branch.md gives the details."))
+                   "below the threshold with the stated confidence (the one-sided upper bound "
+                   "of the mean, by batch means of the per-step cosines, is below it; "
+                   "confidence 0 or none: the mean alone; split<k> shares the stages before "
+                   "it) and continues from the probe's weights. CKA: linear CKA of the two "
+                   "tasks' per-image gradients on the stage's output (second signal, not used "
+                   "by the rule). docs/auto_branch.md gives the details."))
     rows = []
     for r in auto["runs"]:
-        cos = ", ".join(f"{g}: {v:+.2f}" for g, v in _stages(r["grad_cos"] or {}))
+        cos = ", ".join(f"{g}: {v:+.3f}" for g, v in _stages(r["grad_cos"] or {}))
+        up = ", ".join(f"{g}: {v:+.3f}" for g, v in _stages(
+            {k: v for k, v in (r.get("grad_cos_upper") or {}).items() if v is not None}))
         cka = ", ".join(f"{g}: {v:.2f}" for g, v in _stages(r["feature_cka"] or {}))
+        conf = r.get("confidence")
         rows.append([r["method"], str(r["seed"]), str(r["probe_steps"]), f"{r['threshold']:g}",
-                     cos, cka, str(r["choice"])])
-    b.append(("table", ["method", "seed", "probe steps", "threshold", "cosine per stage",
-                        "CKA per stage", "choice"], rows))
+                     "none" if not conf else f"{conf:.0%}", cos, up or "—", cka,
+                     str(r["choice"])])
+    b.append(("table", ["method", "seed", "probe steps", "threshold", "confidence",
+                        "mean cosine per stage", "upper bound per stage", "CKA per stage",
+                        "choice"], rows))
     if auto["compare"]:
         def f(v: float | None, fmt: str) -> str:
             return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
@@ -81,8 +88,8 @@ def blocks(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def plot(runs: Sequence[Run], path: Path) -> Path | None:
-    """Cosine (left) and CKA (right) per stage, one line per auto run, the threshold dashed and
-    where each run's branches start dotted."""
+    """Cosine (left; the rule's upper confidence bounds as triangles) and CKA (right) per stage,
+    one line per auto run, the threshold dashed and where each run's branches start dotted."""
     recs = records(runs)
     if not recs:
         return None
@@ -92,6 +99,10 @@ def plot(runs: Sequence[Run], path: Path) -> Path | None:
         cos = _stages(rec.get("grad_cos") or {})
         line = ax_c.plot([g for g, _ in cos], [v for _, v in cos], "o-",
                          label=f"{r.method}-s{r.seed}: {rec.get('choice')}")[0]
+        up = _stages({k: v for k, v in (rec.get("grad_cos_upper") or {}).items()
+                      if v is not None})
+        if up:  # the rule's upper confidence bounds, one marker per stage
+            ax_c.plot([g for g, _ in up], [v for _, v in up], "v", color=line.get_color(), ms=5)
         m = re.fullmatch(r"split(\d+)", str(rec.get("choice")))
         if m:  # split<k>: stages 0..k shared, the branches start after stage k
             ax_c.axvline(int(m.group(1)) + 0.5, color=line.get_color(), ls=":")
