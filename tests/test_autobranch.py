@@ -63,6 +63,8 @@ def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
     assert max(cos[f"backbone.stage{g}"] for g in (3, 4)) < -0.99, cos  # oppose late
     arch, conflict, why = choose_split(cos, num_stages=5, threshold=0.0)
     assert (arch, conflict) == ("split2", 3) and "stage 3" in why  # stages 0..2 shared
+    # the default rule (confidence 0.95 on the 5 steps' cosines) sees the same late conflict
+    assert choose_split(cos, 5, 0.0, prof.upper_bounds(0.95), 0.95)[:2] == ("split2", 3)
     # a stricter threshold moves the split earlier, one above every cosine to split1; a toy
     # whose tasks never conflict stays shared
     assert choose_split(cos, 5, 0.99)[0] == "split1"
