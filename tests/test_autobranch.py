@@ -183,6 +183,11 @@ def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     assert metrics["classification"] is not None
     assert metrics["auto_branch"]["choice"] == rec["choice"]
     assert metrics["auto_branch"]["probe_steps"] == 3
+    training = metrics["training"]  # the probe's time is part of the method's cost
+    assert [st["stage"] for st in training["stages"]] == ["auto probe", "this run"]
+    assert training["stages"][0]["seconds"] == rec["probe_seconds"] > 0
+    assert training["seconds_total"] == pytest.approx(training["seconds"] + rec["probe_seconds"],
+                                                      abs=0.02)
     assert not (run / "auto_probe").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["auto_branch"]["runs"][0]["choice"] == rec["choice"]

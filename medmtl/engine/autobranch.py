@@ -306,3 +306,15 @@ def auto_branch_record(run_dir: Path) -> dict[str, Any]:
     return {"auto_branch": {k: rec.get(k) for k in ("choice", "conflict_stage", "threshold",
                                                     "confidence", "probe_steps")}}
 
+
+
+def probe_stages(run_dir: Path) -> list[dict[str, Any]]:
+    """The probe of an `--arch auto` run as a training stage (metrics.json `training.stages`): its
+    seconds count in the run's ``seconds_total``, the method's cost. [] for other runs."""
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return []
+    rec = json.loads(path.read_text())
+    return [{"stage": "auto probe", "run": str(Path(run_dir).resolve()), "method": AUTO,
+             "arch": "shared", "steps": rec.get("probe_steps"),
+             "seconds": rec.get("probe_seconds")}]

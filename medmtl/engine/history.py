@@ -55,8 +55,10 @@ def _fmt(v: Any) -> Any:
 
 
 
-def training_summary(trainer: Any) -> dict[str, Any]:
-    """metrics.json's `training` block of a finished trainer (medmtl.engine.trainer.Trainer)."""
+def training_summary(trainer: Any, before: list[dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
+    """metrics.json's `training` block of a finished trainer (medmtl.engine.trainer.Trainer);
+    ``before``: stages of this run before its training (`training_stages`)."""
     from medmtl.engine.stages import training_stages
 
     st, cfg, tasks = trainer.state, trainer.cfg, trainer.loss_tasks
@@ -70,7 +72,7 @@ def training_summary(trainer: Any) -> dict[str, Any]:
         "world_size": trainer.comm.world_size, "global_batch": cfg.batch,
         "sync_bn": bool(cfg.sync_bn and trainer.comm.active),
         "final_weights": {t: weights.get(t, 1.0) for t in tasks} if len(tasks) > 1 else None,
-        **training_stages(cfg, st.train_seconds, st.epoch),
+        **training_stages(cfg, st.train_seconds, st.epoch, before),
     }
 
 __all__ = ["BASE_COLUMNS", "training_summary", "val_columns", "write_history"]

@@ -171,13 +171,15 @@ def source_dirs(cfg: Any) -> list[tuple[str, str]]:
     return out + [("teacher", d) for d in teacher_dirs(cfg.teacher or "")]
 
 
-def training_stages(cfg: Any, seconds: float, epochs: int) -> dict[str, Any]:
+def training_stages(cfg: Any, seconds: float, epochs: int,
+                    before: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """metrics.json's `training.stages` and `training.seconds_total` (this run plus every source's
-    own total: a method's cost includes the runs it needed); {} for a run without sources."""
+    own total and the ``before`` stages of this run, e.g. `--arch auto`'s probe: a method's cost
+    includes the compute it needed); {} for a run without sources or earlier stages."""
     sources = source_dirs(cfg)
-    if not sources:
+    if not sources and not before:
         return {}
-    stages = [rec for kind, d in sources for rec in stage_records(kind, [d])]
+    stages = [rec for kind, d in sources for rec in stage_records(kind, [d])] + list(before or [])
     stages.append({"stage": "this run", "run": str(Path(cfg.out).resolve()),
                    "method": cfg.method, "arch": cfg.model.arch, "epochs": epochs,
                    "seconds": round(seconds, 2), "frozen_trunk_epochs": cfg.freeze_trunk_epochs})

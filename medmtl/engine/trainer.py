@@ -37,7 +37,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.autobranch import AUTO, auto_branch_record, run_auto
+from medmtl.engine.autobranch import AUTO, auto_branch_record, probe_stages, run_auto
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
@@ -363,7 +363,7 @@ class Trainer:
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
-        metrics["training"] = training_summary(self)
+        metrics["training"] = training_summary(self, probe_stages(self.run_dir))
         metrics.update(auto_branch_record(self.run_dir))  # --arch auto: the choice
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
