@@ -275,6 +275,10 @@ class TrainConfig(BaseModel):
                                  "cosine (batch means of the probe's steps) is below "
                                  "--auto-threshold; 0: the mean alone", panel="Model", ge=0,
                                  lt=1)
+    auto_probe_in_budget: bool = opt(True, "--arch auto: the probe's steps count against "
+                                     "--epochs (whole epochs, rounded), so auto trains on the "
+                                     "same budget as every other method; off: the probe is "
+                                     "extra", panel="Model")
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
                             le=1)
     iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)

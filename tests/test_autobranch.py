@@ -193,6 +193,35 @@ def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     assert summary["auto_branch"]["runs"][0]["choice"] == rec["choice"]
 
 
+@pytest.mark.slow
+def test_the_probe_counts_against_the_epoch_budget(synth_tiny: Path, tmp_path: Path) -> None:
+    """96 images at batch 16: 6 steps per epoch. A 6-step probe is one of the 3 epochs, so auto
+    trains 2 more (the same budget as a fixed split); a probe longer than the budget is refused
+    before it runs; --no-auto-probe-in-budget makes it extra."""
+    from medmtl.engine.autobranch import budget_epochs_used
+    from medmtl.engine.trainer import train
+
+    over = {"epochs": 3, "imgsz": 64, "batch": 16, "workers": 0, "seed": 0, "device": "cpu",
+            "diag_steps": 0, "data": str(synth_tiny)}
+    run = train(build_config("auto", {**over, "auto_probe_steps": 6, "out": str(tmp_path / "a")}),
+                progress=False)
+    rec = json.loads((run / "auto_branch.json").read_text())
+    assert rec["probe_counts_in_epochs"] is True
+    assert (rec["probe_epochs"], rec["probe_epochs_exact"]) == (1, 1.0)
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    assert training["epochs"] == 2 and len((run / "history.csv").read_text().splitlines()) == 3
+    assert training["stages"][0] == {**training["stages"][0], "stage": "auto probe", "epochs": 1}
+    assert "epochs: 3" in (run / "config.yaml").read_text()  # the budget asked for, unchanged
+    with pytest.raises(ValueError, match=r"probe's 12 steps are 2\.0 epochs of the 1-epoch budget"
+                       r".*--no-auto-probe-in-budget"):
+        train(build_config("auto", {**over, "epochs": 1, "auto_probe_steps": 12,
+                                    "out": str(tmp_path / "b")}), progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "auto_branch.json").write_text(json.dumps(
+        {"probe_counts_in_epochs": False, "probe_epochs": 0, "probe_steps": 200}))
+    assert budget_epochs_used(tmp_path / "c") == 0 == budget_epochs_used(tmp_path / "none")
+
+
 def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) -> None:
     from test_report import make_run
 

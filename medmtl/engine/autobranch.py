@@ -261,6 +261,14 @@ def run_auto(cfg: Any, trainer_cls: Any
     try:
         if t.comm.active:
             raise ValueError("--arch auto runs its probe in one process; train without --devices")
+        exact = cfg.auto_probe_steps / t.steps_per_epoch  # the probe's length in epochs
+        used = round(exact) if cfg.auto_probe_in_budget else 0
+        if cfg.epochs - used < 1:
+            raise ValueError(
+                f"--arch auto: the probe's {cfg.auto_probe_steps} steps are {exact:.1f} epochs "
+                f"of the {cfg.epochs}-epoch budget ({t.steps_per_epoch} steps per epoch), which "
+                "leaves none to train: lower --auto-probe-steps, raise --epochs, or make the "
+                "probe extra (--no-auto-probe-in-budget)")
         found = probe(t, cfg.auto_probe_steps)
         num_stages = t.model.trunk.num_stages
         state = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
@@ -277,7 +285,8 @@ def run_auto(cfg: Any, trainer_cls: Any
     record = {"rule": rule, "threshold": cfg.auto_threshold, "confidence": conf,
               "choice": arch, "conflict_stage": conflict, "reason": why,
               "probe_steps": found["steps"], "probe_seconds": found["seconds"],
-              "probe_counts_in_epochs": False, "balancer": cfg.balancer.name,
+              "probe_counts_in_epochs": cfg.auto_probe_in_budget, "probe_epochs": used,
+              "probe_epochs_exact": round(exact, 3), "balancer": cfg.balancer.name,
               "grad_cos": found["grad_cos"],
               "grad_cos_upper": None if upper is None else {
                   k: v if math.isfinite(v) else None for k, v in upper.items()},
@@ -292,7 +301,9 @@ def run_auto(cfg: Any, trainer_cls: Any
     out.model.arch = arch
     if arch != "shared":
         state = transfer_shared(state, int(arch[len("split"):]))
-    print(f"auto: {arch} ({why}; {found['steps']} probe steps; {run_dir / RECORD})",
+    budget = (f"{used} of the {cfg.epochs} epochs" if cfg.auto_probe_in_budget else
+              "extra to --epochs")
+    print(f"auto: {arch} ({why}; {found['steps']} probe steps, {budget}; {run_dir / RECORD})",
           file=sys.stderr)
     return out, state, record
 
@@ -317,4 +328,14 @@ def probe_stages(run_dir: Path) -> list[dict[str, Any]]:
     rec = json.loads(path.read_text())
     return [{"stage": "auto probe", "run": str(Path(run_dir).resolve()), "method": AUTO,
              "arch": "shared", "steps": rec.get("probe_steps"),
-             "seconds": rec.get("probe_seconds")}]
+             "epochs": rec.get("probe_epochs", 0), "seconds": rec.get("probe_seconds")}]
+
+
+def budget_epochs_used(run_dir: Path) -> int:
+    """Epochs of ``--epochs`` that the run's probe took (`--auto-probe-in-budget`); 0 for other
+    runs and for a probe that was extra."""
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return 0
+    rec = json.loads(path.read_text())
+    return int(rec.get("probe_epochs") or 0) if rec.get("probe_counts_in_epochs") else 0

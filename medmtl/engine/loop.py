@@ -50,7 +50,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     if t.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(t.device)
-    bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{cfg.epochs}", nb - start_batch,
+    bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{t.epochs}", nb - start_batch,
                         enabled=t.progress)
     micro = 0
     guard, good = t.nonfinite, None  # counts across epochs

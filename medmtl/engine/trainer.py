@@ -37,7 +37,13 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.autobranch import AUTO, auto_branch_record, probe_stages, run_auto
+from medmtl.engine.autobranch import (
+    AUTO,
+    auto_branch_record,
+    budget_epochs_used,
+    probe_stages,
+    run_auto,
+)
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
@@ -167,7 +173,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, list(self.balancer.parameters()), cfg,
                                          self.device)
         self.steps_per_epoch = max(1, self.data.batches_per_epoch() // cfg.accumulate)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.epochs = cfg.epochs - budget_epochs_used(self.run_dir)  # --arch auto's probe
+        self.total_steps = self.steps_per_epoch * self.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg, self.steps_per_epoch, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
@@ -278,11 +285,11 @@ class Trainer:
         with self.stop, contextlib.ExitStack() as stack:
             stack.callback(self.close)
             try:
-                while st.epoch < cfg.epochs:
+                while st.epoch < self.epochs:
                     self._set_stage(st.epoch < cfg.freeze_trunk_epochs)
                     row = train_one_epoch(self)
                     self._check_finite()
-                    validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == cfg.epochs
+                    validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == self.epochs
                     improved = False
                     if validate:
                         metrics = self.validate()
@@ -325,9 +332,9 @@ class Trainer:
     def _print_epoch(self, row: dict[str, Any], run_t0: float, done: int) -> None:
         """One unwrapped line per epoch (terminal and log file alike); the ETA extrapolates the
         mean time of this process's epochs so far, validation included."""
-        left = self.cfg.epochs - (self.state.epoch + 1)
+        left = self.epochs - (self.state.epoch + 1)
         eta = (time.perf_counter() - run_t0) / max(done, 1) * left
-        self.console.print(epoch_line(row, self.cfg.epochs, eta), soft_wrap=True, markup=False,
+        self.console.print(epoch_line(row, self.epochs, eta), soft_wrap=True, markup=False,
                            highlight=False)
 
     # ------------------------------------------------------------------ evaluation
