@@ -53,12 +53,13 @@ def test_int8_and_half_scored_by_val(trained: Path, synth_tiny: Path, tmp_path: 
     w = trained.parent
     assert graph_meta(w / "best.int8.onnx")["compression"]["calib_images"] == 16
     assert graph_meta(w / "best.half.onnx")["compression"]["kind"] == "fp16"
+    i8_dir = w.parent / "compressed" / "int8"  # where the report looks for it
     code, err = run_main(["val", "--weights", str(w / "best.int8.onnx"), "--data",
-                          str(synth_tiny), "--out", str(tmp_path / "i8"), "--workers", "0",
+                          str(synth_tiny), "--out", str(i8_dir), "--workers", "0",
                           "--latency-iters", "3"], capsys)
     assert code == 0, err
-    i8 = json.loads((tmp_path / "i8" / "metrics.json").read_text())
-    assert (tmp_path / "i8" / "predictions.json").is_file()
+    i8 = json.loads((i8_dir / "metrics.json").read_text())
+    assert (i8_dir / "predictions.json").is_file()
     pt = _val(trained, synth_tiny, tmp_path / "pt")
     fp = _val(w / "best.onnx", synth_tiny, tmp_path / "fp")
     hf = _val(w / "best.half.onnx", synth_tiny, tmp_path / "hf")
@@ -77,6 +78,16 @@ def test_int8_and_half_scored_by_val(trained: Path, synth_tiny: Path, tmp_path: 
         assert m["efficiency"]["latency_e2e_ort_ms"] > 0 and m["efficiency"]["latency_e2e_ort_n"] == 3
     assert i8["onnx"]["compression"]["kind"] == "int8" and fp["onnx"]["compression"]["kind"] == "fp32"
     assert i8["split"] == pt["split"] and i8["images"] == pt["images"]
+    # `report --retime` re-times the compressed graph with the float model, in the same rounds
+    from medmtl.engine.retime import remeasure_latency
+
+    remeasure_latency([w.parent], threads=1, rounds=2)
+    eff = json.loads((i8_dir / "metrics.json").read_text())["efficiency"]
+    assert eff["latency_e2e_ort_n"] == 20 and eff["latency_e2e_ort_ms"] > 0
+    assert "re-timed after all runs" in eff["latency_e2e_context"]
+    assert json.loads((i8_dir / "metrics.json").read_text())["detection"] == i8["detection"]
+    run_eff = json.loads((w.parent / "metrics.json").read_text())["efficiency"]
+    assert run_eff["latency_e2e_ort_n"] == 20 and "re-timed" in run_eff["latency_e2e_context"]
 
 
 def test_nms_in_graph_matches_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -331,7 +331,7 @@ def report(
 
     _check_runtime(latency_runtime)
     if retime:
-        from medmtl.engine.compare import remeasure_latency
+        from medmtl.engine.retime import remeasure_latency
 
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)

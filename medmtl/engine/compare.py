@@ -30,6 +30,7 @@ from rich.table import Table
 from medmtl.config import TrainConfig, merge_dicts
 from medmtl.engine.drift import config_drift, warn_drift
 from medmtl.engine.progress import run_end_line
+from medmtl.engine.retime import remeasure_latency
 from medmtl.methods import build_config, check_method, method_source, run_name
 
 
@@ -322,65 +323,3 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
     return out
 
 
-def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
-                      threads: int | None = None, rounds: int = 3, ort: bool = True) -> None:
-    """Re-time every finished run's best model in this one process, interleaved over `rounds`
-    rounds, so the report's latencies compare like with like: runs trained in parallel timed
-    each other's noise. Forward only (`ms_per_image`, the best median per model is kept) and end
-    to end (decode + letterbox + forward + NMS: `latency_e2e_ms`, `latency_e2e_ort_ms` with
-    ONNX Runtime; the calls of all rounds pooled). Updates the `efficiency` block of each
-    metrics.json (atomic write)."""
-    from contextlib import ExitStack
-
-    import torch
-
-    from medmtl.evaluation.latency import measure_latency
-    from medmtl.fileio import atomic_write_text
-    from medmtl.inference.latency import E2ETimer
-    from medmtl.models.checkpoint import model_from_checkpoint
-
-    threads = threads or torch.get_num_threads()
-    best: dict[Path, dict[str, float]] = {}
-    e2e: dict[Path, dict[str, Any]] = {}
-    with ExitStack() as stack:
-        models = {}
-        for run in run_dirs:
-            if (run / "weights" / "best.pt").exists():
-                model, cfg, ck = model_from_checkpoint(run / "weights" / "best.pt", "cpu")
-                timer = stack.enter_context(E2ETimer(model, cfg.imgsz, ck.get("names"),
-                                                     ck.get("cls_names"), threads=threads,
-                                                     ort=ort))
-                models[run] = (model, cfg.imgsz, timer)
-        for _ in range(rounds):
-            for run, (model, imgsz, timer) in models.items():
-                lat = measure_latency(model, imgsz, batch=1, device="cpu", threads=threads,
-                                      warmup=3, iters=10)
-                if run not in best or lat["ms_per_image"] < best[run]["ms_per_image"]:
-                    best[run] = lat
-                timer.run(iters=10, warmup=2)
-        e2e = {run: timer.results() for run, (_, _, timer) in models.items()}
-    for run, lat in best.items():
-        path = run / "metrics.json"
-        m = json.loads(path.read_text())
-        eff = m.setdefault("efficiency", {})
-        for key in [k for k in eff if k.startswith("latency_e2e")]:
-            del eff[key]  # figures of the end of training: superseded as a whole
-        eff.update({
-            "ms_per_image": round(lat["ms_per_image"], 3),
-            "images_per_s": round(lat["images_per_s"], 2), "latency_device": "cpu",
-            "latency_threads": threads,
-            "latency_context": f"re-timed after all runs, interleaved, best median of {rounds} "
-                               "rounds"})
-        eff.update(e2e[run])
-        if not ort:
-            eff["latency_e2e_ort_skipped"] = ("not measured by this re-timing; `medmtl report DIR "
-                                              "--retime` measures it")
-        eff["latency_e2e_context"] = (f"re-timed after all runs, interleaved over {rounds} "
-                                      "rounds, the calls of all rounds pooled")
-        atomic_write_text(path, json.dumps(m, indent=2))
-    if console is not None and best:
-        skipped = {v for r in e2e.values() for k, v in r.items() if k.endswith("_ort_skipped")}
-        console.print(f"re-timed {len(best)} models on the CPU ({threads} threads, {rounds} "
-                      "interleaved rounds; forward only, and end to end with PyTorch"
-                      + ("; ONNX Runtime skipped: " + "; ".join(sorted(skipped)) if skipped
-                         else " and ONNX Runtime" if ort else "") + ")")
