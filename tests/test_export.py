@@ -202,3 +202,15 @@ def test_predict_command_with_onnx_weights(graph, tmp_path) -> None:
         s_ox["view"]["vote_counts"]
     assert {k: v["frames"] for k, v in s_pt["jets"].items()} == \
         {k: v["frames"] for k, v in s_ox["jets"].items()}
+
+
+def test_onnx_predictor_threads_do_not_spin(graph) -> None:
+    """The predictor's pipeline decodes, letterboxes and runs NMS between graph runs in the same
+    process: busy-waiting ORT threads starved that work until the next scheduler tick (end to end
+    8.0 ms instead of 5.4 ms on 2 cores, docs/benchmarks.md), so spinning is off."""
+    from medmtl.inference.export import OnnxPredictor
+
+    pred = OnnxPredictor.from_file(graph("shared")[1], "cpu", threads=2)
+    opts = pred.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == 2
