@@ -90,6 +90,8 @@ def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path:
     assert set(summary["methods"]) == {"gradnorm@tuned", "fixed@tuned", "detect", "classify"}
     md = (out / "report.md").read_text()
     assert "## Tuning" in md and "gradnorm@tuned" in md and (out / "plots/tune_trace.png").exists()
+    # configurations (the budget), completed and failed trials: gradnorm's killed one failed
+    assert "| gradnorm@tuned | 2 | 2 | 1 |" in md and "| fixed@tuned | 2 | 2 | 0 |" in md
 
 
 def test_a_resumed_search_draws_new_configurations(synth_tiny: Path, tmp_path: Path,

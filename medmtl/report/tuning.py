@@ -52,19 +52,24 @@ def tuning_blocks(directory: Path) -> list[Block]:
     n = tuning.get("trials_per_method")
     rows = []
     for method, r in tuning["methods"].items():
-        done = sum(t["state"] == "COMPLETE" for t in r["trials"])
+        done = [t for t in r["trials"] if t["state"] == "COMPLETE"]
+        distinct = len({tuple(sorted(t["params"].items())) for t in done})
+        failed = len(r["trials"]) - len(done)
         params = ", ".join(f"{k} = {v:.4g}" for k, v in r["best"]["params"].items())
         space = ", ".join(f"{k} in [{lo:.3g}, {hi:.3g}]{' (log)' if log else ''}"
                           for k, (lo, hi, log) in r["space"].items())
-        rows.append([f"{method}@tuned", str(done), f"{r['best']['value']:.4f}", params, space])
+        rows.append([f"{method}@tuned", str(distinct), str(len(done)), str(failed),
+                     f"{r['best']['value']:.4f}", params, space])
     plot = trace_plot(tuning, directory / "plots" / "tune_trace.png")
     return [("h", 2, "Tuning"),
-            ("p", f"Every method had the same budget: {n} trials of the same length, searched by "
-                  "Optuna's TPE sampler on the val split (objective: the val selection score of "
-                  "the trial's best checkpoint). The `@tuned` rows of the tables above are the "
-                  "best trial's configuration, re-trained over the seeds."),
-            ("table", ["method", "trials", "best val score", "tuned values", "search space"],
-             rows),
+            ("p", f"Every method had the same budget: {n} distinct configurations, each trained "
+                  "for the same length, searched by Optuna's TPE sampler on the val split "
+                  "(objective: the val selection score of the trial's best checkpoint). A "
+                  "configuration completed twice (a search resumed by an older medmtl) counts "
+                  "once; a failed trial (e.g. killed) does not count. The `@tuned` rows of the "
+                  "tables above are the best trial's configuration, re-trained over the seeds."),
+            ("table", ["method", "configurations", "trials completed", "trials failed",
+                       "best val score", "tuned values", "search space"], rows),
             ("img", "Search trace: best val score so far per trial (dots: each trial)",
              plot.relative_to(directory), plot)]
 
