@@ -37,13 +37,7 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine.autobranch import (
-    AUTO,
-    auto_branch_record,
-    budget_epochs_used,
-    probe_stages,
-    run_auto,
-)
+from medmtl.engine import autobranch
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
@@ -173,7 +167,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, list(self.balancer.parameters()), cfg,
                                          self.device)
         self.steps_per_epoch = max(1, self.data.batches_per_epoch() // cfg.accumulate)
-        self.epochs = cfg.epochs - budget_epochs_used(self.run_dir)  # --arch auto's probe
+        self.probe_epochs = autobranch.budget_epochs_used(self.run_dir)  # of --arch auto
         self.total_steps = self.steps_per_epoch * self.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg, self.steps_per_epoch, self.total_steps))
@@ -192,6 +186,11 @@ class Trainer:
             self.console.print(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, "
                                f"step {self.state.step_in_epoch}")
             keep_selection_rule(self.cfg, ckpt.get("config") or {}, self.console.print)
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this run trains: --epochs less those --arch auto's probe took."""
+        return self.cfg.epochs - self.probe_epochs
 
     def start_from(self, state: dict[str, Any]) -> None:
         """Begin from these weights (e.g. `--arch auto`'s probe), the EMA too."""
@@ -370,8 +369,8 @@ class Trainer:
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
-        metrics["training"] = training_summary(self, probe_stages(self.run_dir))
-        metrics.update(auto_branch_record(self.run_dir))  # --arch auto: the choice
+        metrics["training"] = training_summary(self, autobranch.probe_stages(self.run_dir))
+        metrics.update(autobranch.auto_branch_record(self.run_dir))  # --arch auto: the choice
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
@@ -382,8 +381,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     trainer = None
     try:
         start = None
-        if cfg.model.arch == AUTO and not resume:  # probe, choose split<k>, start from the probe
-            cfg, start, _ = run_auto(cfg, Trainer)
+        if cfg.model.arch == autobranch.AUTO and not resume:  # probe, choose, start from it
+            cfg, start, _ = autobranch.run_auto(cfg, Trainer)
         trainer = Trainer(cfg, resume=resume, progress=progress)
         if start is not None:
             trainer.start_from(start)
