@@ -212,6 +212,9 @@ def test_the_probe_counts_against_the_epoch_budget(synth_tiny: Path, tmp_path: P
     assert training["epochs"] == 2 and len((run / "history.csv").read_text().splitlines()) == 3
     assert training["stages"][0] == {**training["stages"][0], "stage": "auto probe", "epochs": 1}
     assert "epochs: 3" in (run / "config.yaml").read_text()  # the budget asked for, unchanged
+    from medmtl.engine.compare import _epochs_done
+
+    assert _epochs_done(run) == 3  # compare's table: the probe's epoch counts as done
     with pytest.raises(ValueError, match=r"probe's 12 steps are 2\.0 epochs of the 1-epoch budget"
                        r".*--no-auto-probe-in-budget"):
         train(build_config("auto", {**over, "epochs": 1, "auto_probe_steps": 12,

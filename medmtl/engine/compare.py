@@ -141,11 +141,14 @@ def _resources(n_runs: int, jobs: int | None) -> tuple[int, int, list[str]]:
 
 
 def _epochs_done(run_dir: Path) -> int:
+    """Epochs of the budget done: history rows, plus those an `--arch auto` probe took."""
+    from medmtl.engine.autobranch import budget_epochs_used
+
     h = run_dir / "history.csv"
     if not h.exists():
         return 0
     with h.open() as f:
-        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+        return max(0, sum(1 for _ in csv.reader(f)) - 1) + budget_epochs_used(run_dir)
 
 
 def _table(plan: list[PlannedRun], t0: float) -> Table:
