@@ -23,8 +23,9 @@
    clamped to split1 when the stem or stage 1 conflicts. No such stage: stay ``shared``.
 4. **Continue.** The chosen model is built and loaded from the probe's weights
    (`transfer_shared`: trunk stages to the trunk, each later stage to both task branches, neck and
-   heads as they are); the run then trains its full ``--epochs`` (the probe's steps are extra,
-   recorded in ``<run>/auto_branch.json`` with the profile, the threshold and the choice).
+   heads as they are); the run then trains the epochs of ``--epochs`` the probe left (or all of
+   them with ``auto_probe_in_budget`` off), recorded in ``<run>/auto_branch.json`` with the
+   profile, the threshold and the choice.
 
 Cost: ``auto_probe_steps`` shared-model steps, each with two extra per-task backward passes for
 the cosines, plus two backward passes to the stage features at each similarity probe.
@@ -241,7 +242,7 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
         if not seen:
             raise ValueError("--arch auto: no training batch has labels of both tasks")
         epoch += 1
-    return {"grad_cos": prof.means(), "profile": prof, "feature_cka": {k: sum(v) / len(v) for k, v in sims.items()},
+    return {"profile": prof, "feature_cka": {k: sum(v) / len(v) for k, v in sims.items()},
             "steps": done, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -275,10 +276,10 @@ def run_auto(cfg: Any, trainer_cls: Any
     finally:
         t.close()
     shutil.rmtree(pcfg.out, ignore_errors=True)
-    conf = cfg.auto_confidence
-    upper = found["profile"].upper_bounds(conf) if conf > 0 else None
-    arch, conflict, why = choose_split(found["grad_cos"], num_stages, cfg.auto_threshold,
-                                       upper, conf)
+    conf, prof = cfg.auto_confidence, found["profile"]
+    cosines = prof.means()
+    upper = prof.upper_bounds(conf) if conf > 0 else None
+    arch, conflict, why = choose_split(cosines, num_stages, cfg.auto_threshold, upper, conf)
     rule = ("split at the shallowest stage whose mean gradient cosine is below the threshold"
             + (" with the given confidence (one-sided upper bound by batch means of the "
                "per-step cosines)" if upper is not None else "") + "; none: shared")
@@ -287,14 +288,14 @@ def run_auto(cfg: Any, trainer_cls: Any
               "probe_steps": found["steps"], "probe_seconds": found["seconds"],
               "probe_counts_in_epochs": cfg.auto_probe_in_budget, "probe_epochs": used,
               "probe_epochs_exact": round(exact, 3), "balancer": cfg.balancer.name,
-              "grad_cos": found["grad_cos"],
+              "grad_cos": cosines,
               "grad_cos_upper": None if upper is None else {
                   k: v if math.isfinite(v) else None for k, v in upper.items()},
               "feature_cka": found["feature_cka"],
               "feature_cka_note": "linear CKA of the two tasks' per-image gradients w.r.t. each "
                                   "stage's output (second signal; not used by the rule)",
               "grad_cos_steps": {k: [round(v, 6) for v in vals]
-                                 for k, vals in found["profile"].series.items()}}
+                                 for k, vals in prof.series.items()}}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2))
     out = cfg.model_copy(deep=True)
@@ -308,24 +309,27 @@ def run_auto(cfg: Any, trainer_cls: Any
     return out, state, record
 
 
+def _read_record(run_dir: Path) -> dict[str, Any] | None:
+    """``<run_dir>/auto_branch.json``, or None for a run that is not `--arch auto`."""
+    path = Path(run_dir) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def auto_branch_record(run_dir: Path) -> dict[str, Any]:
     """metrics.json's `auto_branch` block (the choice; the evidence stays in RECORD), or {}."""
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
+    rec = _read_record(run_dir)
+    if rec is None:
         return {}
-    rec = json.loads(path.read_text())
     return {"auto_branch": {k: rec.get(k) for k in ("choice", "conflict_stage", "threshold",
                                                     "confidence", "probe_steps")}}
-
 
 
 def probe_stages(run_dir: Path) -> list[dict[str, Any]]:
     """The probe of an `--arch auto` run as a training stage (metrics.json `training.stages`): its
     seconds count in the run's ``seconds_total``, the method's cost. [] for other runs."""
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
+    rec = _read_record(run_dir)
+    if rec is None:
         return []
-    rec = json.loads(path.read_text())
     return [{"stage": "auto probe", "run": str(Path(run_dir).resolve()), "method": AUTO,
              "arch": "shared", "steps": rec.get("probe_steps"),
              "epochs": rec.get("probe_epochs", 0), "seconds": rec.get("probe_seconds")}]
@@ -334,8 +338,5 @@ def probe_stages(run_dir: Path) -> list[dict[str, Any]]:
 def budget_epochs_used(run_dir: Path) -> int:
     """Epochs of ``--epochs`` that the run's probe took (`--auto-probe-in-budget`); 0 for other
     runs and for a probe that was extra."""
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
-        return 0
-    rec = json.loads(path.read_text())
+    rec = _read_record(run_dir) or {}
     return int(rec.get("probe_epochs") or 0) if rec.get("probe_counts_in_epochs") else 0

@@ -27,14 +27,14 @@ def compressed_graphs(run: Path, threads: int) -> list[tuple[Path, Any]]:
     return out
 
 
-def _update_compressed(path: Path, e2e: dict[str, Any], threads: int, rounds: int) -> None:
+def _write_efficiency(path: Path, values: dict[str, Any]) -> None:
+    """Replace the end-to-end figures of metrics.json ``path`` (superseded as a whole) and set
+    ``values`` in its `efficiency` block (atomic write)."""
     m = json.loads(path.read_text())
     eff = m.setdefault("efficiency", {})
     for key in [k for k in eff if k.startswith("latency_e2e")]:
         del eff[key]
-    eff.update(e2e)
-    eff["latency_e2e_context"] = (f"re-timed after all runs, interleaved over {rounds} rounds "
-                                  "with the float models, the calls of all rounds pooled")
+    eff.update(values)
     atomic_write_text(path, json.dumps(m, indent=2))
 
 
@@ -82,30 +82,26 @@ def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
                 timer.run(iters=10, warmup=2)
         e2e = {run: timer.results() for run, (_, _, timer) in models.items()}
         for f, timer in graphs.items():
-            _update_compressed(f, timer.results(), threads, rounds)
+            _write_efficiency(f, {**timer.results(), "latency_e2e_context": (
+                f"re-timed after all runs, interleaved over {rounds} rounds with the float "
+                "models, the calls of all rounds pooled")})
     for run, lat in best.items():
-        path = run / "metrics.json"
-        m = json.loads(path.read_text())
-        eff = m.setdefault("efficiency", {})
-        for key in [k for k in eff if k.startswith("latency_e2e")]:
-            del eff[key]  # figures of the end of training: superseded as a whole
-        eff.update({
+        no_ort = {} if ort else {"latency_e2e_ort_skipped": (
+            "not measured by this re-timing; `medmtl report DIR --retime` measures it")}
+        _write_efficiency(run / "metrics.json", {
             "ms_per_image": round(lat["ms_per_image"], 3),
             "images_per_s": round(lat["images_per_s"], 2), "latency_device": "cpu",
             "latency_threads": threads,
             "latency_context": f"re-timed after all runs, interleaved, best median of {rounds} "
-                               "rounds"})
-        eff.update(e2e[run])
-        if not ort:
-            eff["latency_e2e_ort_skipped"] = ("not measured by this re-timing; `medmtl report DIR "
-                                              "--retime` measures it")
-        eff["latency_e2e_context"] = (f"re-timed after all runs, interleaved over {rounds} "
-                                      "rounds, the calls of all rounds pooled")
-        atomic_write_text(path, json.dumps(m, indent=2))
+                               "rounds",
+            **e2e[run], **no_ort,
+            "latency_e2e_context": f"re-timed after all runs, interleaved over {rounds} rounds, "
+                                   "the calls of all rounds pooled"})
     if console is not None and best:
         skipped = {v for r in e2e.values() for k, v in r.items() if k.endswith("_ort_skipped")}
-        console.print(f"re-timed {len(best)} models and {len(graphs)} compressed graphs on the CPU ({threads} threads, {rounds} "
-                      "interleaved rounds; forward only, and end to end with PyTorch"
+        console.print(f"re-timed {len(best)} models and {len(graphs)} compressed graphs on the "
+                      f"CPU ({threads} threads, {rounds} interleaved rounds; forward only, and "
+                      "end to end with PyTorch"
                       + ("; ONNX Runtime skipped: " + "; ".join(sorted(skipped)) if skipped
                          else " and ONNX Runtime" if ort else "") + ")")
 
