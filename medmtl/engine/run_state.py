@@ -39,6 +39,12 @@ class RunState:
         self.rng_at_step = rng_state()
 
 
+def backbone_source(model: torch.nn.Module) -> dict[str, Any] | None:
+    """Where the model's backbone weights came from (`medmtl.models.pretrained`), if it says."""
+    src = getattr(getattr(model, "module", model), "backbone_source", None)
+    return dict(src) if src else None
+
+
 def checkpoint_dict(state: RunState, model: torch.nn.Module, ema: Any, config: dict[str, Any],
                     names: list[str], cls_names: list[str], optimizer: Any = None,
                     scheduler: Any = None, scaler: Any = None, balancer: Any = None,
@@ -53,6 +59,7 @@ def checkpoint_dict(state: RunState, model: torch.nn.Module, ema: Any, config: d
         "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
         "best_fitness": state.best_fitness, "best_epoch": state.best_epoch,
         "history": state.history, "train_seconds": state.train_seconds,
+        "backbone_weights": backbone_source(model),
     }
     if optimizer is not None:
         st.update({

@@ -159,6 +159,9 @@ def prepare_init(cfg: Any, model: nn.Module, names: list[str], cls_names: list[s
 def set_trunk_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze (no gradient, BatchNorm statistics kept: eval mode) or release the shared trunk."""
     trunk = model.trunk
+    if not frozen and hasattr(model, "release_trunk"):  # keeps --freeze-stages frozen
+        model.release_trunk()
+        return
     for p in trunk.parameters():
         p.requires_grad_(not frozen)
     if frozen:

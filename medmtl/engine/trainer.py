@@ -49,6 +49,7 @@ from medmtl.engine.run_state import (
     RunState,
     StopAtStep,
     StopSignals,
+    backbone_source,
     checkpoint_dict,
     keep_selection_rule,
     restore,
@@ -61,7 +62,13 @@ from medmtl.engine.stages import (
     source_dirs,
 )
 from medmtl.engine.teacher import NeckTap, Teacher
-from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
+from medmtl.engine.utils import (
+    amp_dtype,
+    compile_module,
+    seed_everything,
+    select_device,
+    use_channels_last,
+)
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
 from medmtl.losses import MultiTaskCriterion
@@ -126,7 +133,6 @@ class Trainer:
             # steps several times slower; flushing them to zero costs no measurable accuracy
             torch.set_flush_denormal(True)
         self.autocast = amp_dtype(self.device, cfg.amp)
-        self.channels_last = self.device.type == "cuda"
 
         self.data = RunData(cfg, self.comm, self.device, self.console, self.run_dir)
         self.names, self.cls_names = self.data.names, self.data.cls_names
@@ -140,6 +146,7 @@ class Trainer:
         if cfg.sync_bn and self.comm.active:
             self.model = convert_sync_batchnorm(self.model, self.device)
         self.model = self.model.to(self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = tuple(self.model.tasks)
@@ -162,7 +169,7 @@ class Trainer:
                 self.task_params[DISTILL] = [p for t in self.tasks for p in self.task_params[t]]
         self.balancer.to(self.device)
         self.net = self._wrap_model()
-        self.shared = list(self.model.shared_parameters())
+        self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
         self.last_shared = self.model.last_shared_parameter()
         self.optimizer = build_optimizer(self.model, list(self.balancer.parameters()), cfg,
                                          self.device)
@@ -366,6 +373,7 @@ class Trainer:
                                 "test_split": self.cfg.test_split if test is not None else None,
                                 **describe(self.cfg.select, self.cfg.select_refs, metrics)}
         metrics["data"] = self.data.data_record()
+        metrics["backbone_weights"] = backbone_source(self.model)
         from medmtl.evaluation.latency import efficiency
 
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)

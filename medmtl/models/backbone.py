@@ -29,6 +29,7 @@ from timm.models import FeatureDictNet, build_model_with_cfg, get_pretrained_cfg
 from torch import Tensor, nn
 
 from .layers import last_conv
+from .pretrained import PACKAGED, PretrainedError, missing_source_hint, report_once, resolve_weights
 
 OUT_STRIDES = (8, 16, 32)
 _HINT = "train with pretrained=False or pre-populate the HF/torch cache"
@@ -61,6 +62,8 @@ class Backbone(nn.Module):
         self.first = first
         self.sequential = sequential
         self.mean, self.std = tuple(mean), tuple(std)  # input normalisation the weights expect
+        # where the weights came from (medmtl.models.pretrained): metrics.json and the header
+        self.weights_source: dict[str, object] = {"kind": "random"}
 
     # --- structure -------------------------------------------------------------------------------
     @property
@@ -96,6 +99,7 @@ class Backbone(nn.Module):
         norm = {"mean": self.mean, "std": self.std}
         head = Backbone(list(self.stages[:k]), *meta, first=0, **norm)
         tail = Backbone(list(self.stages[k:]), *meta, first=k, **norm)
+        head.weights_source = tail.weights_source = self.weights_source
         return head, tail
 
     def stage_parameters(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -263,45 +267,82 @@ def _check_pretrained(name: str) -> None:
         alt = (
             " (cs3darknet_focus_s has ImageNet weights)" if name.startswith("cs3darknet_s") else ""
         )
-        raise RuntimeError(
-            f"timm has no pretrained weights for {name!r}{alt}; use pretrained=False or a backbone "
-            "with weights (timm.list_models(pretrained=True))"
+        raise PretrainedError(
+            f"timm has no pretrained weights for {name!r}{alt}; use pretrained=False, a backbone "
+            "with weights (timm.list_models(pretrained=True)) or --backbone-weights FILE"
         )
     if _weights_cached(pcfg):
         return
     if _offline():
-        raise RuntimeError(
+        raise PretrainedError(
             f"could not download pretrained weights for {name}: offline mode (HF_HUB_OFFLINE) and "
-            f"the weights are not in the local cache; {_HINT}"
+            f"the weights are not in the local cache; {missing_source_hint(name)}; or {_HINT}"
         )
     reason = _probe(_weights_url(pcfg))
     if reason:
-        raise RuntimeError(f"could not download pretrained weights for {name}: {reason}; {_HINT}")
+        raise PretrainedError(f"could not download pretrained weights for {name}: {reason}; "
+                              f"{missing_source_hint(name)}; or {_HINT}")
 
 
-def create_features(name: str, pretrained: bool) -> nn.Module:
-    """timm `features_only` model by name; pretrained errors become one clear RuntimeError."""
+def _features_model(name: str) -> nn.Module:
+    """timm `features_only` model, randomly initialised. Where timm's default extractor is not a
+    module sequence (EfficientNet's, MobileNet's), the flattened one is asked for, so that its
+    stages can be cut (split<k>, auto); its tensors are the same modules under flattened names."""
+    fnet = timm.create_model(name, pretrained=False, features_only=True)
+    if isinstance(fnet, FeatureDictNet) or name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return fnet
+    try:
+        flat = timm.create_model(name, pretrained=False, features_only=True,
+                                 feature_cfg={"flatten_sequential": True})
+    except Exception:  # noqa: BLE001 -- a model timm cannot flatten: keep its own extractor
+        return fnet
+    same = list(flat.feature_info.reduction()) == list(fnet.feature_info.reduction())
+    return flat if isinstance(flat, FeatureDictNet) and same else fnet
+
+
+def create_features(name: str, pretrained: bool, weights_file: str | Path | None = None
+                    ) -> tuple[nn.Module, dict[str, object]]:
+    """timm `features_only` model by name and the record of where its weights came from
+    (`medmtl.models.pretrained`: a file, an installed package, timm's hub, or random); pretrained
+    errors become one clear `PretrainedError`."""
     if not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}")
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, features_only=True)
+    if not pretrained and weights_file is None:
+        return _features_model(name), {"kind": "random"}
+    if weights_file is not None or name in PACKAGED:
+        fnet = _features_model(name)
+        source = resolve_weights(fnet, name, weights_file, pretrained)
+        if source is not None:
+            report_once(name, source)
+            return fnet, source
     _check_pretrained(name)
     try:
-        return timm.create_model(name, pretrained=True, features_only=True)
+        fnet = timm.create_model(name, pretrained=True, features_only=True)
     except Exception as e:  # download / cache / hub errors of many types
-        raise RuntimeError(f"could not download pretrained weights for {name}: {e}; {_HINT}") from e
+        raise PretrainedError(f"could not download pretrained weights for {name}: {e}; "
+                              f"{missing_source_hint(name)}; or {_HINT}") from e
+    pcfg = get_pretrained_cfg(name)
+    source = {"kind": "timm", "name": name,
+              "hub": getattr(pcfg, "hf_hub_id", None) or getattr(pcfg, "url", None)}
+    report_once(name, source)
+    return fnet, source
 
 
 def create_backbone(
-    name: str, pretrained: bool = False, width: float | None = None, depth: float | None = None
+    name: str, pretrained: bool = False, width: float | None = None, depth: float | None = None,
+    weights_file: str | Path | None = None,
 ) -> Backbone:
     """`name` is a timm model; with `width`/`depth`, `name` must be a CS3-Darknet and the narrow
-    variant is built (no pretrained weights exist for it)."""
+    variant is built (no pretrained weights exist for it). `weights_file`: the backbone's weights
+    from a file (`medmtl.models.pretrained`)."""
     if width is None and depth is None:
-        return wrap_features(create_features(name, pretrained), name)
+        fnet, source = create_features(name, pretrained, weights_file)
+        bb = wrap_features(fnet, name)
+        bb.weights_source = source
+        return bb
     label = f"{name}[width={width}, depth={depth}]"
-    if pretrained:
-        raise RuntimeError(
+    if pretrained or weights_file is not None:
+        raise PretrainedError(
             f"no pretrained weights exist for the custom narrow CSP-Darknet {label} (size 'n'); "
             "use pretrained=False, size 's'/'m', or set model.backbone to a timm model with weights"
         )

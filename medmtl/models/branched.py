@@ -52,6 +52,9 @@ class BranchedModel(MultiTaskNet):
         ref = next(b for b in (trunk, det_body, cls_body) if b is not None)
         self.out_indices = list(ref.out_indices)
         self.backbone_name = ref.name
+        # where the backbone's weights came from (a package, a file, timm, random): metrics.json,
+        # the checkpoint header; a model rebuilt from a checkpoint gets the checkpoint's record
+        self.backbone_source: dict[str, object] = dict(ref.weights_source)
         # the backbone's own input normalisation (ImageNet mean/std for the CSP-Darknets)
         self.register_buffer("mean", torch.tensor(ref.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(ref.std).view(1, 3, 1, 1), persistent=False)
@@ -78,6 +81,44 @@ class BranchedModel(MultiTaskNet):
             self.classify_head = ClassifyHead(
                 c_in, cfg.num_views, spec.cls_hidden, cfg.view_dropout
             )
+
+        self.freeze_stages = cfg.freeze_stages
+        self._freeze_early_stages()
+
+    # --- frozen early stages (--freeze-stages) ---------------------------------------------------
+    def frozen_stages(self) -> list[nn.Module]:
+        """The backbone stages that --freeze-stages keeps as they were loaded."""
+        out: list[nn.Module] = []
+        for piece in (self.trunk, self.det_body, self.cls_body):
+            if piece is None or not self.freeze_stages:
+                continue
+            if not piece.sequential:
+                raise ValueError(f"--freeze-stages needs a backbone cut into stages; "
+                                 f"{piece.name!r} is one opaque timm extractor")
+            if self.freeze_stages >= piece.num_stages:
+                raise ValueError(f"--freeze-stages {self.freeze_stages}: backbone {piece.name!r} "
+                                 f"has {piece.num_stages} stages; at most "
+                                 f"{piece.num_stages - 1} can be frozen")
+            out += [s for g, s in zip(piece.global_indices(), piece.stages, strict=True)
+                    if g < self.freeze_stages]
+        return out
+
+    def _freeze_early_stages(self) -> None:
+        for stage in self.frozen_stages():
+            stage.requires_grad_(False)
+            stage.eval()
+
+    def train(self, mode: bool = True) -> BranchedModel:
+        super().train(mode)
+        for stage in self.frozen_stages():  # BatchNorm statistics stay the loaded ones
+            stage.eval()
+        return self
+
+    def release_trunk(self) -> None:
+        """Staged training's release of the trunk: everything but the --freeze-stages stages."""
+        if self.trunk is not None:
+            self.trunk.requires_grad_(True)
+        self._freeze_early_stages()
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
@@ -147,7 +188,8 @@ class BranchedModel(MultiTaskNet):
     def shared_stages(self) -> list[tuple[str, list[nn.Parameter]]]:
         if not self.shared_parameters() or self.trunk is None:
             return []
-        stages = self.trunk.stage_parameters()
+        stages = [(n, ps) for n, ps in self.trunk.stage_parameters()
+                  if any(p.requires_grad for p in ps)]  # not the --freeze-stages ones
         if self.view_level is not None and self.neck is not None:
             stages.append((f"neck.{self.view_source}", self.neck.level_parameters(self.view_level)))
         return stages

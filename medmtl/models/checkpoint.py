@@ -84,6 +84,8 @@ def seal(ck: dict[str, Any]) -> dict[str, Any]:
     """Add ``header`` and ``sha256`` to a checkpoint dict (in place; returned)."""
     ck["header"] = checkpoint_header(ck.get("config") or {}, ck.get("names") or [],
                                      ck.get("cls_names") or [])
+    if ck.get("backbone_weights"):  # package and version, or file and sha256 (pretrained.py)
+        ck["header"]["backbone_weights"] = ck["backbone_weights"]
     ck.pop("sha256", None)
     ck["sha256"] = checkpoint_digest(ck)
     return ck
@@ -201,13 +203,16 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: invalid config inside the checkpoint: "
                               f"{clip_text(' '.join(first[:3]), 300)}") from e
     check_backbone(cfg, path, allow_backbone_path)
-    model = build_model(cfg.model.model_copy(update={"pretrained": False}))
+    model = build_model(cfg.model.model_copy(update={"pretrained": False,
+                                                      "backbone_weights": None}))
     state = ck["ema"]["module"] if use_ema and ck.get("ema") else ck["model"]
     bad = nonfinite_tensors(state)
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN/inf (first: "
                               f"{', '.join(bad[:3])}); this checkpoint cannot predict")
     load_weights(model, state, path)
+    if ck.get("backbone_weights"):
+        model.backbone_source = dict(ck["backbone_weights"])
     return model.to(device).eval(), cfg, ck
 
 
@@ -218,4 +223,5 @@ def checkpoint_dict(model: nn.Module, cfg: Any, names: Sequence[str],
     return seal({"model": model.state_dict(), "ema": None, "config": cfg.model_dump(mode="json"),
                  "names": list(names), "cls_names": list(cls_names), "epoch": epoch,
                  "step_in_epoch": 0, "best_fitness": None, "best_epoch": epoch, "history": [],
-                 "train_seconds": 0.0})
+                 "train_seconds": 0.0,
+                 "backbone_weights": dict(getattr(model, "backbone_source", None) or {}) or None})

@@ -29,5 +29,6 @@ def config_backbone(cfg: ModelConfig) -> Backbone:
     """A fresh backbone: `cfg.backbone` (any timm model) if set, else the size's CSP-Darknet."""
     spec = SIZES[cfg.size]
     if cfg.backbone is not None:
-        return create_backbone(cfg.backbone, cfg.pretrained)
-    return create_backbone(spec.backbone, cfg.pretrained, spec.width, spec.depth)
+        return create_backbone(cfg.backbone, cfg.pretrained, weights_file=cfg.backbone_weights)
+    return create_backbone(spec.backbone, cfg.pretrained, spec.width, spec.depth,
+                           weights_file=cfg.backbone_weights)
