@@ -144,3 +144,28 @@ def test_nms_in_graph_matches_predict(tmp_path: Path, capsys: pytest.CaptureFixt
     # --int8 without a data YAML to calibrate on: one line naming the checkpoint
     code, err = run_main(["export", "--weights", str(ck), "--int8"], capsys)
     assert code != 0 and "m.pt" in err and "--calib-data" in err
+
+
+def test_int8_graph_of_a_tf_padded_backbone_runs(synth_tiny: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """EfficientNet-Lite computes TF "same" padding from the input's shape inside the graph;
+    quantising that arithmetic changed the pad widths and ONNX Runtime failed in the neck's
+    concat ("Non concat axis dimensions must match"). The shape nodes stay float
+    (`shape_nodes`), so the INT8 graph runs and its view probabilities follow the float graph's."""
+    from medmtl.inference.compress import shape_nodes
+
+    logging.getLogger().setLevel(logging.ERROR)
+    ck = make_checkpoint(tmp_path / "lite.pt", backbone="tf_efficientnet_lite0")
+    code, err = run_main(["export", "--weights", str(ck), "--int8", "--calib-data",
+                          str(synth_tiny), "--calib-n", "8"], capsys)
+    assert code == 0, err
+    import onnx
+
+    assert len(shape_nodes(onnx.load(str(tmp_path / "lite.onnx")))) > 10  # the pad arithmetic
+    fp, i8 = (load_model(tmp_path / f"lite{s}.onnx") for s in ("", ".int8"))
+    imgs = images()
+    a, b = fp.predict_batch(imgs), i8.predict_batch(imgs)
+    for ra, rb in zip(a, b, strict=True):
+        pa, pb = (np.array(list(r.view_probs.values())) for r in (ra, rb))
+        assert pb.shape == (3,) and np.isfinite(pb).all()
+        assert np.abs(pa - pb).max() < 0.25, (pa, pb)  # 8-bit activations move them a little

@@ -6,7 +6,8 @@
 - `half_graph`: fp16 weights and compute with ONNX Runtime's float16 converter
   (`onnxruntime.transformers.float16`), float32 input and outputs.
 
-Both leave the nodes outside the network in float32: the box decoding (DFL softmax, anchor
+Both leave the nodes outside the network in float32, and INT8 leaves the shape arithmetic
+(`shape_nodes`: TF "same" padding's pad widths) in float too: the box decoding (DFL softmax, anchor
 arithmetic) and, with ``--nms``, the NMS head. Quantising the decoded pixel coordinates to 8 bits
 would cost up to a pixel per 256 of range for nothing; only the network's own layers are
 compressed. The graph's ``medmtl`` metadata gains a ``compression`` block.
@@ -29,6 +30,24 @@ def wrapper_nodes(proto: Any) -> list[str]:
     """Names of the graph's nodes that are not part of the network (``/model/...``): the
     decoding and NMS that `ExportWrapper` adds, left in float32."""
     return [n.name for n in proto.graph.node if not n.name.startswith("/model/")]
+
+
+def shape_nodes(proto: Any) -> list[str]:
+    """Names of the nodes that compute on tensor shapes (everything downstream of a ``Shape`` or
+    ``Size`` whose other inputs are constants): TF "same" padding (EfficientNet-Lite) works out
+    its pad widths this way. Quantising that arithmetic changes the pad widths and so the maps'
+    sizes (ONNX Runtime then fails in the neck's concat: "Non concat axis dimensions must
+    match"); it is integer bookkeeping, not network compute, and stays float."""
+    const = {i.name for i in proto.graph.initializer}
+    const |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    derived: set[str] = set()
+    out: list[str] = []
+    for n in proto.graph.node:  # ONNX graphs are topologically sorted
+        ins = [i for i in n.input if i and i not in const]
+        if n.op_type in ("Shape", "Size") or (ins and all(i in derived for i in ins)):
+            derived.update(n.output)
+            out.append(n.name)
+    return out
 
 
 def _set_meta(proto: Any, extra: dict[str, Any]) -> None:
@@ -102,7 +121,7 @@ def int8_graph(src: str | Path, dst: str | Path, images: Sequence[Path], imgsz: 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=wrapper_nodes(proto))
+                    nodes_to_exclude=wrapper_nodes(proto) + shape_nodes(proto))
     out = onnx.load(str(dst))
     _set_meta(out, {"compression": {"kind": "int8", "method": "onnxruntime quantize_static",
                                     "format": "QDQ", "weights": "int8 per-channel",

@@ -254,6 +254,9 @@ class OnnxPredictor(BasePredictor):
         # this process between runs, and spinning threads starved them until the next scheduler
         # tick (on 2 cores every end-to-end call took a multiple of 4 ms: 8.0 ms, not 5.4 ms)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # errors only: an INT8 graph of a TF-padded backbone makes ONNX Runtime list every unused
+        # constant it removes, one warning line each
+        opts.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if str(device).startswith(("cuda", "auto")) and \
                 "CUDAExecutionProvider" in ort.get_available_providers():
