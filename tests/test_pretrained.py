@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from medmtl.config import ModelConfig
-from medmtl.models import build_model
 from medmtl.models import backbone as backbone_mod
+from medmtl.models import build_model
 from medmtl.models import pretrained as pre
 from medmtl.models.pretrained import PretrainedError
 from tests._cli import run_main
