@@ -103,6 +103,11 @@ class LossConfig(BaseModel):
                                                  "comma-separated in cls_names order",
                                                  panel=_LOSS)
     assigner_topk: int = opt(10, "Task-aligned assigner: candidates per box", panel=_LOSS, ge=1)
+    view_balance: Literal["none", "weighted", "sampler", "logit-adjust"] = opt(
+        "none", "View class imbalance: none | weighted (cross-entropy weights n / (K n_c) from the "
+        "training split's view counts, or --view-class-weights) | sampler (images drawn with "
+        "probability 1 / n_c of their view) | logit-adjust (training logits + log prior, Menon "
+        "et al. 2021)", panel=_LOSS)
 
     @field_validator("view_class_weights")
     @classmethod

@@ -106,9 +106,21 @@ class RunData:
                       f"applied: {applied}; copied to {kept}")
 
     def data_record(self) -> dict[str, Any]:
-        """metrics.json's `data` block: the corrections and the view-label policy of the run."""
+        """metrics.json's `data` block: the corrections, the view-label policy of the run and
+        the view-imbalance remedy with the training counts it rests on."""
         return {"corrections": self.corrections.record() if self.corrections else None,
-                "view_labels": dict(self.view_policy), "clip_regex": self.cfg.clip_regex}
+                "view_labels": dict(self.view_policy), "clip_regex": self.cfg.clip_regex,
+                "view_balance": {"policy": self.cfg.loss.view_balance,
+                                 "train_view_counts": dict(zip(self.cls_names,
+                                                               self.view_counts(), strict=True))}}
+
+    def view_counts(self) -> list[int]:
+        """Training images per view class (after the view-label policy)."""
+        counts = [0] * len(self.cls_names)
+        for r in self.train_set.records:
+            if r.view is not None and 0 <= r.view < len(counts):
+                counts[r.view] += 1
+        return counts
 
     def partial_labels(self) -> bool:
         """Whether some training image lacks boxes or a view label."""
@@ -120,6 +132,9 @@ class RunData:
 
     def epoch_order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        if self.cfg.loss.view_balance == "sampler":
+            return balanced_order([r.view for r in self.train_set.records],
+                                  len(self.cls_names), g)
         return torch.randperm(len(self.train_set), generator=g).tolist()
 
     def rank_indices(self, order: list[int], first_batch: int, end_batch: int) -> list[int]:
@@ -166,6 +181,21 @@ class RunData:
             self._loaders[key] = loader
         loader.sampler.indices = list(indices)
         return loader
+
+
+def balanced_order(views: list[int | None], num_views: int, g: torch.Generator) -> list[int]:
+    """--view-balance sampler: an epoch of as many draws (with replacement) as images, each
+    image with probability proportional to 1 / n_c of its view class c (every class drawn
+    equally often); an image without a view label weighs as much as the average image."""
+    counts = [0] * num_views
+    for v in views:
+        if v is not None:
+            counts[v] += 1
+    w = [1.0 / counts[v] if v is not None else 0.0 for v in views]
+    seen = [x for x in w if x > 0]
+    mean = sum(seen) / len(seen) if seen else 1.0
+    weights = torch.tensor([x if x > 0 else mean for x in w], dtype=torch.float64)
+    return torch.multinomial(weights, len(views), replacement=True, generator=g).tolist()
 
 
 class _IndexSampler(torch.utils.data.Sampler[int]):

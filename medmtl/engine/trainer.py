@@ -156,7 +156,8 @@ class Trainer:
         self.loss_tasks = (*self.tasks, DISTILL) if self.teacher else self.tasks
         self.criterion = MultiTaskCriterion(self.tasks, cfg.model.num_classes,
                                             cfg.model.num_views, cfg.model.reg_max,
-                                            self.model.strides, cfg.loss, self.teacher is not None)
+                                            self.model.strides, cfg.loss, self.teacher is not None,
+                                            self.data.view_counts())
         self.balancer = create_balancer(self.loss_tasks, cfg.balancer)
         self.balancer.comm = self.comm
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads

@@ -57,7 +57,8 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate,
                                          num_workers=workers)
     det_loss = DetectionLoss(cfg.model.num_classes, cfg.model.reg_max, list(model.strides), cfg.loss)
-    view_loss = ViewLoss(cfg.model.num_views, cfg.loss)
+    # the plain cross-entropy: a checkpoint read alone does not know its training view counts
+    view_loss = ViewLoss(cfg.model.num_views, cfg.loss.model_copy(update={"view_balance": "none"}))
     inf = run_inference(model, loader, dev, conf if conf is not None else cfg.conf_thres,
                         iou if iou is not None else cfg.iou_thres, cfg.max_det, det_loss, view_loss,
                         amp_dtype(dev, cfg.amp))

@@ -10,6 +10,25 @@ from medmtl.config import LossConfig
 from medmtl.distributed import LOCAL, Comm
 
 
+def view_balance_terms(cfg: LossConfig, num_views: int, counts: list[int] | None
+                       ) -> tuple[list[float] | None, list[float] | None]:
+    """(class weights, prior) of the view loss under ``cfg.view_balance``, from the training
+    split's view counts: ``weighted`` gives n / (K n_c) unless --view-class-weights names them;
+    ``logit-adjust`` gives the prior n_c / n (a class never seen counts as half an image)."""
+    w = cfg.view_class_weights
+    mode = cfg.view_balance
+    if mode not in ("weighted", "logit-adjust") or (mode == "weighted" and w is not None):
+        return w, None
+    if counts is None or len(counts) != num_views or sum(counts) == 0:
+        raise ValueError(f"--view-balance {mode} needs the training split's view counts "
+                         f"({num_views} classes), got {counts}")
+    c = [max(float(n), 0.5) for n in counts]
+    total = sum(c)
+    if mode == "weighted":
+        return [total / (num_views * n) for n in c], None
+    return w, [n / total for n in c]
+
+
 class ViewLoss:
     """Cross-entropy over the rows of ``view_mask``, with optional label smoothing and class weights
     (``LossConfig.label_smoothing``, ``LossConfig.view_class_weights``); PyTorch's weighted mean
@@ -19,21 +38,35 @@ class ViewLoss:
     (divided by the world size), so the ranks' average is the global batch's loss; every rank must
     call it, and a rank without view labels gets a graph-connected zero instead of None."""
 
-    def __init__(self, num_views: int, cfg: LossConfig | None = None) -> None:
+    def __init__(self, num_views: int, cfg: LossConfig | None = None,
+                 counts: list[int] | None = None) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.num_views = num_views
         self.label_smoothing = float(cfg.label_smoothing)
-        w = cfg.view_class_weights
+        w, prior = view_balance_terms(cfg, num_views, counts)
         if w is not None and len(w) != num_views:
             raise ValueError(f"view_class_weights has {len(w)} entries, expected {num_views}")
         self.weight = torch.tensor(w, dtype=torch.float32) if w is not None else None
+        # logit adjustment: the training logits get + log(prior), so that the softmax trained on
+        # them leaves the plain logits balanced (inference reads the plain logits)
+        self.log_prior = torch.tensor(prior, dtype=torch.float32).log() if prior else None
         self._weight_on: dict[torch.device, Tensor] = {}  # per-device copy, made once
+        self._prior_on: dict[torch.device, Tensor] = {}
+
+    def _adjust(self, logits: Tensor) -> Tensor:
+        if self.log_prior is None:
+            return logits
+        lp = self._prior_on.get(logits.device)
+        if lp is None:
+            lp = self._prior_on.setdefault(logits.device, self.log_prior.to(logits.device))
+        return logits + lp
 
     def __call__(self, logits: Tensor, view: Tensor, view_mask: Tensor, comm: Comm = LOCAL,
                  present: bool = False) -> Tensor | None:
         """`present=True`: the caller knows (on the host) that the batch has view labels; the
         loss is then computed without boolean indexing, i.e. without a device-to-host sync."""
         mask = view_mask.to(device=logits.device, dtype=torch.bool)
+        logits = self._adjust(logits)
         if comm.active or present:
             return self._global_mean(logits, view, mask, comm)
         if not bool(mask.any()):  # the one host sync: None must be decided on the host

@@ -28,11 +28,11 @@ class MultiTaskCriterion:
 
     def __init__(self, tasks: Sequence[str], num_classes: int, num_views: int, reg_max: int,
                  strides: Sequence[int], cfg: LossConfig | None = None,
-                 distill: bool = False) -> None:
+                 distill: bool = False, view_counts: list[int] | None = None) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.tasks = tuple(tasks)
         self.detect = DetectionLoss(num_classes, reg_max, list(strides), cfg)
-        self.view = ViewLoss(num_views, cfg)
+        self.view = ViewLoss(num_views, cfg, view_counts)
         self.distill = DistillLoss(num_classes, reg_max, cfg) if distill else None
 
     def __call__(self, out: Mapping[str, Any], targets: Mapping[str, Any],
