@@ -22,12 +22,14 @@ def synth(
     seed: Annotated[int, Opt(help="Random seed (same seed, same bytes)")] = 0,
     view_flips: Annotated[float, Opt(min=0.0, max=1.0, help="Probability that a frame's view "
                                      "label is another view (a minority of each clip)")] = 0.0,
+    no_jet: Annotated[float, Opt(min=0.0, max=0.99, help="Probability that a frame is jet-free "
+                                 "(labelled 'none': a detection negative)")] = 0.0,
 ) -> None:
     """Write a synthetic colour-Doppler echo data set in the real on-disk format."""
     from medmtl.data.synth import generate
 
     yaml_path = generate(out, n_train=train, n_val=val, imgsz=imgsz, seed=seed, n_test=test,
-                         view_flips=view_flips)
+                         view_flips=view_flips, no_jet=no_jet)
     console.print(f"wrote {yaml_path}")
 
 

@@ -41,7 +41,8 @@ def _split_report(idx: SplitIndex, first: int) -> dict[str, Any]:
         "views_per_class": dict(idx.summary["views_per_class"]),
         "images_without_view": [r.label_path.name if r.label_path else r.path.name
                                 for r in recs if r.view is None],
-        "images_without_boxes": [r.path.name for r in recs if not r.has_boxes],
+        "images_without_boxes": [r.path.name for r in recs if not r.det_labelled],
+        "images_no_jet": sum(r.no_jet for r in recs),
         "problems": {"counts": dict(kinds.most_common()),
                      "first": [str(p) for p in idx.problems[:first]]},
         "image_sizes": dict(Counter(f"{r.width}x{r.height}" for r in recs).most_common()),
@@ -134,7 +135,8 @@ def render_audit(report: dict[str, Any]) -> Group:
              for c in report["cls_names"]]
     rows += [
         ("no view line", [str(len(splits[s]["images_without_view"])) for s in names]),
-        ("no boxes", [str(len(splits[s]["images_without_boxes"])) for s in names]),
+        ("no boxes (unlabelled)", [str(len(splits[s]["images_without_boxes"])) for s in names]),
+        ("no jet ('none')", [str(splits[s]["images_no_jet"]) for s in names]),
         ("label problems", [str(sum(splits[s]["problems"]["counts"].values())) for s in names]),
         ("image sizes", [", ".join(f"{k}:{v}" for k, v in splits[s]["image_sizes"].items())
                          for s in names]),

@@ -40,7 +40,7 @@ class MTLDataset(Dataset[dict[str, Any]]):
     ``train=False``: letterbox only. ``train=True``: optional mosaic, random scale/translate,
     left-right flip, HSV and brightness/contrast, all from ``augment`` (None: no augmentation).
     ``cache=True`` decodes and letterboxes every image once, up front, into one uint8 array
-    (shared copy-on-write with forked workers). ``det_mask``/``view_mask`` come from the record:
+    (shared copy-on-write with forked workers). ``det_mask``/``view_mask`` come from the record (boxes, or "none": a negative frame):
     an augmented labelled image whose boxes all left the frame keeps ``det_mask=True`` (a negative).
     A mosaic uses four images with boxes and, when the first has a view, the same view.
     """
@@ -167,7 +167,7 @@ class MTLDataset(Dataset[dict[str, Any]]):
             "image": image,
             "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
             "box_classes": torch.from_numpy(np.asarray(classes, np.int64).reshape(-1)),
-            "det_mask": rec.has_boxes and ok,
+            "det_mask": rec.det_labelled and ok,
             "view": -1 if rec.view is None or not ok else int(rec.view),
             "view_mask": rec.view is not None and ok,
             "meta": {"image_id": rec.image_id, "path": str(rec.path),

@@ -4,6 +4,8 @@ Label file (one per image, under ``labels/`` beside ``images/``, same stem)::
 
     cls cx cy w h                 detection, YOLO box (normalised)
     cls x1 y1 x2 y2 ... xn yn     detection, polygon with n >= 3 points -> enclosing box
+    none                          or: looked at, no jet here (a negative: trains detection as
+                                  background); a file without box lines leaves detection unlabelled
                                   (blank line)
     0 1 0                         view: one-hot over cls_names, the last non-empty line
 
@@ -36,6 +38,7 @@ from medmtl.errors import clip_text
 if TYPE_CHECKING:
     from medmtl.data.corrections import Corrections
 
+NO_JET = "none"  # a detection line saying: looked at, nothing to box (a negative frame)
 MAX_BOXES = 1000  # boxes per image (default of --max-boxes): the assigner's memory grows with it
 MAX_LABEL_BYTES = 16 << 20  # a label file larger than this is not read
 COORD_TOL = 1e-3  # normalised coordinates this far outside [0, 1] are clipped without a warning
@@ -65,10 +68,16 @@ class ImageRecord:
     view: int | None
     has_label_file: bool
     label_path: Path | None = None
+    no_jet: bool = False  # the label file says "none": looked at, no box here
 
     @property
     def has_boxes(self) -> bool:
         return len(self.boxes) > 0
+
+    @property
+    def det_labelled(self) -> bool:
+        """Detection is labelled: boxes, or an explicit "none" (a negative frame)."""
+        return self.has_boxes or self.no_jet
 
     @property
     def has_view(self) -> bool:
@@ -95,6 +104,7 @@ class ParsedLabels:
     view: int | None
     problems: list[LabelProblem]
     counts: Counter[str]
+    no_jet: bool = False
 
 
 def _where(file: Path | str, line: int | None) -> str:
@@ -175,6 +185,9 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
     boxes: list[list[float]] = []
     classes: list[int] = []
     box_lines = [i for i in nonblank if i != view_line and i not in view_extra]
+    none_lines = [i for i in box_lines if lines[i].strip().lower() == NO_JET]
+    box_lines = [i for i in box_lines if i not in none_lines]
+    no_jet = bool(none_lines)
     if len(box_lines) > max_boxes:
         extra = len(box_lines) - max_boxes
         problems.append(_problem(file, box_lines[max_boxes] + 1, "too_many_boxes", f"{len(box_lines)} "
@@ -231,8 +244,13 @@ def parse_label_text(text: str, file: Path | str, width: int, height: int,
         boxes.append([x1, y1, x2, y2])
         classes.append(int(c))
         counts["boxes"] += 1
+    if no_jet and (boxes or counts["boxes_skipped"]):
+        problems.append(_problem(file, none_lines[0] + 1, "no_jet_conflict", "'none' (no jet) "
+                                 "beside box lines; the boxes are kept, the 'none' ignored",
+                                 "error"))
+        no_jet = False
     return ParsedLabels(np.asarray(boxes, np.float32).reshape(-1, 4),
-                        np.asarray(classes, np.int64), view, problems, counts)
+                        np.asarray(classes, np.int64), view, problems, counts, no_jet)
 
 
 def _is_float(t: str) -> bool:
@@ -321,14 +339,15 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
                 parsed = parse_label_text(text, lbl, w, h, nc, nv, tol, max_boxes)
                 problems += parsed.problems
                 counts.update(parsed.counts)
-                if len(parsed.boxes) == 0 and nc > 0:
+                if len(parsed.boxes) == 0 and nc > 0 and not parsed.no_jet:
                     problems.append(_problem(lbl, None, "no_boxes", "no usable detection box; image "
-                                             "excluded from the detection loss", "warning"))
+                                             "excluded from the detection loss (write 'none' in "
+                                             "its label file if it has no jet)", "warning"))
                 if parsed.view is None and nv > 0:
                     problems.append(_problem(lbl, None, "no_view", "no usable view line; image "
                                              "excluded from the view loss and metrics", "warning"))
         rec = ImageRecord(img, image_id, w, h, parsed.boxes, parsed.classes, parsed.view,
-                          has_label, lbl if has_label else None)
+                          has_label, lbl if has_label else None, parsed.no_jet)
         if corrections is not None:
             counts["corrections"] += corrections.apply(rec, key)
         records.append(rec)
@@ -348,8 +367,9 @@ def scan_split(spec: DatasetSpec, split: str, strict: bool = False,
         "images_used": len(records),
         "images_skipped": counts["images_skipped"] + counts["duplicate_stem"],
         "images_unlabelled": counts["images_unlabelled"],
-        "images_det": sum(r.has_boxes for r in records),
-        "images_det_masked": sum(not r.has_boxes for r in records),
+        "images_det": sum(r.det_labelled for r in records),
+        "images_det_masked": sum(not r.det_labelled for r in records),
+        "images_no_jet": sum(r.no_jet for r in records),
         "images_view": sum(r.has_view for r in records),
         "images_view_masked": sum(not r.has_view for r in records),
         "boxes": counts["boxes"],

@@ -135,9 +135,11 @@ def _paint(
 
 
 def render(
-    clip: Clip, size: int, rng: np.random.Generator
+    clip: Clip, size: int, rng: np.random.Generator, with_jets: bool = True
 ) -> tuple[np.ndarray, list[tuple[int, tuple[float, float, float, float]]]]:
-    """One frame: RGB uint8 (size, size, 3) and [(class, (x1, y1, x2, y2) normalised)]."""
+    """One frame: RGB uint8 (size, size, 3) and [(class, (x1, y1, x2, y2) normalised)].
+    ``with_jets=False``: a jet-free frame of the clip (diastole): the colour box and its laminar
+    flow are drawn where the jet would be, the aliased jet is not, and the list is empty."""
     s = size
     apex = np.array([0.5, clip.apex_y])
     geom = _Geom(s, (0.5, clip.apex_y), clip.zoom, clip.tilt, clip.shift)
@@ -218,13 +220,16 @@ def render(
             noise += 0.2 * _smooth_noise(rng, (h, w), max(1.5, s / 80.0))
             return sign * (0.45 + 0.5 * core) + noise
 
+        if not with_jets:  # the colour box still surrounds where the jet would be
+            jet_pts.append(poly)
+            continue
         box = _paint(rgb, poly, fan, blur, jet_velocity)
         if box is None or min(box[2] - box[0], box[3] - box[1]) < 2:
             continue
         boxes_px.append(box)
         jet_pts.append(poly)
         labels.append((cls, (box[0] / s, box[1] / s, box[2] / s, box[3] / s)))
-    if not labels:  # cannot happen with the sites above; keep the contract anyway
+    if not labels and with_jets:  # cannot happen with the sites above; keep the contract anyway
         raise RuntimeError("synthetic jet fell outside the fan")
 
     # colour box (sector) around the jets; laminar flow inside it, away from the jet boxes

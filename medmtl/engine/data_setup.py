@@ -124,7 +124,7 @@ class RunData:
 
     def partial_labels(self) -> bool:
         """Whether some training image lacks boxes or a view label."""
-        return any(not (r.has_boxes and r.has_view) for r in self.train_set.records)
+        return any(not (r.det_labelled and r.has_view) for r in self.train_set.records)
 
     def batches_per_epoch(self) -> int:
         n, b = len(self.train_set), self.cfg.batch

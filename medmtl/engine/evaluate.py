@@ -25,6 +25,7 @@ from medmtl.evaluation.metrics import (
     classification_metrics,
     detection_confusion,
     detection_prf,
+    negative_frames,
 )
 from medmtl.evaluation.postprocess import postprocess
 
@@ -144,6 +145,9 @@ def score(
         coco = evaluate_coco(gt, results, list(names))
         prf = detection_prf(records, det_list, len(names))
         det_block = {"coco": coco, "prf": prf}
+        negatives = negative_frames(records, det_list)
+        if negatives is not None:  # frames labelled "none": false positives per jet-free frame
+            extra["detection_negatives"] = negatives
         if out is not None:
             write_json(out / "ground_truth.json", gt)
             write_json(out / "predictions.json", results)

@@ -19,7 +19,28 @@ from torchvision.ops import box_iou
 
 from .coco import as_numpy
 
-__all__ = ["detection_confusion", "detection_prf", "match_detections"]
+__all__ = ["detection_confusion", "detection_prf", "match_detections", "negative_frames"]
+
+NEGATIVE_CONFS = (0.25, 0.5)
+
+
+def negative_frames(records: Sequence[Any], detections: Sequence[Any],
+                    confs: Sequence[float] = NEGATIVE_CONFS) -> dict[str, Any] | None:
+    """False positives on the frames labelled "none" (looked at, no jet): their count, the
+    detections per such frame at each confidence in ``confs``, the share of them with any
+    detection, and the mean of each frame's top score. None when no record says "none"."""
+    idx = [i for i, r in enumerate(records) if getattr(r, "no_jet", False)]
+    if not idx:
+        return None
+    scores = [np.asarray(detections[i], dtype=np.float64).reshape(-1, 6)[:, 4] for i in idx]
+    top = [float(s.max()) if len(s) else 0.0 for s in scores]
+    n = len(idx)
+    return {"images": n,
+            "fp_per_image": {f"{c:g}": sum(int((s >= c).sum()) for s in scores) / n
+                             for c in confs},
+            "images_with_fp": {f"{c:g}": sum(bool((s >= c).any()) for s in scores) / n
+                               for c in confs},
+            "mean_top_score": float(np.mean(top))}
 
 
 def _dets_for(detections_per_image: Sequence[Any] | Mapping[int, Any], i: int, image_id: int):

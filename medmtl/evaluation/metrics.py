@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from .coco import as_numpy, to_jsonable
-from .detection_metrics import detection_confusion, detection_prf, match_detections
+from .detection_metrics import (
+    detection_confusion,
+    detection_prf,
+    match_detections,
+    negative_frames,
+)
 
 __all__ = [
     "build_metrics_json",
@@ -25,6 +30,7 @@ __all__ = [
     "detection_block",
     "detection_confusion",
     "detection_prf",
+    "negative_frames",
     "match_detections",
 ]
 
