@@ -76,7 +76,8 @@ def make_run(root: Path, method: str, seed: int, map50: float | None, acc: float
     classification = None if acc is None else {
         "accuracy": acc, "macro_f1": round(acc - .021, 4),
         "confusion": [[50 + seed, 3, 2], [4, 61, 5], [1, 6, 51 - seed]],
-        "per_class": {v: {"precision": .9, "recall": .85, "f1": .87} for v in VIEWS}}
+        "per_class": {v: {"precision": .9, "recall": round(.8 + .01 * seed + .02 * i, 4),
+                          "f1": .87} for i, v in enumerate(VIEWS)}}
     metrics = {
         "split": "val", "images": 183, "detection": detection, "classification": classification,
         "val_loss": {"detect": 1.41 + seed * 0.01 if map50 is not None else None,
@@ -437,3 +438,22 @@ def test_single_seed_one_banner_not_dashes(tmp_path: Path) -> None:
     assert row["Δ mAP@0.5 vs baseline (%)"] == f"{(0.633 - 0.612) / 0.612 * 100:+.1f}"
     with pytest.raises(ValueError, match="baseline 'dwa'"):
         write_report(tmp_path, baseline="dwa", plots=False)
+
+
+def test_view_recall_per_class_is_the_mean_over_seeds(study: Path,
+                                                      report: dict[str, Path]) -> None:
+    """Accuracy alone hides a view the model never predicts: the report lists each view's
+    recall (mean over seeds) next to it."""
+    lines = report["md"].read_text().splitlines()
+    at = lines.index(next(ln for ln in lines if ln.startswith("### View recall per class")))
+    header, *rows = [[c.strip() for c in ln.strip("|").split(" | ")]
+                     for ln in lines[at + 1:at + 12] if ln.startswith("| ")]
+    assert header == ["method", *VIEWS]
+    by_method = {r[0]: r[1:] for r in rows}
+    for method, seeds in STUDY.items():
+        if seeds[0][1] is None:
+            assert method not in by_method
+            continue
+        n = len(seeds)
+        want = [f"{.8 + .01 * (n - 1) / 2 + .02 * i:.3f}" for i in range(len(VIEWS))]
+        assert by_method[method] == want, method

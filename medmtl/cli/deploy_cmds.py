@@ -44,8 +44,10 @@ def val(
 
 @app.command()
 def predict(
-    weights: Annotated[Path, Opt(help="Checkpoint (.pt) or exported graph (.onnx)")],
     source: Annotated[str, Opt(help="Image, folder, glob, video (mp4/avi) or DICOM file")],
+    weights: Annotated[Path | None, Opt(help="Checkpoint (.pt) or exported graph (.onnx) "
+                                        "\\[default: the shipped echo model, "
+                                        "weights/medmtl-echo.pt]")] = None,
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/predict"),
     conf: Annotated[float, Opt(help="Box score threshold", min=0.0, max=1.0)] = 0.25,
     iou: Annotated[float, Opt(help="NMS IoU", min=0.0, max=1.0)] = 0.6,

@@ -104,14 +104,15 @@ def image_line(r: FrameResult) -> dict[str, Any]:
             "text": "; ".join(t for t in (view, jets) if t)}
 
 
-def predict_command(weights: str | Path, source: str | Path, out: str | Path = "runs/predict",
+def predict_command(weights: str | Path | None, source: str | Path, out: str | Path = "runs/predict",
                     conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
                     imgsz: int | None = None, device: str = "auto", save_media: bool = True,
                     view_min_prob: float = 0.0, allow_backbone_path: bool = False,
                     ) -> dict[str, Any]:
     """Detect jets and classify the view on images, a folder, a glob, videos or DICOM files.
 
-    WEIGHTS: a checkpoint (.pt) or an exported graph (.onnx). Writes to OUT: one annotated image
+    WEIGHTS: a checkpoint (.pt) or an exported graph (.onnx); None: the shipped echo model
+    (weights/medmtl-echo.pt). Writes to OUT: one annotated image
     per image (boxes with class and score, the view and its probability in a corner) or an
     annotated mp4 per video/DICOM clip (--no-save-media: none); predictions.jsonl, one line per
     frame (source, frame, image size, boxes in original pixels with class and score, view

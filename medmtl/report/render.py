@@ -27,7 +27,13 @@ from medmtl.report.render_stats import (
     stats_notes,
     verdict_cell,
 )
-from medmtl.report.setup import per_class_ap_blocks, setup_blocks, single_seed_banner, withheld
+from medmtl.report.setup import (
+    per_class_ap_blocks,
+    per_class_recall_blocks,
+    setup_blocks,
+    single_seed_banner,
+    withheld,
+)
 from medmtl.report.stats import ALPHA, aggregate, deployment_points, method_order, recommend
 from medmtl.report.tuning import tuning_blocks
 from medmtl.report.view_labels import VIEW_LABEL_KEYS, run_view_labels, view_label_blocks
@@ -253,6 +259,7 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
     b += per_class_ap_blocks(runs, list(methods))
     b.append(("h", 2, "View classification"))
     b.append(_table(summary, ["accuracy", "macro_f1", *VIEW_LABEL_KEYS], ["rel"]))
+    b += per_class_recall_blocks(runs, list(methods))
     b += view_label_blocks(summary)
     b.append(("h", 2, "Δm against the single-task models"))
     b += delta_m_blocks(summary)

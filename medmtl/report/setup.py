@@ -85,8 +85,21 @@ def withheld(summary: dict[str, Any]) -> str | None:
 
 def per_class_ap_blocks(runs: Sequence[Run], methods: Sequence[str]) -> list[Block]:
     """AP@0.5 per jet class (AR, MR, PR, TR) and method, mean over finished seeds."""
+    return _per_class_blocks(runs, methods, "detection", "ap50", "AP@0.5 per class (mean over "
+                             "seeds; n/a: no such jet in the scored split)")
+
+
+def per_class_recall_blocks(runs: Sequence[Run], methods: Sequence[str]) -> list[Block]:
+    """View recall per class (A4C, PLAX, PSAX) and method, mean over finished seeds: accuracy
+    alone hides a class the model never predicts."""
+    return _per_class_blocks(runs, methods, "classification", "recall", "View recall per class "
+                             "(mean over seeds; n/a: no such view in the scored split)")
+
+
+def _per_class_blocks(runs: Sequence[Run], methods: Sequence[str], section: str, field: str,
+                      title: str) -> list[Block]:
     def per_class(r: Run) -> dict[str, Any]:
-        return ((r.metrics or {}).get("detection") or {}).get("per_class") or {}
+        return ((r.metrics or {}).get(section) or {}).get("per_class") or {}
 
     names: list[str] = []
     for r in runs:
@@ -97,14 +110,13 @@ def per_class_ap_blocks(runs: Sequence[Run], methods: Sequence[str]) -> list[Blo
     for m in methods:
         cells = []
         for n in names:
-            xs = [per_class(r).get(n, {}).get("ap50") for r in runs
+            xs = [per_class(r).get(n, {}).get(field) for r in runs
                   if r.method == m and r.finished]
             xs = [x for x in xs if x is not None]
             cells.append(f"{sum(xs) / len(xs):.3f}" if xs else "n/a")
         if any(c != "n/a" for c in cells):
             rows.append([m, *cells])
-    return [("h", 3, "AP@0.5 per class (mean over seeds; n/a: no such jet in the scored split)"),
-            ("table", ["method", *names], rows)] if rows else []
+    return [("h", 3, title), ("table", ["method", *names], rows)] if rows else []
 
 
 def class_name(key: str, names: Sequence[str]) -> str:
@@ -112,5 +124,5 @@ def class_name(key: str, names: Sequence[str]) -> str:
     return names[int(key)] if key.isdigit() and int(key) < len(names) else key
 
 
-__all__ = ["class_name", "per_class_ap_blocks", "setup_blocks",
+__all__ = ["class_name", "per_class_ap_blocks", "per_class_recall_blocks", "setup_blocks",
            "single_seed_banner", "withheld"]
