@@ -26,7 +26,7 @@ SPLIT=${SPLIT:-runs/study/split}
   --imgsz "${IMGSZ:-128}" --size n --batch 16 --workers "${WORKERS:-1}" \
   --test-split grouped --test-fraction 0.2 --split-seed 0 \
   --backbone tf_efficientnet_lite0 --pretrained --freeze-stages 2 \
-  --jobs "${JOBS:-2}" --methods detect,classify,fixed,staged --out "$OUT" 2>&1 | tee -a "$OUT.log"
+  --jobs "${JOBS:-2}" --methods "${METHODS:-detect,classify,fixed,staged}" --out "$OUT" 2>&1 | tee -a "$OUT.log"
 mkdir -p "$DOCS"
 cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$DOCS/"
 echo "study_pretrained: report in $DOCS/report.md"

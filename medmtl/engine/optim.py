@@ -14,13 +14,27 @@ from medmtl.distributed import Comm, average_gradients
 
 def build_optimizer(model: torch.nn.Module, extra: list[torch.nn.Parameter], cfg: TrainConfig,
                     device: torch.device) -> torch.optim.Optimizer:
-    """Weight decay on weights (ndim > 1) only; `extra` (a balancer's own parameters) undecayed."""
-    decay, no_decay = [], []
+    """Weight decay on weights (ndim > 1) only; `extra` (a balancer's own parameters) undecayed.
+    The backbone's parameters learn at --lr times --backbone-lr-mult (their own groups, after
+    the others: group 0, whose rate the history logs, runs at --lr)."""
+    from medmtl.models.backbone import Backbone
+
+    in_backbone = {id(p) for m in model.modules() if isinstance(m, Backbone)
+                   for p in m.parameters()}
+    mult = cfg.backbone_lr_mult
+    decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
+            bb = mult != 1.0 and id(p) in in_backbone
+            if p.ndim > 1:
+                (bb_decay if bb else decay).append(p)
+            else:
+                (bb_no_decay if bb else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if bb_decay or bb_no_decay:
+        groups += [{"params": bb_decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr * mult},
+                   {"params": bb_no_decay, "weight_decay": 0.0, "lr": cfg.lr * mult}]
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
     fused = {"fused": True} if device.type == "cuda" else {}
