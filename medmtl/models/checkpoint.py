@@ -216,6 +216,36 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval(), cfg, ck
 
 
+def release_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> dict[str, Any]:
+    """A deployable copy of a run's checkpoint: the evaluated weights (EMA when present) as the
+    model, no EMA or optimiser state, floating tensors stored in float16 (``half``; they load
+    into the float32 model unchanged in value), config, names and the backbone's source kept,
+    sealed again (header, SHA-256). Returns the new dict (also saved to ``dst``)."""
+    ck = load_checkpoint(src)
+    state = dict(ck["ema"]["module"] if ck.get("ema") else ck["model"])
+    kept = 0  # tensors float16 cannot hold (overflow): stored in float32
+    if half:
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                h = v.half()
+                if bool(torch.isfinite(h).all()) or not bool(torch.isfinite(v).all()):
+                    state[k] = h
+                else:
+                    kept += 1
+    out = {k: v for k, v in ck.items() if k not in ("model", "ema", "header", "sha256",
+                                                    "optimizer", "scheduler", "scaler",
+                                                    "balancer", "epoch_acc", "rng")}
+    out.update({"model": state, "ema": None,
+                "release": {"source_epoch": ck.get("best_epoch"),
+                            "storage": "float16" if half else "float32",
+                            "float32_tensors": kept}})
+    seal(out)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, dst)
+    return out
+
+
 def checkpoint_dict(model: nn.Module, cfg: Any, names: Sequence[str],
                     cls_names: Sequence[str], epoch: int = 0) -> dict[str, Any]:
     """A model packed in the project's checkpoint format (what the trainer's ``_state`` writes,
