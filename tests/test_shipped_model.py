@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _cli import run_main
+
 from medmtl.inference import load_model
 from medmtl.inference.loader import SHIPPED, default_weights
 from medmtl.models.checkpoint import load_checkpoint, release_checkpoint
