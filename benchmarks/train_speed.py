@@ -12,6 +12,8 @@ validation pass (inference + COCO scoring).
     python benchmarks/train_speed.py --sizes n --imgsz 320 --batch 16            # CPU, step mode
     python benchmarks/train_speed.py --sizes n,s,m --imgsz 416 --batch 64 --device cuda
     python benchmarks/train_speed.py --data data.yaml --imgsz 416 --batch 64 --epochs 3 --workers 12
+    python benchmarks/train_speed.py --backbone tf_efficientnet_lite0 --freeze-stages 2 \
+        --archs shared --balancers fixed --imgsz 160          # a pretrained backbone's step
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from medmtl.balancing import create_balancer
 from medmtl.balancing.base import TaskSplit
 from medmtl.config import BalancerConfig, LossConfig, ModelConfig
-from medmtl.engine.utils import compile_module, peak_memory_mb
+from medmtl.engine.utils import compile_module, peak_memory_mb, use_channels_last
 from medmtl.losses import DetectionLoss, ViewLoss
 from medmtl.models import build_model
 
@@ -46,23 +48,30 @@ def fake_batch(b: int, imgsz: int, device: torch.device) -> dict[str, torch.Tens
 
 
 def bench(size: str, arch: str, balancer: str, imgsz: int, batch: int, device: torch.device,
-          steps: int, warmup: int, compile_: bool = False) -> dict[str, float]:
-    model = build_model(ModelConfig(arch=arch, size=size)).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # as the trainer does
+          steps: int, warmup: int, compile_: bool = False, backbone: str | None = None,
+          freeze_stages: int = 0, channels_last: str = "auto") -> dict[str, float]:
+    model = build_model(ModelConfig(arch=arch, size=size, backbone=backbone,
+                                    freeze_stages=freeze_stages)).to(device).train()
+    cl = use_channels_last(channels_last, device, model)  # as the trainer decides
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
     net = compile_module(model) if compile_ else model  # as the trainer does
     det, view = DetectionLoss(4, 16, list(model.strides), LossConfig()), ViewLoss(3)
     bal = create_balancer(model.tasks, BalancerConfig(name=balancer))
     bal.to(device)
     bal.detailed_log = False  # as the trainer: no per-step host sync for the log
-    opt = torch.optim.AdamW([*model.parameters(), *bal.parameters()], lr=1e-3,
+    opt = torch.optim.AdamW([*(p for p in model.parameters() if p.requires_grad),
+                             *bal.parameters()], lr=1e-3,
                             fused=device.type == "cuda")
-    shared, last = model.shared_parameters(), model.last_shared_parameter()
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    last = model.last_shared_parameter()
     task_params = None
     if bal.uses_split and model.shared_boundary_valid() and not compile_:  # as the trainer
         model.expose_shared = True
         task_params = {t: model.task_parameters(t) for t in model.tasks}
     b = fake_batch(batch, imgsz, device)
+    if cl:
+        b["images"] = b["images"].contiguous(memory_format=torch.channels_last)
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -174,6 +183,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epoch mode: epochs per configuration")
     ap.add_argument("--workers", type=int, default=2, help="epoch mode: loader workers")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--backbone", default=None, help="a timm model instead of the size's "
+                    "CSP-Darknet (random weights: the speed does not depend on them)")
+    ap.add_argument("--freeze-stages", type=int, default=0)
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -187,13 +200,17 @@ def main() -> None:
         or platform.machine()
     print(f"# train_speed: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, device {name}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, imgsz {a.imgsz}, "
-          f"batch {a.batch}, median of {a.steps} steps after {a.warmup} warm-up\n")
+          f"batch {a.batch}, median of {a.steps} steps after {a.warmup} warm-up, backbone "
+          f"{a.backbone or 'of the size'}, freeze-stages {a.freeze_stages}, channels-last "
+          f"{a.channels_last}\n")
     # one untimed pass first: the process's first steps pay one-off kernel/allocator set-up that
     # a per-config warm-up does not absorb (it made the first row look 2.6x slower)
+    extra = {"backbone": a.backbone, "freeze_stages": a.freeze_stages,
+             "channels_last": a.channels_last}
     bench(a.sizes.split(",")[0], "shared", "fixed", a.imgsz, a.batch, device, 4, a.warmup,
-          a.compile)
+          a.compile, **extra)
     print_grid(a, lambda size, arch, bal: bench(size, arch, bal, a.imgsz, a.batch, device,
-                                                 a.steps, a.warmup, a.compile),
+                                                 a.steps, a.warmup, a.compile, **extra),
                "ms_per_step", [("ms/step", "ms_per_step", ".1f"), ("images/s", "images_per_s", ".1f"),
                                ("backward passes", "backward_passes", ".0f")])
 

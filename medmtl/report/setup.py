@@ -51,6 +51,7 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
         ["model size", f"{model.get('size', 'n/a')}"
          + (f" ({params / 1e6:.2f}M parameters in {done[0].method}; every method's under "
             "Efficiency)" if params else "")],
+        ["backbone", _backbone_line(done)],
         ["batch", str(cfg.get("batch", "n/a"))],
         ["device", str(tr.get("device") or cfg.get("device", "n/a"))],
         ["versions", f"medmtl {medmtl.__version__}, torch {torch.__version__}, "
@@ -58,6 +59,22 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
         ["report written", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")],
     ]
     return [("h", 2, "Setup"), ("table", ["", "value"], rows)]
+
+
+def _backbone_line(runs: Sequence[Run]) -> str:
+    """The backbone and where its weights came from (metrics.json's ``backbone_weights``), once
+    per distinct source over the runs."""
+    from medmtl.models.pretrained import describe
+
+    seen: list[str] = []
+    for r in runs:
+        model = r.config.get("model") or {}
+        name = model.get("backbone") or f"the size's CSP-Darknet ({model.get('size', 'n/a')})"
+        src = (r.metrics or {}).get("backbone_weights")
+        line = f"{name}: {describe(src)}" if src else f"{name}: weights not recorded"
+        if line not in seen:
+            seen.append(line)
+    return "; ".join(seen) or "n/a"
 
 
 def single_seed_banner(summary: dict[str, Any]) -> list[Block]:
