@@ -132,9 +132,10 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
 def feature_similarity(losses: Mapping[str, Tensor], feats: Mapping[str, Tensor]) -> dict[str, float]:
     """Per stage: linear CKA between the two tasks' gradients with respect to the stage's output
-    ``feats[name]`` (B, ...), one row per image."""
+    ``feats[name]`` (B, ...), one row per image. Stages that take no gradient (frozen by
+    --freeze-stages, and everything before them) are left out."""
     a, b = list(losses)[:2]
-    names = list(feats)
+    names = [n for n in feats if feats[n].requires_grad]
     ga = torch.autograd.grad(losses[a], [feats[n] for n in names], retain_graph=True,
                              allow_unused=True)
     gb = torch.autograd.grad(losses[b], [feats[n] for n in names], retain_graph=True,
