@@ -302,12 +302,21 @@ def test_pretrained_without_weights_is_explained() -> None:
 def test_other_timm_backbone_and_opaque_extractor() -> None:
     m = _model("split2", backbone="resnet18")  # FeatureListNet: splittable
     assert m(torch.rand(1, 3, IMG, IMG))["classify"].shape == (1, 3)
-    m = _model("shared", backbone="efficientnet_b0")  # hook-style extractor: shared works
+    m = _model("shared", backbone="efficientnet_b0")
     out = m(torch.rand(1, 3, IMG, IMG))
     assert [f.shape[-1] for f in out["detect"]] == [8, 4, 2]
     assert m.last_shared_parameter() is not None
+    # timm's EfficientNet extractor is hook-based; medmtl asks for the flattened sequential one,
+    # so it splits too (issue 28: split<k> and auto on a pretrained EfficientNet-Lite)
+    m = _model("split2", backbone="efficientnet_b0")
+    assert m(torch.rand(1, 3, IMG, IMG))["classify"].shape == (1, 3)
+    # an extractor that stays opaque (one stage) is refused by split<k> in one line
+    from medmtl.models.backbone import Backbone
+
+    opaque = Backbone([nn.Identity()], ["body"], [8, 16, 32], [8, 16, 32], [0, 1, 2], "x",
+                      sequential=False)
     with pytest.raises(ValueError, match="cannot be separated"):
-        _model("split2", backbone="efficientnet_b0")
+        opaque.split(1)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # legacy exporter: onnxscript not a dep
