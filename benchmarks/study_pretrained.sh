@@ -30,3 +30,5 @@ SPLIT=${SPLIT:-runs/study/split}
 mkdir -p "$DOCS"
 cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$DOCS/"
 echo "study_pretrained: report in $DOCS/report.md"
+"${PY:-.venv/bin/python}" benchmarks/pretrained_vs_scratch.py docs/study/summary.json "$DOCS/summary.json" \
+  --methods "${METHODS:-detect,classify,fixed,staged}" | tee "$DOCS/pretrained_vs_scratch.md"
