@@ -29,7 +29,8 @@ import torch
 from medmtl.balancing import create_balancer
 from medmtl.balancing.base import TaskSplit
 from medmtl.config import BalancerConfig, LossConfig, ModelConfig
-from medmtl.engine.utils import compile_module, peak_memory_mb, use_channels_last
+from medmtl.devices import use_channels_last
+from medmtl.engine.utils import compile_module, peak_memory_mb
 from medmtl.losses import DetectionLoss, ViewLoss
 from medmtl.models import build_model
 

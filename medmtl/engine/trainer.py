@@ -31,6 +31,7 @@ from rich.console import Console
 
 from medmtl.balancing import create_balancer, resolve_config
 from medmtl.config import DISTILL, TrainConfig
+from medmtl.devices import use_channels_last
 from medmtl.distributed import (
     cleanup,
     convert_sync_batchnorm,
@@ -62,13 +63,7 @@ from medmtl.engine.stages import (
     source_dirs,
 )
 from medmtl.engine.teacher import NeckTap, Teacher
-from medmtl.engine.utils import (
-    amp_dtype,
-    compile_module,
-    seed_everything,
-    select_device,
-    use_channels_last,
-)
+from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
 from medmtl.losses import MultiTaskCriterion

@@ -92,17 +92,3 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(module)
 
 
-
-def has_depthwise(model: torch.nn.Module) -> bool:
-    """True when the model has depthwise convolutions (groups == input channels > 1)."""
-    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-               for m in model.modules())
-
-
-def use_channels_last(mode: str, device: torch.device, model: torch.nn.Module) -> bool:
-    """--channels-last: on/off, or auto: on CUDA, and on the CPU for depthwise backbones (a step
-    of EfficientNet-Lite0 at 160 px: 1000 -> 700 ms; the CSP-Darknet n: 256 -> 281 ms, slower:
-    docs/benchmarks.md)."""
-    if mode != "auto":
-        return mode == "on"
-    return device.type == "cuda" or has_depthwise(model)
