@@ -64,7 +64,9 @@ def test_int8_and_half_scored_by_val(trained: Path, synth_tiny: Path, tmp_path: 
     fp = _val(w / "best.onnx", synth_tiny, tmp_path / "fp")
     hf = _val(w / "best.half.onnx", synth_tiny, tmp_path / "hf")
     base = pt["detection"]["map50"]
-    assert base > 0.1, pt["detection"]  # a model that detects: a loss would be visible
+    # a model that detects, so that a loss would be visible (0.088 to ~0.2 across machines: the
+    # CPU's rounding moves a 6-epoch mAP that much)
+    assert base > 0.05, pt["detection"]
     # the float graph through ONNX Runtime scores as the checkpoint does (same split, scorer)
     assert abs(fp["detection"]["map50"] - base) < 1e-3
     assert fp["classification"]["accuracy"] == pt["classification"]["accuracy"]
