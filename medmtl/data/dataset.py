@@ -40,7 +40,8 @@ class MTLDataset(Dataset[dict[str, Any]]):
     ``train=False``: letterbox only. ``train=True``: optional mosaic, random scale/translate,
     left-right flip, HSV and brightness/contrast, all from ``augment`` (None: no augmentation).
     ``cache=True`` decodes and letterboxes every image once, up front, into one uint8 array
-    (shared copy-on-write with forked workers). ``det_mask``/``view_mask`` come from the record (boxes, or "none": a negative frame):
+    (shared copy-on-write with forked workers). ``det_mask``/``view_mask`` come from the record
+    (detection is labelled by boxes, or by "none": a negative frame):
     an augmented labelled image whose boxes all left the frame keeps ``det_mask=True`` (a negative).
     A mosaic uses four images with boxes and, when the first has a view, the same view.
     """

@@ -116,11 +116,7 @@ class RunData:
 
     def view_counts(self) -> list[int]:
         """Training images per view class (after the view-label policy)."""
-        counts = [0] * len(self.cls_names)
-        for r in self.train_set.records:
-            if r.view is not None and 0 <= r.view < len(counts):
-                counts[r.view] += 1
-        return counts
+        return count_views([r.view for r in self.train_set.records], len(self.cls_names))
 
     def partial_labels(self) -> bool:
         """Whether some training image lacks boxes or a view label."""
@@ -183,14 +179,20 @@ class RunData:
         return loader
 
 
+def count_views(views: list[int | None], num_views: int) -> list[int]:
+    """Images per view class (unlabelled images not counted)."""
+    counts = [0] * num_views
+    for v in views:
+        if v is not None and 0 <= v < num_views:
+            counts[v] += 1
+    return counts
+
+
 def balanced_order(views: list[int | None], num_views: int, g: torch.Generator) -> list[int]:
     """--view-balance sampler: an epoch of as many draws (with replacement) as images, each
     image with probability proportional to 1 / n_c of its view class c (every class drawn
     equally often); an image without a view label weighs as much as the average image."""
-    counts = [0] * num_views
-    for v in views:
-        if v is not None:
-            counts[v] += 1
+    counts = count_views(views, num_views)
     w = [1.0 / counts[v] if v is not None else 0.0 for v in views]
     seen = [x for x in w if x > 0]
     mean = sum(seen) / len(seen) if seen else 1.0

@@ -19,13 +19,13 @@ def build_optimizer(model: torch.nn.Module, extra: list[torch.nn.Parameter], cfg
     the others: group 0, whose rate the history logs, runs at --lr)."""
     from medmtl.models.backbone import Backbone
 
-    in_backbone = {id(p) for m in model.modules() if isinstance(m, Backbone)
-                   for p in m.parameters()}
     mult = cfg.backbone_lr_mult
+    in_backbone = {id(p) for m in model.modules() if isinstance(m, Backbone)
+                   for p in m.parameters()} if mult != 1.0 else set()
     decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            bb = mult != 1.0 and id(p) in in_backbone
+            bb = id(p) in in_backbone
             if p.ndim > 1:
                 (bb_decay if bb else decay).append(p)
             else:

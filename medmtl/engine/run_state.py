@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from medmtl.engine.utils import rng_state, set_rng_state
-from medmtl.models.checkpoint import load_weights
+from medmtl.models.checkpoint import backbone_source, load_weights
 
 
 @dataclass
@@ -37,12 +37,6 @@ class RunState:
 
     def mark_step(self) -> None:
         self.rng_at_step = rng_state()
-
-
-def backbone_source(model: torch.nn.Module) -> dict[str, Any] | None:
-    """Where the model's backbone weights came from (`medmtl.models.pretrained`), if it says."""
-    src = getattr(getattr(model, "module", model), "backbone_source", None)
-    return dict(src) if src else None
 
 
 def checkpoint_dict(state: RunState, model: torch.nn.Module, ema: Any, config: dict[str, Any],

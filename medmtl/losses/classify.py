@@ -50,16 +50,21 @@ class ViewLoss:
         # logit adjustment: the training logits get + log(prior), so that the softmax trained on
         # them leaves the plain logits balanced (inference reads the plain logits)
         self.log_prior = torch.tensor(prior, dtype=torch.float32).log() if prior else None
-        self._weight_on: dict[torch.device, Tensor] = {}  # per-device copy, made once
-        self._prior_on: dict[torch.device, Tensor] = {}
+        # per-device copies of the weights and the log prior, made once
+        self._on: dict[tuple[str, torch.device], Tensor] = {}
+
+    def _on_device(self, name: str, device: torch.device) -> Tensor | None:
+        t = getattr(self, name)
+        if t is None:
+            return None
+        key = (name, device)
+        if key not in self._on:
+            self._on[key] = t.to(device)
+        return self._on[key]
 
     def _adjust(self, logits: Tensor) -> Tensor:
-        if self.log_prior is None:
-            return logits
-        lp = self._prior_on.get(logits.device)
-        if lp is None:
-            lp = self._prior_on.setdefault(logits.device, self.log_prior.to(logits.device))
-        return logits + lp
+        lp = self._on_device("log_prior", logits.device)
+        return logits if lp is None else logits + lp
 
     def __call__(self, logits: Tensor, view: Tensor, view_mask: Tensor, comm: Comm = LOCAL,
                  present: bool = False) -> Tensor | None:
@@ -79,12 +84,7 @@ class ViewLoss:
             )
 
     def _weight(self, device: torch.device) -> Tensor | None:
-        if self.weight is None:
-            return None
-        weight = self._weight_on.get(device)
-        if weight is None:
-            weight = self._weight_on.setdefault(device, self.weight.to(device))
-        return weight
+        return self._on_device("weight", device)
 
     def _global_mean(self, logits: Tensor, view: Tensor, mask: Tensor, comm: Comm) -> Tensor:
         """PyTorch's weighted mean with the global batch's denominator (no boolean indexing)."""

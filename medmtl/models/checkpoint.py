@@ -80,6 +80,13 @@ def checkpoint_header(config: Mapping[str, Any], names: Sequence[str],
     return head
 
 
+def backbone_source(model: nn.Module) -> dict[str, Any] | None:
+    """Where the model's backbone weights came from (`medmtl.models.pretrained`), if it says
+    (a data-parallel wrapper is looked through)."""
+    src = getattr(getattr(model, "module", model), "backbone_source", None)
+    return dict(src) if src else None
+
+
 def seal(ck: dict[str, Any]) -> dict[str, Any]:
     """Add ``header`` and ``sha256`` to a checkpoint dict (in place; returned)."""
     ck["header"] = checkpoint_header(ck.get("config") or {}, ck.get("names") or [],
@@ -254,4 +261,4 @@ def checkpoint_dict(model: nn.Module, cfg: Any, names: Sequence[str],
                  "names": list(names), "cls_names": list(cls_names), "epoch": epoch,
                  "step_in_epoch": 0, "best_fitness": None, "best_epoch": epoch, "history": [],
                  "train_seconds": 0.0,
-                 "backbone_weights": dict(getattr(model, "backbone_source", None) or {}) or None})
+                 "backbone_weights": backbone_source(model)})
