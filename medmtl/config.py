@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -261,11 +262,19 @@ class TrainConfig(BaseModel):
     corrections: str | None = opt(None, "Corrections CSV (stem,field,old,new,note) applied on top "
                                   "of the label files of every split; copied into the run",
                                   panel=_DATA)
-    view_labels: Literal["as-is", "clip-majority", "drop-inconsistent"] = opt(
+    view_labels: Literal["as-is", "clip-majority", "drop-inconsistent", "forward"] = opt(
         "as-is", "Training view labels: as-is | clip-majority (each frame gets its clip's "
         "majority view in the training split; ties keep the frame's own) | drop-inconsistent "
-        "(frames that disagree with their clip's majority lose their view label). Evaluation "
-        "always scores both the original and the clip-majority labels", panel=_DATA)
+        "(frames that disagree with their clip's majority lose their view label) | forward (the "
+        "files' labels, the view loss forward-corrected by --corruption; Hendrycks et al. 2018). "
+        "Evaluation always scores both the original and the clip-majority labels", panel=_DATA)
+    trusted: str | None = opt(None, "Trusted clip labels CSV (clip,view,reviewer,date,how): "
+                              "frames of these clips train on the trusted view, uncorrected",
+                              panel=_DATA)
+    corruption: str | None = opt(None, "corruption.json from `medmtl audit --label-issues "
+                                 "--trusted`: the view loss of untrusted frames is forward-"
+                                 "corrected by it (--view-labels forward)", panel=_DATA,
+                                 validate_default=True)
     clip_regex: str = opt(DEFAULT_CLIP_REGEX,
                           "Regex whose first group is the clip id in a file stem (clip-majority "
                           "labels, clip-level view accuracy)", panel=_DATA)
@@ -315,6 +324,20 @@ class TrainConfig(BaseModel):
             raise ValueError("freeze_trunk_epochs needs init_from (--freeze-trunk-epochs freezes "
                              "a trunk that starts from another run's weights)")
         return self
+
+    @field_validator("corruption")
+    @classmethod
+    def _corruption(cls, v: str | None, info: ValidationInfo) -> str | None:
+        policy = info.data.get("view_labels")
+        if policy == "forward" and not v:
+            raise ValueError("--view-labels forward needs --corruption FILE (the estimated "
+                             "corruption matrix): run `medmtl audit --label-issues --trusted "
+                             "FILE` first, which writes corruption.json")
+        if v and policy is not None and policy != "forward":
+            raise ValueError(f"--corruption is used only by --view-labels forward (this run has "
+                             f"--view-labels {policy}); add --view-labels forward or leave "
+                             "--corruption out")
+        return v or None
 
     @field_validator("select_refs")
     @classmethod

@@ -17,7 +17,7 @@ from medmtl.cli.options import PANEL_ORDER
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 # options whose absence means "off" / "not given": they have no default to show
 OPTIONAL_INPUTS = {"--json", "--corrections", "--probs", "--runs", "--data", "--backbone",
-                   "--backbone-weights",
+                   "--backbone-weights", "--trusted", "--corruption", "--features",
                    "--task", "--view-class-weights", "--config", "--select-refs", "--shard",
                    "--latency-budget"}
 

@@ -218,8 +218,8 @@ def one_line(e: ValidationError, options: list[ConfigOption]) -> typer.BadParame
     loc = tuple(str(x) for x in err.get("loc", ()))
     flag = next((o.flag for o in options if o.path == loc[:len(o.path)]), None)
     where = flag or ".".join(loc) or "config"
-    return typer.BadParameter(err.get("msg", str(e)) + _fix(err, flag or where),
-                              param_hint=where)
+    msg = str(err.get("msg", str(e))).removeprefix("Value error, ")  # a validator's own words
+    return typer.BadParameter(msg + _fix(err, flag or where), param_hint=where)
 
 
 def _fix(err: Any, flag: str) -> str:

@@ -114,6 +114,7 @@ def train(
         raise typer.BadParameter("must be >= 1", param_hint="--devices")
     cfg = build_train_config(method, task, config, config_values)
     _preflight(cfg.data, {"device": cfg.device}, check_config=False)
+    _check_view_label_files(cfg.data, cfg.model_dump())
     if devices > 1 and world_size_from_env() <= 1:
         _launch_distributed(devices)
         return
@@ -278,12 +279,30 @@ def _preflight(data: str, over: dict[str, Any], methods: tuple[str, ...] | list[
 
 
 def _check_corrections(data: str, over: dict[str, Any]) -> None:
-    """A bad or stale corrections file fails once, before any run starts."""
+    """A bad or stale corrections file fails once, before any run starts; so do bad trusted
+    labels and a bad corruption file."""
     if over.get("corrections"):
         try:
             check_corrections(data, over["corrections"])
         except CorrectionError as e:
             raise typer.BadParameter(str(e), param_hint="--corrections") from None
+    _check_view_label_files(data, over)
+
+
+def _check_view_label_files(data: str, over: dict[str, Any]) -> None:
+    """--trusted and --corruption read against the data's cls_names: one line, exit 2."""
+    if not (over.get("trusted") or over.get("corruption")):
+        return
+    from medmtl.data.dataset_yaml import DataError, load_data_yaml
+    from medmtl.data.trusted import load_corruption, load_trusted
+
+    cls_names = list(load_data_yaml(data).cls_names)
+    for key, load in (("trusted", load_trusted), ("corruption", load_corruption)):
+        if over.get(key):
+            try:
+                load(over[key], cls_names)
+            except DataError as e:
+                raise typer.BadParameter(str(e), param_hint=f"--{key}") from None
 
 
 def _check_runtime(runtime: str) -> None:

@@ -171,6 +171,7 @@ class MTLDataset(Dataset[dict[str, Any]]):
             "det_mask": rec.det_labelled and ok,
             "view": -1 if rec.view is None or not ok else int(rec.view),
             "view_mask": rec.view is not None and ok,
+            "view_trusted": rec.view_trusted and rec.view is not None and ok,
             "meta": {"image_id": rec.image_id, "path": str(rec.path),
                      "orig_size": (rec.height, rec.width), "letterbox": lb},
         }
@@ -198,6 +199,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "det_mask": torch.tensor([bool(s["det_mask"]) for s in samples], dtype=torch.bool),
         "view": torch.tensor([int(s["view"]) for s in samples], dtype=torch.int64),
         "view_mask": torch.tensor([bool(s["view_mask"]) for s in samples], dtype=torch.bool),
+        "view_trusted": torch.tensor([bool(s.get("view_trusted", False)) for s in samples],
+                                     dtype=torch.bool),
         "meta": [s["meta"] for s in samples],
     }
 

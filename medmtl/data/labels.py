@@ -69,6 +69,7 @@ class ImageRecord:
     has_label_file: bool
     label_path: Path | None = None
     no_jet: bool = False  # the label file says "none": looked at, no box here
+    view_trusted: bool = False  # the view is a trusted clip label (--trusted), not the file's
 
     @property
     def has_boxes(self) -> bool:

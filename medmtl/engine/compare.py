@@ -66,8 +66,9 @@ def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
             need = _source_method(m, variants)
             if need is not None:  # staged / distill: the source method's run of this seed
                 over[need[0]] = str((out / "runs" / f"{run_name(need[1])}-s{s}").resolve())
-            if over.get("corrections"):  # the runs read it from their own working folder
-                over["corrections"] = str(Path(over["corrections"]).resolve())
+            for key in ("corrections", "trusted", "corruption"):  # files the runs read from
+                if over.get(key):  # their own working folder
+                    over[key] = str(Path(over[key]).resolve())
             if m in variants:
                 base, extra = variants[m]
                 cfg = build_config(base, merge_dicts(over, extra))

@@ -17,7 +17,13 @@ from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.data.corrections import CorrectionError, load_corrections
 from medmtl.data.dataset_yaml import DataError, split_source
 from medmtl.data.splits import held_out_split
-from medmtl.data.view_labels import apply_view_policy, describe_policy
+from medmtl.data.trusted import Corruption, load_corruption, load_trusted
+from medmtl.data.view_labels import (
+    apply_trusted,
+    apply_view_policy,
+    describe_policy,
+    describe_trusted,
+)
 from medmtl.distributed import Comm
 
 CORRECTIONS_FILE = "corrections.csv"  # the run's copy of --corrections
@@ -39,6 +45,12 @@ class RunData:
                             "task (classify); list the views or train --task detect")
         # corrections apply to every split (evaluation too); the view policy to train only
         self.corrections = load_corrections(cfg.corrections, spec) if cfg.corrections else None
+        # trusted clip labels (train only) and the corruption matrix: checked before the scan
+        trusted = load_trusted(cfg.trusted, self.cls_names) if cfg.trusted else None
+        self.corruption: Corruption | None = load_corruption(cfg.corruption, self.cls_names) \
+            if cfg.corruption else None
+        self._corruption_record = corruption_record(self.corruption)
+        self.trusted: dict[str, Any] | None = None
         scan = {"strict": cfg.strict, "decode": cfg.verify_images, "max_boxes": cfg.max_boxes,
                 "corrections": self.corrections}
         self.train_index = scan_split(spec, "train", **scan)
@@ -61,6 +73,11 @@ class RunData:
         train_records, self.view_policy = apply_view_policy(
             self.train_index.records, cfg.view_labels, cfg.clip_regex)
         console.print(f"train: {describe_policy(self.view_policy)}")
+        if trusted is not None:
+            train_records = self._apply_trusted(train_records, trusted, console)
+        if self._corruption_record is not None:
+            console.print(f"train: {describe_corruption(self._corruption_record)}",
+                          markup=False, highlight=False)
         self.train_set = MTLDataset(train_records, cfg.imgsz, train=True,
                                     augment=cfg.augment, cache=cfg.cache, seed=cfg.seed,
                                   strict=cfg.strict)
@@ -105,11 +122,38 @@ class RunData:
         console.print(f"corrections {corr.path}: {len(corr)} rows, sha256 {corr.sha256[:12]}; "
                       f"applied: {applied}; copied to {kept}")
 
+    def _apply_trusted(self, records: list[Any], trusted: Any, console: Console) -> list[Any]:
+        """--trusted: the training frames of trusted clips take the trusted view (copies); a
+        trusted clip with no frame in train, val or test is a warning (--strict: an error)."""
+        cfg = self.cfg
+        others = [r for idx in (self.val_index, self.test_index) if idx is not None
+                  for r in idx.records]
+        records, self.trusted = apply_trusted(records, trusted, cfg.clip_regex, others)
+        console.print(f"train: {describe_trusted(self.trusted)}", markup=False, highlight=False)
+        if self.trusted["clips_unmatched"]:
+            names = self.trusted["unmatched"]
+            msg = (f"{cfg.trusted}: {len(names)} trusted clip(s) match no frame of the splits "
+                   f"read (--clip-regex '{cfg.clip_regex}'): {', '.join(names[:5])}"
+                   f"{', ...' if len(names) > 5 else ''}")
+            if cfg.strict:
+                raise DataError(f"{msg} (--strict)")
+            console.print(f"warning: {msg}; counted in metrics.json data.trusted.clips_unmatched",
+                          markup=False, highlight=False)
+        return records
+
+    @property
+    def corruption_matrix(self) -> Any:
+        """The (K, K) numpy corruption matrix of --corruption, or None."""
+        return None if self.corruption is None else self.corruption.matrix
+
     def data_record(self) -> dict[str, Any]:
-        """metrics.json's `data` block: the corrections, the view-label policy of the run and
-        the view-imbalance remedy with the training counts it rests on."""
+        """metrics.json's `data` block: the corrections, the view-label policy of the run, the
+        trusted labels and the corruption matrix (--view-labels forward), and the view-imbalance
+        remedy with the training counts it rests on."""
         return {"corrections": self.corrections.record() if self.corrections else None,
                 "view_labels": dict(self.view_policy), "clip_regex": self.cfg.clip_regex,
+                "trusted": None if self.trusted is None else dict(self.trusted),
+                "corruption": self._corruption_record,
                 "view_balance": {"policy": self.cfg.loss.view_balance,
                                  "train_view_counts": dict(zip(self.cls_names,
                                                                self.view_counts(), strict=True))}}
@@ -211,6 +255,22 @@ class _IndexSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def corruption_record(c: Corruption | None) -> dict[str, Any] | None:
+    """metrics.json's `data.corruption`: the file, its sha256, the classes and the matrix."""
+    if c is None or c.path is None:
+        return None
+    return {"path": str(c.path), "sha256": hashlib.sha256(c.path.read_bytes()).hexdigest(),
+            "classes": list(c.classes), "matrix": c.matrix.tolist()}
+
+
+def describe_corruption(rec: dict[str, Any]) -> str:
+    """One line: the corruption matrix the view loss is forward-corrected by."""
+    rows = "; ".join(f"{c} -> " + " ".join(f"{x:.2f}" for x in row)
+                     for c, row in zip(rec["classes"], rec["matrix"], strict=True))
+    return (f"view loss forward-corrected by {rec['path']} (sha256 {rec['sha256'][:12]}), "
+            f"P(file's view | true view) in {'/'.join(rec['classes'])} order: {rows}")
 
 
 def print_summary(console: Console, split: str, index: Any) -> None:

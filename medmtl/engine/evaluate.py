@@ -34,6 +34,8 @@ def move_targets(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = dict(batch)
     for k in ("boxes", "box_classes", "box_mask", "det_mask", "view", "view_mask"):
         out[k] = batch[k].to(device, non_blocking=True)
+    if "view_trusted" in batch:  # --trusted clip labels (medmtl.data.collate always adds it)
+        out["view_trusted"] = batch["view_trusted"].to(device, non_blocking=True)
     return out
 
 

@@ -309,7 +309,7 @@ def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None, plots:
     world_size-th image, rank 0 scores the merged predictions, every rank gets the result."""
     cfg, comm = t.cfg, t.comm
     inf = run_inference(model, t.data.eval_loader(split), t.device, cfg.conf_thres,
-                        cfg.iou_thres, cfg.max_det, t.criterion.detect, t.criterion.view,
+                        cfg.iou_thres, cfg.max_det, t.criterion.detect, t.criterion.view_eval,
                         t.autocast, t.channels_last)
     parts = comm.gather(inf)
     metrics = None

@@ -152,7 +152,7 @@ class Trainer:
         self.criterion = MultiTaskCriterion(self.tasks, cfg.model.num_classes,
                                             cfg.model.num_views, cfg.model.reg_max,
                                             self.model.strides, cfg.loss, self.teacher is not None,
-                                            self.data.view_counts())
+                                            self.data.view_counts(), self.data.corruption_matrix)
         self.balancer = create_balancer(self.loss_tasks, cfg.balancer)
         self.balancer.comm = self.comm
         self.balancer.detailed_log = False  # no per-step host sync for a log nobody reads

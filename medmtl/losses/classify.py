@@ -1,7 +1,10 @@
-"""View (image-level) classification loss."""
+"""View (image-level) classification loss, optionally forward-corrected for label noise."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,12 +39,24 @@ class ViewLoss:
 
     Under data parallelism (`comm` active) the mean's denominator is that of the *global* batch
     (divided by the world size), so the ranks' average is the global batch's loss; every rank must
-    call it, and a rank without view labels gets a graph-connected zero instead of None."""
+    call it, and a rank without view labels gets a graph-connected zero instead of None.
+
+    ``corruption`` (a (K, K) matrix, ``C[i, j]`` = P(label file says j | true view i); rows sum
+    to 1) turns on forward loss correction (Hendrycks et al. 2018, ``--view-labels forward``): a
+    labelled row that is not ``trusted`` has the loss ``-log((softmax(z) @ C)[y] + 1e-12)`` (the
+    softmax models the clean view, ``C`` carries it to the noisy label the file gives); a trusted
+    row (its clip's view judged by a person) has the plain ``-log softmax(z)[y]``. Label
+    smoothing and class weights apply to either log-probability as PyTorch's cross-entropy applies
+    them to ``log softmax`` (the weight of a row is that of its label), with the same weighted
+    mean; logit adjustment adds the log prior to ``z`` first. Inference reads the plain
+    ``softmax(z)``: the clean-view posterior."""
 
     def __init__(self, num_views: int, cfg: LossConfig | None = None,
-                 counts: list[int] | None = None) -> None:
+                 counts: list[int] | None = None, corruption: Any = None) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.num_views = num_views
+        self.corruption = None if corruption is None else _corruption_tensor(corruption,
+                                                                             num_views)
         self.label_smoothing = float(cfg.label_smoothing)
         w, prior = view_balance_terms(cfg, num_views, counts)
         if w is not None and len(w) != num_views:
@@ -67,11 +82,17 @@ class ViewLoss:
         return logits if lp is None else logits + lp
 
     def __call__(self, logits: Tensor, view: Tensor, view_mask: Tensor, comm: Comm = LOCAL,
-                 present: bool = False) -> Tensor | None:
+                 present: bool = False, trusted: Tensor | None = None) -> Tensor | None:
         """`present=True`: the caller knows (on the host) that the batch has view labels; the
-        loss is then computed without boolean indexing, i.e. without a device-to-host sync."""
+        loss is then computed without boolean indexing, i.e. without a device-to-host sync.
+        `trusted` (bool (B,), None = none): rows whose label is trusted, left uncorrected."""
         mask = view_mask.to(device=logits.device, dtype=torch.bool)
         logits = self._adjust(logits)
+        if self.corruption is not None:
+            if not (comm.active or present) and not bool(mask.any()):
+                return None
+            return self._forward_corrected(logits, view, mask, trusted, comm,
+                                           comm.active or present)
         if comm.active or present:
             return self._global_mean(logits, view, mask, comm)
         if not bool(mask.any()):  # the one host sync: None must be decided on the host
@@ -96,3 +117,45 @@ class ViewLoss:
         w_row = mask.float() if weight is None else weight[target] * mask
         denom = comm.sum(w_row.sum()).clamp(min=1e-12) / comm.world_size
         return (per * mask).sum() / denom
+
+    def _forward_corrected(self, logits: Tensor, view: Tensor, mask: Tensor,
+                           trusted: Tensor | None, comm: Comm, global_mean: bool) -> Tensor:
+        """The forward-corrected loss: per-row losses, PyTorch's weighted mean (the global
+        batch's denominator with `global_mean`)."""
+        dev = logits.device
+        weight = self._weight(dev)
+        corruption = self._on_device("corruption", dev)
+        assert corruption is not None
+        target = torch.where(mask, view.to(dev).long(), 0)
+        keep = torch.zeros_like(mask) if trusted is None else trusted.to(dev, torch.bool) & mask
+        with torch.autocast(device_type=dev.type, enabled=False):
+            logp = F.log_softmax(logits.float(), dim=-1)
+            noisy = torch.log(logp.exp() @ corruption + 1e-12)  # log P(file's label | x)
+            per = smoothed_nll(torch.where(keep[:, None], logp, noisy), target, weight,
+                               self.label_smoothing)
+        w_row = mask.float() if weight is None else weight[target] * mask
+        denom = comm.sum(w_row.sum()) / comm.world_size if global_mean else w_row.sum()
+        return (per * mask).sum() / denom.clamp(min=1e-12)
+
+
+def smoothed_nll(logp: Tensor, target: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """Per-row ``F.cross_entropy(..., weight, label_smoothing=eps, reduction="none")`` of
+    log-probabilities `logp` (B, K): ``(1 - eps) w[y] (-logp[y]) + eps / K sum_j w[j] (-logp[j])``
+    (w = 1 without weights)."""
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    if weight is not None:
+        nll = nll * weight[target]
+    if eps == 0:
+        return nll
+    smooth = -(logp * weight).sum(-1) if weight is not None else -logp.sum(-1)
+    return (1 - eps) * nll + eps / logp.shape[-1] * smooth
+
+
+def _corruption_tensor(corruption: Any, num_views: int) -> Tensor:
+    c = np.asarray(corruption.detach().cpu() if isinstance(corruption, Tensor) else corruption,
+                   dtype=np.float64)
+    if c.shape != (num_views, num_views) or not np.all(np.isfinite(c)) or c.min() < 0 \
+            or not np.allclose(c.sum(1), 1.0, atol=1e-3):
+        raise ValueError(f"the corruption matrix must be {num_views}x{num_views} (the view "
+                         f"classes), non-negative, rows summing to 1; got shape {c.shape}")
+    return torch.tensor(c / c.sum(1, keepdims=True), dtype=torch.float32)

@@ -21,18 +21,23 @@ from medmtl.losses.distill import DistillLoss
 
 class MultiTaskCriterion:
     """`detect`: the detection loss (assigner + BCE + CIoU + DFL) of the raw head outputs;
-    `classify`: the masked view cross-entropy; `distill` (with `distill=True`, when the caller
+    `classify`: the masked view cross-entropy (forward-corrected by `view_corruption` on the
+    rows whose label is not trusted, `ViewLoss`); `distill` (with `distill=True`, when the caller
     hands the teacher's outputs): the distillation loss, a task of its own for the balancer.
     Normalisers are those of the global batch when `comm` is a process group
     (medmtl/distributed.py)."""
 
     def __init__(self, tasks: Sequence[str], num_classes: int, num_views: int, reg_max: int,
                  strides: Sequence[int], cfg: LossConfig | None = None,
-                 distill: bool = False, view_counts: list[int] | None = None) -> None:
+                 distill: bool = False, view_counts: list[int] | None = None,
+                 view_corruption: Any = None) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.tasks = tuple(tasks)
         self.detect = DetectionLoss(num_classes, reg_max, list(strides), cfg)
-        self.view = ViewLoss(num_views, cfg, view_counts)
+        self.view = ViewLoss(num_views, cfg, view_counts, view_corruption)
+        # the validation loss: the same, without forward correction (--view-labels forward)
+        self.view_eval = self.view if view_corruption is None else ViewLoss(num_views, cfg,
+                                                                            view_counts)
         self.distill = DistillLoss(num_classes, reg_max, cfg) if distill else None
 
     def __call__(self, out: Mapping[str, Any], targets: Mapping[str, Any],
@@ -47,7 +52,7 @@ class MultiTaskCriterion:
             losses["detect"] = self.detect([p.float() for p in out["detect"]], targets, comm)[0]
         if "classify" in self.tasks and present.get("classify"):
             vl = self.view(out["classify"].float(), targets["view"], targets["view_mask"], comm,
-                           present=True)
+                           present=True, trusted=targets.get("view_trusted"))
             if vl is not None:
                 losses["classify"] = vl
         if self.distill is not None and teacher is not None:
