@@ -212,7 +212,9 @@ class El {
 const find = (n, pred, out = []) => { if (n instanceof El) { if (pred(n)) out.push(n);
   n.children.forEach((c) => find(c, pred, out)); } return out; };
 const ids = {};
-for (const id of ["clip", "field", "state", "sort", "rows", "count", "download"]) ids[id] = new El(id);
+for (const id of ["clip", "field", "state", "sort", "rows", "count", "download", "clips",
+                  "reviewer", "how", "download-trusted", "trusted-count"]) ids[id] = new El(id);
+ids.reviewer.value = "dr x"; ids.how.value = "by eye";
 ids.sort.value = "score-desc";
 ids.data = { textContent: data };
 global.document = { getElementById: (id) => ids[id], createElement: (t) => new El(t), body: new El("body") };
@@ -225,8 +227,16 @@ const first = cards()[0];
 const accept = find(first, (n) => n.className.startsWith("btn accept"))[0];
 accept.fire("click");
 ids.download.fire("click");
+const csv = global.LAST;
+let trusted = "";  // the first suggested clip judged PLAX, one decision for the whole clip
+if (ids.clips.children.length) {
+  find(ids.clips.children[0], (n) => n.className.startsWith("btn view"))[1].fire("click");
+  ids["download-trusted"].fire("click");
+  trusted = global.LAST;
+}
 process.stdout.write(JSON.stringify({ cards: cards().length, count: ids.count.textContent,
-  csv: global.LAST, firstClass: cards()[0].className }));
+  csv, firstClass: cards()[0].className, clipCards: ids.clips.children.length,
+  clipCount: ids["trusted-count"].textContent, trusted }));
 """
 
 
@@ -240,6 +250,11 @@ def _page_in_node(page: Path, n_items: int) -> None:
     lines = res["csv"].splitlines()
     assert lines[0] == "stem,field,old,new,note" and len(lines) == 2
     assert lines[1].split(",")[1] == "view"
+    n = res["clipCards"]  # the first screen: the suggested clips
+    assert n > 0 and res["clipCount"] == f"1 of {n} clips decided"
+    tl = res["trusted"].splitlines()
+    assert tl[0] == "clip,view,reviewer,date,how" and len(tl) == 2
+    assert tl[1].split(",")[1:3] == ["PLAX", "dr x"] and tl[1].endswith(",by eye")
 
 
 def _chromium() -> str | None:

@@ -89,6 +89,15 @@ def audit(
     = True,
     review_max: Annotated[int, Opt(min=1, help="At most this many rows per field (view, boxes) on the review page",
                                    rich_help_panel=_LI)] = 400,
+    trusted: Annotated[Path | None, Opt(help="Trusted clip labels (CSV clip,view,reviewer,date,"
+                                        "how; the review page's trusted.csv): estimate the "
+                                        "corruption matrix from them and write corruption.json",
+                                        rich_help_panel=_LI)] = None,
+    features: Annotated[Path | None, Opt(help="Frame embeddings (.npz with stems, features) for "
+                                         "the appearance signal of the suggested review list",
+                                         rich_help_panel=_LI)] = None,
+    review_budget: Annotated[int, Opt(min=1, help="Clips on the review page's first screen "
+                                      "(the suggested review list)", rich_help_panel=_LI)] = 20,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits
     and clips whose frames carry different view labels; with --label-issues rank likely label
@@ -124,7 +133,9 @@ def audit(
                              clip_threshold=clip_threshold, probs=probs, runs=runs, folds=folds,
                              task=task, epochs=epochs, imgsz=imgsz, size=size, batch=batch,
                              seed=seed, device=device, workers=workers, box_conf=box_conf,
-                             review_max=review_max, adjust=adjust_probs, log=console.print)
+                             review_max=review_max, adjust=adjust_probs, trusted=trusted,
+                             features=features, review_budget=review_budget,
+                             log=console.print)
         except (ValueError, FileNotFoundError) as e:
             err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None

@@ -32,7 +32,7 @@ def thumbnail(path: str | Path, boxes: np.ndarray, pred: np.ndarray | None = Non
     img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
                      interpolation=cv2.INTER_AREA)
     for arr, color in ((pred, PRED_BGR), (boxes, GIVEN_BGR)):
-        if arr is None:
+        if arr is None or len(arr) == 0:
             continue
         for b in np.asarray(arr, np.float64).reshape(len(arr), -1):
             x1, y1, x2, y2 = (int(round(v * scale)) for v in b[:4])
@@ -61,7 +61,14 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:
 .btn.on.accept{background:#2a2;color:#fff}.btn.on.reject{background:#777;color:#fff}
 .btn.on.edit{background:#e90;color:#fff}
 textarea,input[type=text]{width:100%;box-sizing:border-box;margin-top:.2em}
-#download{font-weight:600}
+#download,#download-trusted{font-weight:600}
+h2{font-size:1em;margin:.6em 1em .2em}section#first p{margin:.2em 1em}
+section#first .controls{margin:.3em 1em}
+.clips{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:.7em;padding:.7em}
+.clipcard{background:#fff;border:2px solid #c90;border-radius:6px;padding:.5em}
+.clipcard.decided{border-color:#2a2;background:#f3fff3}
+.clipcard .thumbs{display:flex;gap:.3em}.clipcard .thumbs img{width:32%;height:auto;border-radius:4px}
+.views{display:flex;flex-wrap:wrap;gap:.3em;margin:.3em 0}.btn.on.view{background:#2a2;color:#fff}
 @media (max-width:600px){main{grid-template-columns:1fr;padding:.4em}.card{flex-direction:column}
 .card img{width:100%;max-width:none}}
 """
@@ -94,11 +101,47 @@ def review_items(rows: list[dict[str, Any]], boxes_of: dict[str, np.ndarray],
     return items
 
 
+def clip_items(suggested: list[dict[str, Any]], names: list[str],
+               paths_of: dict[str, Path]) -> list[dict[str, Any]]:
+    """The suggested clips (`medmtl.labelissues.clips`) as the page's first screen: three frames
+    of each (first, middle, last), its given and suggested view, P(label wrong)."""
+    out = []
+    for r in suggested:
+        st = r["stems"]
+        pick = sorted({0, len(st) // 2, len(st) - 1})
+        out.append({"key": f"clip:{r['clip']}", "clip": r["clip"], "patient": r["patient"],
+                    "order": r["review_order"], "given": names[r["given"]],
+                    "suggested": names[r["suggested"]], "score": round(r["score"], 4),
+                    "uncertainty": round(r["uncertainty"], 4), "frames": r["frames"],
+                    "posterior": r["posterior"],
+                    "thumbs": [thumbnail(paths_of[st[i]], np.zeros((0, 4)), side=160)
+                               for i in pick]})
+    return out
+
+
+_CLIPS_HTML = """<section id="first"><h2>Review these {n} clips first</h2>
+<p class="summary">Chosen where a decision pays most: the clip's label is likely wrong under the
+estimated corruption, the model is unsure, or its appearance disagrees with its label; spread over
+patients and classes. One decision labels the whole clip. Choose the view you see (or "can't
+tell"), then download trusted.csv and give it to <code>medmtl audit --label-issues --trusted</code>
+and <code>medmtl train --trusted</code>.</p>
+<div class="controls"><label>reviewer <input id="reviewer" type="text" placeholder="your name">
+</label><label>how <input id="how" type="text" value="by eye on the review page, 3 frames">
+</label><button id="download-trusted" type="button">Download trusted.csv</button>
+<span id="trusted-count"></span></div>
+<div id="clips" class="clips"></div></section>
+<h2 class="all">All flagged rows</h2>
+"""
+
+
 def write_review_page(path: Path, items: list[dict[str, Any]], cls_names: list[str],
-                      title: str, summary_lines: list[str]) -> Path:
-    """Write the page; ``summary_lines`` are shown under the title."""
-    data = {"items": items, "cls_names": list(cls_names),
-            "page_id": hashlib.sha1((title + json.dumps([i["key"] for i in items])).encode())
+                      title: str, summary_lines: list[str],
+                      clips: list[dict[str, Any]] | None = None) -> Path:
+    """Write the page; ``summary_lines`` are shown under the title; ``clips`` (`clip_items`)
+    lead it as the suggested review list."""
+    clips = clips or []
+    data = {"items": items, "clips": clips, "cls_names": list(cls_names),
+            "page_id": hashlib.sha1((title + json.dumps([i["key"] for i in items + clips])).encode())
             .hexdigest()[:12]}
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     opts = "".join(f'<option value="{v}">{t}</option>' for v, t in
@@ -122,7 +165,7 @@ Edit lets you type your own; decisions stay in this browser until you download t
 <label>sort <select id="sort">{opts}</select></label>
 <button id="download" type="button">Download corrections.csv</button><span id="count"></span>
 </div></header>
-<main id="rows"></main>
+{_CLIPS_HTML.format(n=len(clips))}<main id="rows"></main>
 <script type="application/json" id="data">{payload}</script>
 <script>{_script()}</script>
 </body></html>
@@ -132,4 +175,4 @@ Edit lets you type your own; decisions stay in this browser until you download t
     return path
 
 
-__all__ = ["review_items", "thumbnail", "write_review_page"]
+__all__ = ["clip_items", "review_items", "thumbnail", "write_review_page"]

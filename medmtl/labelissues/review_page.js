@@ -1,6 +1,8 @@
 // medmtl label review page: renders the embedded rows, keeps the reviewer's decisions (in
 // localStorage when the browser allows it) and writes corrections.csv
-// (stem,field,old,new,note; one row per accepted or edited suggestion). No server, no network.
+// (stem,field,old,new,note; one row per accepted or edited suggestion) and, for the suggested
+// clips of the first screen, trusted.csv (clip,view,reviewer,date,how; one decision per clip).
+// No server, no network.
 "use strict";
 
 function csvField(value) {
@@ -32,7 +34,19 @@ function sortItems(items, how) {
   return out;
 }
 
-if (typeof module !== "undefined") module.exports = { csvField, correctionsCsv, sortItems };
+// clips: the suggested clips; clipDecisions: {key: view name | "unsure"}; one row per clip
+// whose view was chosen ("can't tell" writes nothing: it is not a trusted label)
+function trustedCsv(clips, clipDecisions, reviewer, date, how) {
+  const lines = ["clip,view,reviewer,date,how"];
+  for (const c of clips) {
+    const v = clipDecisions[c.key];
+    if (!v || v === "unsure") continue;
+    lines.push([c.clip, v, reviewer, date, how].map(csvField).join(","));
+  }
+  return lines.join("\n") + "\n";
+}
+
+if (typeof module !== "undefined") module.exports = { csvField, correctionsCsv, sortItems, trustedCsv };
 
 if (typeof document !== "undefined") {
   const DATA = JSON.parse(document.getElementById("data").textContent);
@@ -102,6 +116,44 @@ if (typeof document !== "undefined") {
     const done = items.filter((it) => (decisions[it.key] || {}).state).length;
     $("count").textContent = `${shown.length} shown, ${done} of ${items.length} decided`;
   }
+
+  const clips = DATA.clips || [];
+  const clipKey = storeKey + ":clips";
+  let clipDecisions = {};
+  try { clipDecisions = JSON.parse(localStorage.getItem(clipKey) || "{}"); } catch (e) { clipDecisions = {}; }
+  const saveClips = () => { try { localStorage.setItem(clipKey, JSON.stringify(clipDecisions)); } catch (e) {} };
+
+  function clipCard(c) {
+    const pick = (v) => () => { clipDecisions[c.key] = clipDecisions[c.key] === v ? undefined : v; saveClips(); renderClips(); };
+    const chosen = clipDecisions[c.key];
+    const btns = [...DATA.cls_names, "unsure"].map((v) => el("button", {
+      class: "btn view" + (chosen === v ? " on" : ""), type: "button", onclick: pick(v) }, v === "unsure" ? "can't tell" : v));
+    const post = DATA.cls_names.map((n, k) => n + " " + c.posterior[k].toFixed(2)).join("  ");
+    return el("article", { class: "clipcard" + (chosen ? " decided" : "") },
+      el("div", { class: "thumbs" }, ...c.thumbs.map((t) => el("img", { src: t, alt: c.clip, loading: "lazy" }))),
+      el("div", { class: "stem" }, `${c.order}. ${c.clip}`),
+      el("div", { class: "kv" }, el("span", {}, "patient "), c.patient + ", " + c.frames + " frames"),
+      el("div", { class: "kv" }, el("span", {}, "label says "), el("b", {}, c.given),
+        el("span", {}, "  likely "), el("b", { class: "sugg" }, c.suggested),
+        el("span", {}, "  P(label wrong) "), c.score.toFixed(2)),
+      el("div", { class: "kv" }, el("span", {}, "posterior "), post),
+      el("div", { class: "views" }, ...btns));
+  }
+
+  function renderClips() {
+    $("clips").replaceChildren(...clips.map(clipCard));
+    const done = clips.filter((c) => clipDecisions[c.key]).length;
+    $("trusted-count").textContent = `${done} of ${clips.length} clips decided`;
+  }
+
+  $("download-trusted").addEventListener("click", () => {
+    const date = new Date().toISOString().slice(0, 10);
+    const reviewer = $("reviewer").value.trim() || "anonymous";
+    const blob = new Blob([trustedCsv(clips, clipDecisions, reviewer, date, $("how").value.trim() || "by eye")], { type: "text/csv" });
+    const a = el("a", { href: URL.createObjectURL(blob), download: "trusted.csv" });
+    document.body.append(a); a.click(); a.remove();
+  });
+  renderClips();
 
   for (const id of ["clip", "field", "state", "sort"]) $(id).addEventListener("change", render);
   $("download").addEventListener("click", () => {

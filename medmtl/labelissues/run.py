@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from medmtl.data.groups import GroupPattern
+from medmtl.labelissues.clips import clip_views, read_features, write_clip_outputs
 from medmtl.labelissues.oof import OOF, Pool, load_pool, read_probs_csv, read_runs
 from medmtl.labelissues.rank import rank_boxes, rank_views, write_csv
-from medmtl.labelissues.review import review_items, write_review_page
+from medmtl.labelissues.review import clip_items, review_items, write_review_page
 
 
 def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: dict[str, Any],
@@ -41,14 +42,21 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
                  runs: Sequence[Path] | None = None, folds: int = 5, task: str = "classify",
                  epochs: int = 3, imgsz: int = 128, size: str = "n", batch: int = 16,
                  seed: int = 0, device: str = "auto", workers: int = 0, box_conf: float = 0.25,
-                 review_max: int = 400, adjust: bool = True,
+                 review_max: int = 400, adjust: bool = True, trusted: Path | None = None,
+                 features: Path | None = None, review_budget: int = 20,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Rank likely label errors of every image but the test split's and write ``out/``:
-    ``label_issues.csv`` (all ranked rows), ``review.html`` (the flagged ones) and
-    ``label_issues.json`` (settings, counts, notes). Returns that summary."""
+    ``label_issues.csv`` (all ranked rows), ``clips.csv`` (the clip ranking under the estimated
+    corruption, `medmtl.labelissues.clips`), ``corruption.json`` (with ``trusted``),
+    ``review.html`` (the suggested clips first, then the flagged rows) and ``label_issues.json``
+    (settings, counts, notes). Returns that summary."""
+    from medmtl.data.trusted import load_trusted
+
     pattern = pattern or GroupPattern()
     out = Path(out)
     pool = load_pool(yaml_path)
+    tset = load_trusted(trusted, list(pool.spec.cls_names)) if trusted is not None else None
+    feats = read_features(Path(features), pool) if features is not None else None
     settings = {"folds": folds, "task": task, "epochs": epochs, "imgsz": imgsz, "size": size,
                 "batch": batch, "seed": seed, "device": device, "workers": workers,
                 "patient_regex": pattern.patient}
@@ -67,8 +75,14 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
     view_rows, view_sum = rank_views(pool, oof, pattern, clip_threshold, adjust)
     box_rows, box_sum = rank_boxes(pool, oof, pattern, box_conf)
     csv_path = write_csv(view_rows + box_rows, out / "label_issues.csv")
+    clips = clip_views(pool, oof, pattern, tset, feats, review_budget, seed)
+    clip_files = write_clip_outputs(clips, out, tset, str(pool.spec.yaml_path))
     boxes_of = {s: r.boxes for s, r in zip(pool.stems, pool.records, strict=True)}
     items = review_items(view_rows + box_rows, boxes_of, review_max)
+    paths_of = {s: r.path for s, r in zip(pool.stems, pool.records, strict=True)}
+    citems = clip_items(clips["suggested"], clips["names"], paths_of)
+    csum = clips["summary"]
+    cor = csum["corruption"]
     flagged = view_sum["issues"] + box_sum.get("issues", 0)
     acc = view_sum["out_of_sample_accuracy"]
     lines = [f"{pool.spec.yaml_path}: {len(pool.records)} images; source: {source}",
@@ -78,24 +92,37 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
              f"{'-' if acc is None else f'{acc:.3f}'}",
              f"boxes: {box_sum.get('issues', 0)} flagged of {box_sum['ranked']} ranked"
              + (f" ({box_sum['skipped']})" if "skipped" in box_sum else ""),
+             f"clips: {csum['clips']} ranked under a corruption matrix from "
+             + (f"{csum['trusted_clips_used']} trusted clips" if cor["source"] == "trusted"
+                else "the noisy model alone (no trusted clip)")
+             + f"; {csum['likely_wrong']} clips likely mislabelled "
+             f"({', '.join(f'{k} {v}' for k, v in csum['likely_wrong_by_pair'].items()) or '-'});"
+             f" {len(citems)} suggested for review first",
              f"shown here: {len(items)} rows (views flagged or with a different suggestion, "
              f"boxes flagged; highest score first, at most {review_max} per field); every row "
              f"is in {csv_path.name}"]
     page = write_review_page(out / "review.html", items, list(pool.spec.cls_names),
-                             f"Label review: {Path(yaml_path).name}", lines)
+                             f"Label review: {Path(yaml_path).name}", lines, citems)
     summary = {"data": str(pool.spec.yaml_path), "images": len(pool.records),
                "source": source, "sources": oof.sources, "settings": settings,
                "clip_regex": pattern.clip, "clip_threshold": clip_threshold,
                "adjust_probs": adjust,
                "views": view_sum, "boxes": box_sum, "flagged": flagged,
+               "clips": csum, "trusted": tset.record() if tset else None,
+               "suggested_review": [{"order": r["review_order"], "clip": r["clip"],
+                                     "patient": r["patient"],
+                                     "given": clips["names"][r["given"]],
+                                     "suggested": clips["names"][r["suggested"]],
+                                     "score": round(r["score"], 4)}
+                                    for r in clips["suggested"]],
                "review_rows": len(items),
                "notes": oof.notes + view_sum["notes"] + ([box_sum["note"]] if "note" in box_sum
-                                                         else []),
+                                                         else []) + csum["notes"],
                "csv": str(csv_path), "review": str(page)}
     (out / "label_issues.json").write_text(json.dumps(summary, indent=2))
-    for line in lines[1:3] + [f"note: {n}" for n in summary["notes"]]:
+    for line in lines[1:4] + [f"note: {n}" for n in summary["notes"]]:
         log(line)
-    log(f"wrote {csv_path} and {page}")
+    log(f"wrote {csv_path}, {', '.join(str(p) for p in clip_files)} and {page}")
     return summary
 
 
