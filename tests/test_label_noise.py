@@ -125,7 +125,7 @@ def test_trusted_file_errors_name_file_and_line(tmp_path: Path) -> None:
                                                     "b-2,PLAX,dr x,2026-12-07,by eye"]), VIEWS)
     assert len(ok) == 2 and ok.view_of("a-1") == 0 and ok.per_class()["PLAX"] == 1
     assert ok.record()["reviewers"] == ["dr x"]  # the repeated row adds nothing
-    cases = [(["a,AP4,x,2026-12-07,eye"], "t.csv:2: view AP4 is not one of A4C, PLAX, PSAX"),
+    cases = [(["a,AP4,x,2026-12-07,eye"], "t.csv:2: view AP4 is not one of A4C, PLAX, PSAX (or ?"),
              (["a,A4C,,2026-12-07,eye"], "t.csv:2: empty reviewer"),
              (["a,A4C,x,7/12/2026,eye"], "t.csv:2: date 7/12/2026 is not YYYY-MM-DD"),
              (["a,A4C,x,2026-12-07,eye", "a,PLAX,x,2026-12-07,eye"],
@@ -136,6 +136,15 @@ def test_trusted_file_errors_name_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "h.csv").write_text("clip,view\na,A4C\n")
     with pytest.raises(DataError, match=r"h.csv: missing column\(s\) reviewer, date, how"):
         load_trusted(tmp_path / "h.csv", VIEWS)
+
+
+def test_conditioning_warning_names_the_close_views() -> None:
+    from medmtl.data.trusted import conditioning_note
+
+    assert conditioning_note(np.array([[0.3, 0.7, 0], [0, 1, 0], [0, 0, 1]]), VIEWS) is None
+    note = conditioning_note(np.array([[0.21, 0.77, 0.02], [0.10, 0.74, 0.16],
+                                       [0.0, 0.5, 0.5]]), VIEWS)
+    assert note is not None and "rows of A4C and PLAX differ by only 0.28" in note
 
 
 def test_corruption_file_checks(tmp_path: Path) -> None:
@@ -202,6 +211,16 @@ def test_audit_with_trusted_writes_corruption_clips_and_review_first(tmp_path: P
         back = load_trusted(tmp_path / "back.csv", VIEWS)  # the page's file feeds --trusted
         assert {c: t.view for c, t in back.labels.items()} == {cl[0]["clip"]: 0,
                                                                cl[2]["clip"]: 2}
+        assert list(back.unsure) == [cl[1]["clip"]]  # "can't tell" is kept, not a label
+        # given back, the "can't tell" clip leaves the next suggested list
+        res = CliRunner().invoke(app, ["audit", "--data", str(y), "--label-issues", "--probs",
+                                       str(tmp_path / "p.csv"), "--trusted",
+                                       str(tmp_path / "back.csv"), "--review-budget", "6",
+                                       "--out", str(tmp_path / "li2")], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        again = json.loads((tmp_path / "li2" / "label_issues.json").read_text())
+        assert cl[1]["clip"] not in {s["clip"] for s in again["suggested_review"]}
+        assert again["trusted"]["cant_tell"] == 1
         assert back.labels[cl[0]["clip"]].reviewer == "dr, x"
 
 

@@ -10,7 +10,8 @@ columns kept as they are ignored), one row per clip:
 
 * ``clip``: the clip id (`medmtl.data.groups.clip_of` of any of its frames, e.g.
   ``a2lrwqduZsKc-unnamed_1_2``); one decision labels every frame of the clip;
-* ``view``: a class name of the data's ``cls_names``;
+* ``view``: a class name of the data's ``cls_names``, or ``?`` for "looked at, can't tell" (not
+  a label: the clip is only kept out of the next suggested review lists);
 * ``reviewer``: who judged it (a name, or e.g. ``medmtl developer, not a clinician``);
 * ``date``: ``YYYY-MM-DD``;
 * ``how``: how the view was judged (e.g. ``by eye, 3 frames``), free text.
@@ -59,6 +60,7 @@ class TrustedSet:
     sha256: str
     cls_names: list[str]
     labels: dict[str, TrustedLabel] = field(default_factory=dict)
+    unsure: dict[str, TrustedLabel] = field(default_factory=dict)  # view -1: can't tell
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,7 +77,7 @@ class TrustedSet:
     def record(self) -> dict[str, Any]:
         """metrics.json / label_issues.json block: file, sha256, clips, per class, reviewers."""
         return {"path": str(self.path), "sha256": self.sha256, "clips": len(self),
-                "per_class": self.per_class(),
+                "per_class": self.per_class(), "cant_tell": len(self.unsure),
                 "reviewers": sorted({t.reviewer for t in self.labels.values()})}
 
 
@@ -103,9 +105,13 @@ def load_trusted(path: str | Path, cls_names: list[str]) -> TrustedSet:
         clip, view = row["clip"], row["view"]
         if not clip:
             raise DataError(f"{path}:{line}: empty clip")
+        if view == "?":
+            out.unsure.setdefault(clip, TrustedLabel(clip, -1, row["reviewer"], row["date"],
+                                                     row["how"], line))
+            continue
         if view not in cls_names:
             raise DataError(f"{path}:{line}: view {clip_text(view)!s} is not one of "
-                            f"{', '.join(cls_names)}")
+                            f"{', '.join(cls_names)} (or ? for can't tell)")
         for col in ("reviewer", "how"):
             if not row[col]:
                 raise DataError(f"{path}:{line}: empty {col}; say who judged the clip and how "
@@ -119,8 +125,11 @@ def load_trusted(path: str | Path, cls_names: list[str]) -> TrustedSet:
             raise DataError(f"{path}:{line}: clip {clip} is labelled "
                             f"{cls_names[old.view]} on line {old.line} and {view} here")
         out.labels.setdefault(clip, label)
-    if not out.labels:
+    if not out.labels and not out.unsure:
         raise DataError(f"{path}: no trusted label (only a header)")
+    for clip in list(out.unsure):
+        if clip in out.labels:  # judged elsewhere in the file: the judgement stands
+            del out.unsure[clip]
     return out
 
 
@@ -132,6 +141,26 @@ class Corruption:
     matrix: np.ndarray
     path: Path | None = None
     doc: dict[str, Any] = field(default_factory=dict)
+
+
+COND_WARN = 10.0
+
+
+def conditioning_note(matrix: np.ndarray, classes: list[str]) -> str | None:
+    """A warning when the matrix is ill-conditioned (condition number above `COND_WARN`): two
+    true views whose rows are close corrupt alike, so the file labels cannot tell them apart
+    and forward correction may trade one view's recall for the other's."""
+    m = np.asarray(matrix, np.float64)
+    cond = float(np.linalg.cond(m))
+    if cond <= COND_WARN:
+        return None
+    k = len(classes)
+    pairs = [(float(np.abs(m[i] - m[j]).sum()), i, j) for i in range(k) for j in range(i + 1, k)]
+    d, i, j = min(pairs)
+    return (f"the corruption matrix is ill-conditioned (condition number {cond:.0f}): the rows "
+            f"of {classes[i]} and {classes[j]} differ by only {d:.2f} (L1), so the file labels "
+            f"barely tell these true views apart; forward correction may trade one's recall for "
+            f"the other's, and only the trusted clips carry that distinction")
 
 
 def load_corruption(path: str | Path, cls_names: list[str]) -> Corruption:
@@ -159,5 +188,5 @@ def load_corruption(path: str | Path, cls_names: list[str]) -> Corruption:
     return Corruption(list(classes), m / m.sum(1, keepdims=True), path, doc)
 
 
-__all__ = ["TRUSTED_COLUMNS", "Corruption", "TrustedLabel", "TrustedSet", "load_corruption",
+__all__ = ["COND_WARN", "TRUSTED_COLUMNS", "Corruption", "conditioning_note", "TrustedLabel", "TrustedSet", "load_corruption",
            "load_trusted"]

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -17,7 +18,7 @@ from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.data.corrections import CorrectionError, load_corrections
 from medmtl.data.dataset_yaml import DataError, split_source
 from medmtl.data.splits import held_out_split
-from medmtl.data.trusted import Corruption, load_corruption, load_trusted
+from medmtl.data.trusted import Corruption, conditioning_note, load_corruption, load_trusted
 from medmtl.data.view_labels import (
     apply_trusted,
     apply_view_policy,
@@ -262,15 +263,18 @@ def corruption_record(c: Corruption | None) -> dict[str, Any] | None:
     if c is None or c.path is None:
         return None
     return {"path": str(c.path), "sha256": hashlib.sha256(c.path.read_bytes()).hexdigest(),
-            "classes": list(c.classes), "matrix": c.matrix.tolist()}
+            "classes": list(c.classes), "matrix": c.matrix.tolist(),
+            "condition_number": float(np.linalg.cond(c.matrix)),
+            "warning": conditioning_note(c.matrix, list(c.classes))}
 
 
 def describe_corruption(rec: dict[str, Any]) -> str:
     """One line: the corruption matrix the view loss is forward-corrected by."""
     rows = "; ".join(f"{c} -> " + " ".join(f"{x:.2f}" for x in row)
                      for c, row in zip(rec["classes"], rec["matrix"], strict=True))
-    return (f"view loss forward-corrected by {rec['path']} (sha256 {rec['sha256'][:12]}), "
+    line = (f"view loss forward-corrected by {rec['path']} (sha256 {rec['sha256'][:12]}), "
             f"P(file's view | true view) in {'/'.join(rec['classes'])} order: {rows}")
+    return line + (f"; warning: {rec['warning']}" if rec.get("warning") else "")
 
 
 def print_summary(console: Console, split: str, index: Any) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from medmtl.data.dataset_yaml import DataError
 from medmtl.data.groups import GroupPattern
-from medmtl.data.trusted import TrustedSet
+from medmtl.data.trusted import TrustedSet, conditioning_note
 from medmtl.labelissues.noise import (
     ClipTable,
     CorruptionEstimate,
@@ -90,6 +90,9 @@ def clip_views(pool: Pool, oof: OOF, pattern: GroupPattern, trusted: TrustedSet 
                      "(confident joint); a systematic error the model learned stays hidden. "
                      "Review the suggested clips and give them with --trusted")
     notes += est.notes
+    warn = conditioning_note(est.matrix, names)
+    if warn:
+        notes.append(warn)
     rows = rank_clips(table, est, tmap)
     disagree: dict[str, float] = {}
     if features:
@@ -102,7 +105,11 @@ def clip_views(pool: Pool, oof: OOF, pattern: GroupPattern, trusted: TrustedSet 
             disagree = {table.clips[j]: float(v) for j, v in zip(have, d, strict=True)}
         notes.append(f"appearance disagreement from features of {len(have)} of {len(table)} "
                      "clips")
-    picked = suggest_review(rows, budget, disagree)
+    looked = set(trusted.unsure) if trusted is not None else set()
+    if looked:
+        notes.append(f"{len(looked & set(table.clips))} clips judged \"can't tell\" in "
+                     f"{trusted.path} are left out of the suggested review list")
+    picked = suggest_review([r for r in rows if r["clip"] not in looked], budget, disagree)
     order = {r["clip"]: r["review_order"] for r in picked}
     rep = {c: st[len(st) // 2] for c, st in zip(table.clips, table.stems, strict=True)}
     for i, r in enumerate(rows, start=1):

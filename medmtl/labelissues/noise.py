@@ -111,6 +111,7 @@ class CorruptionEstimate:
                 "counted_ci95_low": r4(clo), "counted_ci95_high": r4(chi),
                 "trusted_clips_per_class": dict(zip(classes, self.clips_per_class.tolist(),
                                                     strict=True)),
+                "condition_number": round(float(np.linalg.cond(self.matrix)), 2),
                 "source": self.source, "notes": list(self.notes),
                 "meaning": "matrix[i][j] = P(label file says j | true view i); rows: true"}
 

@@ -34,14 +34,14 @@ function sortItems(items, how) {
   return out;
 }
 
-// clips: the suggested clips; clipDecisions: {key: view name | "unsure"}; one row per clip
-// whose view was chosen ("can't tell" writes nothing: it is not a trusted label)
+// clips: the suggested clips; clipDecisions: {key: view name | "unsure"}; one row per decided
+// clip ("can't tell" is written as view "?": not a label, it keeps the clip out of later lists)
 function trustedCsv(clips, clipDecisions, reviewer, date, how) {
   const lines = ["clip,view,reviewer,date,how"];
   for (const c of clips) {
     const v = clipDecisions[c.key];
-    if (!v || v === "unsure") continue;
-    lines.push([c.clip, v, reviewer, date, how].map(csvField).join(","));
+    if (!v) continue;
+    lines.push([c.clip, v === "unsure" ? "?" : v, reviewer, date, how].map(csvField).join(","));
   }
   return lines.join("\n") + "\n";
 }
