@@ -5,6 +5,8 @@ labels of docs/label-noise/trusted-by-eye.csv were looked at.
 
     .venv/bin/python benchmarks/contact_sheet.py runs/label-noise-real/audit/clips.csv \\
         --data runs/label-noise-real/split/data.yaml --out runs/label-noise-real/sheets
+    .venv/bin/python benchmarks/contact_sheet.py - --split test \\
+        --data runs/label-noise-real/split/data.yaml --out runs/label-noise-real/heldout
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("clips_csv")
+    ap.add_argument("clips_csv", help="clips.csv of the audit, or - with --split")
+    ap.add_argument("--split", default=None, help="every clip of this split of --data instead "
+                    "(e.g. test: the held-out patients, to judge an evaluation set)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--per-sheet", type=int, default=5)
@@ -28,13 +32,16 @@ def main() -> None:
     from medmtl.data.groups import clip_of
     from medmtl.labelissues.oof import load_pool
 
-    pool = load_pool(a.data)
+    pool = load_pool(a.data, [a.split] if a.split else None)
     frames: dict[str, list[Path]] = {}
     for r in pool.records:
         frames.setdefault(clip_of(r.path), []).append(r.path)
-    with open(a.clips_csv, newline="") as f:
-        rows = sorted((r for r in csv.DictReader(f) if r["review_order"]),
-                      key=lambda r: int(r["review_order"]))
+    if a.split:
+        rows = [{"clip": c, "review_order": str(i)} for i, c in enumerate(sorted(frames), 1)]
+    else:
+        with open(a.clips_csv, newline="") as f:
+            rows = sorted((r for r in csv.DictReader(f) if r["review_order"]),
+                          key=lambda r: int(r["review_order"]))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     s = a.side

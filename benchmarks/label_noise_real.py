@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/label-noise-real")
     ap.add_argument("--trusted", default=None)
     ap.add_argument("--imgsz", type=int, default=224)
+    ap.add_argument("--judged", default=None, help="views of held-out clips judged by a person "
+                    "(trusted-CSV format): the probes are also scored against them")
     a = ap.parse_args()
     if not Path(a.data).is_file():
         print(f"label_noise_real: {a.data} not found (the real data lives in ../shared/data); "
@@ -185,19 +187,24 @@ def main() -> None:
     xt = (np.stack([emb[r.path.stem] for r in tl]) - mu) / sd
     yt = np.array([r.view for r in tl])
     clips_t = [pat.clip_of(r.path) for r in tl]
-    rows = {"plain (as-is labels)": recall_table(
-        fit_probe(xs, y, len(names))(xt).argmax(1), yt, clips_t, names)}
+    preds = {"plain (as-is labels)": fit_probe(xs, y, len(names))(xt).argmax(1)}
     if tset is not None and (out / "audit" / "corruption.json").is_file():
         cor = json.loads((out / "audit" / "corruption.json").read_text())
         c = np.asarray(cor["matrix"])
         trusted = np.array([tset.view_of(pat.clip_of(pool.records[i].path)) if
                             tset.view_of(pat.clip_of(pool.records[i].path)) is not None else -1
                             for i in lab])
-        rows["trusted labels only (no correction)"] = recall_table(
-            fit_probe(xs, np.where(trusted >= 0, trusted, y), len(names))(xt).argmax(1), yt,
-            clips_t, names)
-        rows["forward-corrected (GLC)"] = recall_table(
-            fit_probe(xs, y, len(names), c, trusted)(xt).argmax(1), yt, clips_t, names)
+        preds["trusted labels only (no correction)"] = fit_probe(
+            xs, np.where(trusted >= 0, trusted, y), len(names))(xt).argmax(1)
+        preds["forward-corrected (GLC)"] = fit_probe(xs, y, len(names), c, trusted)(xt).argmax(1)
+    rows = {k: recall_table(v, yt, clips_t, names) for k, v in preds.items()}
+    if a.judged:
+        judged = load_trusted(a.judged, names)
+        jv = np.array([-1 if judged.view_of(c) is None else judged.view_of(c) for c in clips_t])
+        m = jv >= 0
+        for k, v in preds.items():
+            rows[f"{k}, against judged views"] = recall_table(
+                v[m], jv[m], [c for c, keep in zip(clips_t, m, strict=True) if keep], names)
     print(f"\nheld-out patients: {len(test_patients)}, {len(tl)} frames with a view, "
           f"{len(set(clips_t))} clips; scored against their file labels")
     keys = list(next(iter(rows.values())))
