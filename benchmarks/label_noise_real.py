@@ -39,7 +39,12 @@ def embed(paths: list[Path], imgsz: int) -> np.ndarray:
     import timm
     import torch
 
-    from medmtl.models.pretrained import _reference_state, map_state, packaged_weights, read_state_dict
+    from medmtl.models.pretrained import (
+        _reference_state,
+        map_state,
+        packaged_weights,
+        read_state_dict,
+    )
 
     name = "tf_efficientnet_lite0"
     found = packaged_weights(name)
