@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX
+from medmtl.yamlio import load_yaml_mapping
 
 TASKS = ("detect", "classify")
 # the extra loss task of knowledge distillation (--teacher): weighed by the balancer like a task
@@ -356,7 +357,9 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        """A run's config.yaml, read by the guarded reader (`medmtl.yamlio`: size, depth and
+        alias limits; `InputError` naming the file)."""
+        return cls.model_validate(load_yaml_mapping(path, "config.yaml"))
 
 
 def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -44,4 +44,26 @@ def clip_text(text: object, limit: int = MAX_ECHO) -> str:
     return f"{s[:limit]}... ({len(s) - limit} more characters)"
 
 
-__all__ = ["CheckpointError", "InputError", "MedmtlError", "NonFiniteError", "RunLocked", "clip_text"]
+# PyTorch's advice in a refused load (re-run with weights_only=False, allow-list the class): both
+# would let the file run code, so medmtl never repeats them
+_UNSAFE_ADVICE = ("weights_only", "weights only load failed", "trusted source", "safe_globals",
+                  "arbitrary code", "check the documentation", "allowlist", "if you trust")
+
+
+def load_refusal(e: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in one sentence, without PyTorch's
+    advice to load it with ``weights_only=False`` or to allow-list its classes (the first
+    sentence that is not advice, e.g. "Trying to load unsupported GLOBAL posix.system ...")."""
+    import re
+
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", str(e).strip())
+    keep = [t.strip() for t in sentences
+            if t.strip() and not any(a in t.lower() for a in _UNSAFE_ADVICE)]
+    return clip_text(keep[0].rstrip("."), 200) if keep else type(e).__name__
+
+
+UNSAFE_FIX = ("re-export the weights as tensors (a state dict or safetensors) or retrain with "
+              "this medmtl version; never unpickle an untrusted file")
+
+__all__ = ["UNSAFE_FIX", "CheckpointError", "InputError", "MedmtlError", "NonFiniteError",
+           "RunLocked", "clip_text", "load_refusal"]

@@ -12,6 +12,11 @@ options, a task weight `w_<task>` (the balancer's `weights`), `lr` and `view_lab
 view-label policy: as-is | clip-majority | drop-inconsistent); an unknown key fails in one line
 that lists the keys the spec takes. The spec string is the run's method (config.yaml's `method`),
 so reports group and label runs by it and each variant gets a run folder of its own.
+
+Every value is range-checked before anything else sees it (`SPEC_RANGES`; a balancer option by its
+own field's bounds, capped at `MAX_SPEC_VALUE`): ``nan``, ``inf``, ``1e30`` or a fractional epoch
+count fail in one line naming the key and the range it takes. A key may appear once, and a spec
+is at most `MAX_SPEC_CHARS` characters, so the run folder named after it stays a valid name.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ from typing import Any
 from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
 from medmtl.config import DISTILL, TASKS, TrainConfig, merge_dicts
 from medmtl.data.view_labels import POLICIES
+from medmtl.errors import clip_text
 from medmtl.models import ARCHS
+
+MAX_SPEC_CHARS = 200  # a spec names a run folder (plus "-s<seed>"): well under 255 bytes
+MAX_SPEC_VALUE = 1000.0  # the largest task weight or balancer option a spec may set
+# key -> (low, high, whole number, low excluded); balancer options use their field's bounds
+SPEC_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "freeze_trunk_epochs": (0, 10_000, True, False),
+    "lr": (0, 10, False, True),
+    "w_": (0, MAX_SPEC_VALUE, False, False),
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "original": {"model": {"arch": "shared", "view_source": "neck8"},
@@ -89,6 +104,9 @@ def is_spec(method: str) -> bool:
 def parse_spec(spec: str) -> dict[str, Any]:
     """The config overrides of `arch:balancer[:key=value,...]` or `preset:key=value[,...]`
     (ValueError naming the problem)."""
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ValueError(f"method spec {clip_text(spec)!r}: {len(spec)} characters, more than the "
+                         f"{MAX_SPEC_CHARS} a spec may have (it names the run folder)")
     parts = spec.split(":")
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ValueError(f"method spec {spec!r}: expected arch:balancer[:key=value,...] or "
@@ -112,25 +130,31 @@ def parse_spec(spec: str) -> dict[str, Any]:
 def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, Any]:
     """`over` updated by the spec's `key=value` items."""
     balancer = over["balancer"]["name"]
-    opts = option_keys(balancer_class(balancer).Options)
+    options = balancer_class(balancer).Options
+    opts = option_keys(options)
     weights: dict[str, float] = {}
+    seen: dict[str, str] = {}
     for item in (x for part in parts for x in part.split(",") if x.strip()):
         key, eq, value = (x.strip() for x in item.partition("="))
         allowed = sorted({*opts, *(f"w_{t}" for t in (*TASKS, DISTILL)), "lr", "view_labels",
                           "freeze_trunk_epochs"})
         if not eq or key not in allowed:
-            raise ValueError(f"method spec {spec!r}: unknown key {key!r}; {balancer} specs take "
-                             f"{', '.join(allowed)}")
+            raise ValueError(f"method spec {spec!r}: unknown key {clip_text(key)!r}; {balancer} "
+                             f"specs take {', '.join(allowed)}")
+        target = key if key in ("lr", "view_labels", "freeze_trunk_epochs") or \
+            key.startswith("w_") else opts[key]
+        if target in seen:
+            both = f"{key} is given twice" if seen[target] == key else \
+                f"{seen[target]} and {key} set the same option"
+            raise ValueError(f"method spec {spec!r}: {both}; give each key once")
+        seen[target] = key
         if key == "view_labels":
             if value not in POLICIES:
                 raise ValueError(f"method spec {spec!r}: view_labels={value!r}; expected one of "
                                  f"{', '.join(POLICIES)}")
             over["view_labels"] = value
             continue
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"method spec {spec!r}: {key}={value!r} is not a number") from None
+        number = _spec_value(spec, key, value, options.model_fields.get(opts.get(key, "")))
         if key.startswith("w_"):
             weights[key[2:]] = number
         elif key == "freeze_trunk_epochs":
@@ -143,6 +167,48 @@ def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, A
         base = over["balancer"].get("weights") or {}
         over["balancer"]["weights"] = {**{t: 1.0 for t in TASKS}, **base, **weights}
     return over
+
+
+def _bounds(key: str, field: Any) -> tuple[float, float, bool, bool]:
+    """(low, high, whole number, low excluded) a spec value of `key` must fit; a balancer
+    option's from its field's ``ge``/``gt``/``le``/``lt`` (high capped at `MAX_SPEC_VALUE`)."""
+    if key in SPEC_RANGES or key.startswith("w_"):
+        return SPEC_RANGES.get(key) or SPEC_RANGES["w_"]
+    lo, hi, lo_open = -MAX_SPEC_VALUE, MAX_SPEC_VALUE, False
+    for m in getattr(field, "metadata", ()):
+        if getattr(m, "ge", None) is not None:
+            lo = float(m.ge)
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = float(m.gt), True
+        for attr in ("le", "lt"):
+            if getattr(m, attr, None) is not None:
+                hi = min(hi, float(getattr(m, attr)))
+    return lo, hi, getattr(field, "annotation", None) is int, lo_open
+
+
+def _spec_value(spec: str, key: str, value: str, field: Any) -> float:
+    """The number a spec gives `key`, within its range (`_bounds`); a one-line ValueError naming
+    the key and the range otherwise (nan, inf, 1e30, 2.5 epochs, words)."""
+    if getattr(field, "annotation", None) is bool:
+        flags = {"true": 1.0, "1": 1.0, "yes": 1.0, "on": 1.0,
+                 "false": 0.0, "0": 0.0, "no": 0.0, "off": 0.0}
+        if value.lower() not in flags:
+            raise ValueError(f"method spec {clip_text(spec)!r}: {key}={clip_text(value)!r}: {key} "
+                             "takes true or false")
+        return flags[value.lower()]
+    lo, hi, whole, lo_open = _bounds(key, field)
+    what = "a whole number" if whole else "a number"
+    rng = f"{what} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"method spec {clip_text(spec)!r}: {key}={clip_text(value)!r} is not a "
+                         f"number; {key} takes {rng}") from None
+    ok = lo < number <= hi if lo_open else lo <= number <= hi  # False for nan
+    if not ok or (whole and not number.is_integer()):
+        raise ValueError(f"method spec {clip_text(spec)!r}: {key}={clip_text(value)} is out of "
+                         f"range; {key} takes {rng}")
+    return number
 
 
 def split_methods(text: str) -> list[str]:
@@ -171,8 +237,8 @@ def check_method(method: str) -> None:
     elif method not in presets():
         close = difflib.get_close_matches(method.lower(), list(presets()), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise KeyError(f"unknown method {method!r}; {hint}known: {', '.join(presets())}, or a "
-                       "spec arch:balancer[:key=value,...]")
+        raise KeyError(f"unknown method {clip_text(method)!r}; {hint}known: "
+                       f"{', '.join(presets())}, or a spec arch:balancer[:key=value,...]")
 
 
 def build_config(method: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -109,3 +109,53 @@ def test_audit_real_dataset() -> None:
     assert va["images_without_view"] == [] and tr["summary"]["boxes_skipped"] == 0
     assert set(tr["image_sizes"]) == {"430x320", "700x495", "800x556"}
     assert rep["leakage"]["leaks"] and rep["leakage"]["pairs"]["train/val"]["shared_groups"] > 0
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from medmtl.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_audit_exit_status_and_next_step(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """#24.7: errors give exit status 1 (--allow-errors: 0); the last line says what to run."""
+    y = _grouped_set(tmp_path / "data")  # p0 and p1 in train and val, no error
+    code, out, _ = _main(["audit", "--data", str(y)], capsys)
+    assert code == 0
+    assert out.strip().splitlines()[-1] == (
+        f"next step: `medmtl split --data {y} --out DIR` for a patient-grouped split (2 "
+        "patient(s) are in both train and val), then `medmtl train --data DIR/data.yaml`")
+    grouped = split_by_group(y, val_fraction=0.3, seed=1, out_dir=tmp_path / "s")
+    code, out, _ = _main(["audit", "--data", str(grouped)], capsys)
+    assert code == 0 and out.strip().splitlines()[-1] == (
+        f"next step: `medmtl train --data {grouped}` (or `medmtl compare --data {grouped}`)")
+    # a truncated JPEG and an unreadable label: two errors
+    img = tmp_path / "data" / "train" / "images"
+    (img / "p9-clip0.mp4-1.jpg").write_bytes((img / "p0-clip0.mp4-train.jpg").read_bytes()[:60])
+    (tmp_path / "data" / "train" / "labels" / "p9-clip0.mp4-1.txt").write_text("0 0.5 0.5 .2 .2")
+    (tmp_path / "data" / "train" / "labels" / "p1-clip0.mp4-train.txt").write_bytes(b"\xff\xfe\x00")
+    code, out, err = _main(["audit", "--data", str(y)], capsys)
+    assert code == 1
+    assert "truncated" not in err and "Traceback" not in err
+    kinds = "image_corrupt=1, label_unreadable=1"
+    assert err.strip() == (f"audit found 2 error(s) ({kinds}): exit status 1 (--allow-errors "
+                           "to accept them)")
+    assert out.strip().splitlines()[-1].startswith(
+        f"next step: fix or remove what the 2 error(s) name ({kinds}; 'Label problems' above")
+    assert "p9-clip0.mp4-1.jpg" in out  # named in the problems table, errors first
+    code, out, err = _main(["audit", "--data", str(y), "--allow-errors"], capsys)
+    assert code == 0 and err == "" and "next step: fix or remove" in out
+    from typer.testing import CliRunner
+
+    from medmtl.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
+                    .output.split())
+    assert "--allow-errors" in text and "Exit status 1 when it finds errors" in text

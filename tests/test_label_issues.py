@@ -102,6 +102,29 @@ def test_fold_runs_are_patient_grouped_and_cover_every_image(tmp_path: Path,
               log=logs.append)
     s = label_issues(y, out, **kw)
     assert sum("held-out images" in m for m in logs) == 2
+    # #24.13: the plan and its estimate first, then each fold started / done with the time
+    plan = next(i for i, m in enumerate(logs) if m.startswith("plan: "))
+    assert logs[plan].startswith("plan: 2 folds × 1 epoch × ~52 training images (of 104, "
+                                 "patient-grouped); each fold then scores the images it held "
+                                 "out, once; estimated ~")
+    assert re.search(r"estimated ~\d[\d.]* (s|min) \(\d+ training steps at \d+\.\d\d s per "
+                     r"step of 16 images at 64 px, timed just now", logs[plan])
+    marks = [m.split(":")[0] for m in logs if re.match(r"fold \d/2 (started|done)", m)]
+    assert marks == ["fold 1/2 started", "fold 1/2 done", "fold 2/2 started", "fold 2/2 done"]
+    assert logs.index(next(m for m in logs if m.startswith("fold 1/2 started"))) > plan
+    assert all(re.search(r"elapsed [\d.]+ s of ~[\d.]+ (s|min) estimated$", m)
+               for m in logs if re.match(r"fold \d/2 (started|done)", m))
+    assert s["source"] == "2-fold out-of-fold predictions (classify, 1 epoch, 64 px)"
+    page = (out / "review.html").read_text()
+    assert "1 epochs" not in page and "word-break:break-all" not in page
+    # models too weak for their flags: out-of-fold accuracy against the majority-class rate
+    pool = load_pool(y)
+    counts = np.bincount([r.view for r in pool.records], minlength=3)
+    acc, st = s["views"]["out_of_sample_accuracy"], s["model_strength"]
+    assert st["majority_rate"] == pytest.approx(counts.max() / counts.sum())
+    assert st["weak"] == (not acc > counts.max() / counts.sum() + 0.05)
+    assert s["warnings"] == ([st["text"]] if st["weak"] else [])
+    assert ("Warning: the models behind the view probabilities are weak" in page) == st["weak"]
     manifest = json.loads((out / "folds" / "folds.json").read_text())
     fold_of = manifest["folds"]
     assert set(fold_of) == set(truth) and set(fold_of.values()) == {0, 1}
@@ -127,6 +150,7 @@ def test_fold_runs_are_patient_grouped_and_cover_every_image(tmp_path: Path,
     logs.clear()
     label_issues(y, out, **kw)
     assert sum("finished earlier" in m for m in logs) == 2
+    assert any(m.startswith("plan: ") and m.endswith("; all 2 folds are done already and kept") for m in logs)
     with pytest.raises(ValueError, match="other settings"):
         label_issues(y, out, **{**kw, "epochs": 2})
 
@@ -279,6 +303,39 @@ def test_review_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count('<article class="card') == len(flipped)
     assert f"{len(flipped)} shown, 0 of {len(flipped)} decided" in out.stdout
+
+
+def test_weak_models_are_named_and_names_wrap_at_separators(tmp_path: Path) -> None:
+    """#24.13: probabilities that always answer A4C are no better than the majority class: the
+    summary, the log and the review page say their flags mean little."""
+    from medmtl.labelissues.run import label_issues
+
+    y, truth, flipped = _flipped_set(tmp_path / "d")
+    probs = tmp_path / "const.csv"
+    probs.write_text("stem,A4C,PLAX,PSAX\n" + "".join(f"{s},0.5,0.25,0.25\n" for s in truth))
+    logs: list[str] = []
+    s = label_issues(y, tmp_path / "li", probs=probs, log=logs.append)
+    given = np.bincount([r.view for r in load_pool(y).records], minlength=3)  # flips included
+    acc, majority = given[0] / given.sum(), given.max() / given.sum()
+    st = s["model_strength"]
+    assert st["out_of_sample_accuracy"] == pytest.approx(acc) and acc <= majority
+    assert st["majority_rate"] == pytest.approx(majority) and st["weak"] is True
+    text = (f"the models behind the view probabilities are weak: out-of-sample view accuracy "
+            f"{acc:.3f} is not above the majority-class rate {majority:.3f} + 0.05, so their "
+            "flags (flagged by: model) mean little")
+    assert s["warnings"][0].startswith(text) and f"warning: {s['warnings'][0]}" in logs
+    page = (tmp_path / "li" / "review.html").read_text()
+    assert f'<p class="summary warn">Warning: {text}' in page
+    good = label_issues(y, tmp_path / "li2", probs=_probs_csv(tmp_path / "p.csv", truth),
+                        log=lambda m: None)
+    assert good["model_strength"]["weak"] is False and good["warnings"] == []
+    assert "summary warn" not in (tmp_path / "li2" / "review.html").read_text()
+    if NODE is not None:
+        code = (f"const m = require({json.dumps(str(JS))});process.stdout.write(JSON.stringify("
+                "[m.breakPoints('aGdjwqtqa8Kb-unnamed_1_6.mp4-40'), m.breakPoints('clip')]));")
+        run = subprocess.run([NODE, "-e", code], capture_output=True, text=True, timeout=60)
+        assert json.loads(run.stdout) == [["aGdjwqtqa8Kb-", "unnamed_", "1_", "6.", "mp4-", "40"],
+                                          ["clip"]]
 
 
 def test_adjusted_probabilities_undo_a_bias_against_one_view(tmp_path: Path) -> None:

@@ -44,6 +44,26 @@ def test_spec_errors_name_the_problem(spec: str, needle: str | None) -> None:
         parse_spec(spec)
 
 
+def test_spec_values_within_their_ranges_are_taken() -> None:
+    """#24: the range checks refuse nan/inf/1e30 (tests/test_fuzz_surfaces.py) but take every
+    value inside the range, its bounds included."""
+    from medmtl.methods import MAX_SPEC_CHARS
+
+    over = parse_spec("staged:freeze_trunk_epochs=10000")
+    assert over["freeze_trunk_epochs"] == 10000 and isinstance(over["freeze_trunk_epochs"], int)
+    assert parse_spec("staged:freeze_trunk_epochs=0")["freeze_trunk_epochs"] == 0
+    assert parse_spec("shared:fixed:lr=10,w_classify=1000")["lr"] == 10
+    assert parse_spec("shared:gradnorm:alpha=0")["balancer"]["alpha"] == 0
+    assert parse_spec("shared:famo:reforward=false")["balancer"]["reforward"] == 0.0
+    assert build_config("shared:famo:reforward=false").balancer.model_dump()["reforward"] is False
+    spec = "shared:fixed:w_classify=0.3,lr=0.001" + "0" * (MAX_SPEC_CHARS - 36)
+    assert len(spec) == MAX_SPEC_CHARS and parse_spec(spec)["lr"] == 0.001
+    with pytest.raises(ValueError, match=f"more than the {MAX_SPEC_CHARS}"):
+        parse_spec(spec + "0")
+    with pytest.raises(ValueError, match="c and cagrad_c set the same option"):
+        parse_spec("shared:cagrad:c=0.3,cagrad_c=0.2")
+
+
 def test_split_methods_and_run_names() -> None:
     assert split_methods("fixed, shared:fixed:w_detect=1,w_classify=0.3,dual,"
                          "split2:gradnorm:alpha=0.5") == \

@@ -457,3 +457,69 @@ def test_view_recall_per_class_is_the_mean_over_seeds(study: Path,
         n = len(seeds)
         want = [f"{.8 + .01 * (n - 1) / 2 + .02 * i:.3f}" for i in range(len(VIEWS))]
         assert by_method[method] == want, method
+
+
+# --- issue #24.11: no best method without the evidence for one ------------------------------
+
+def _no_best(text: str) -> bool:
+    """No method is called best ("best epoch", a column of the per-run table, aside)."""
+    import re
+    return re.search(r"\bbest\b(?! epoch)", text, re.I) is None
+
+
+def test_differences_within_noise_name_no_best_method(tmp_path: Path) -> None:
+    """Two methods whose scores swap from seed to seed: the top one is not crowned, and the
+    report says why; every interval column names the split it is over."""
+    for seed, (a, b) in enumerate([(0.60, 0.61), (0.62, 0.60), (0.61, 0.62)]):
+        make_run(tmp_path, "fixed", seed, a, 0.86 + 0.01 * seed)
+        make_run(tmp_path, "gradnorm", seed, b, 0.87 - 0.01 * seed)
+    paths = write_report(tmp_path, plots=False)
+    md = paths["md"].read_text()
+    acc = json.loads(paths["json"].read_text())["recommendations"]["accuracy_first"]
+    assert acc["method"] is None and acc["recommended"] is False and acc["top"] == "fixed"
+    # fixed's combined score 1.000 vs gradnorm's 0.994: paired p = 0.64, far from 0.05
+    gn = acc["ranking"][1]
+    assert gn["method"] == "gradnorm" and gn["vs_best"]["verdict"] == "indistinguishable"
+    assert gn["vs_best"]["p"] > 0.5
+    assert acc["why_no_pick"] == ["the lead of fixed over gradnorm is within seed noise (not "
+                                  "significantly lower: paired t-test, Holm-adjusted)"]
+    rec = md.split("## Recommendations")[1].split("\n## ")[0]
+    assert rec.strip().startswith("Accuracy first: no method can be recommended: the lead of "
+                                  "fixed over gradnorm is within seed noise")
+    assert "| fixed | 1.000 ± 0.012 | 3 | top score (not recommended) |" in rec
+    assert _no_best(md) and _no_best(acc["text"])
+    # every interval column names its split (these runs were scored on val)
+    headers = [ln for ln in md.splitlines() if "CI" in ln]
+    assert headers == ["| method | metric | difference | 95 % CI over seeds (t, val split) | "
+                       "95 % CI over val images (bootstrap) | p | Holm p | verdict |"]
+
+
+def test_one_seed_at_a_tiny_budget_crowns_nothing(tmp_path: Path) -> None:
+    """The report that named a method best on mAP@0.5 0.027 vs 0.007 (+277 %) with one seed
+    each: no method learnt detection, so every recommendation is withheld; with learning but one
+    seed, the seeds are the reason."""
+    make_run(tmp_path / "a", "fixed", 0, 0.007, 0.86)
+    make_run(tmp_path / "a", "gradnorm", 0, 0.027, 0.87)
+    paths = write_report(tmp_path / "a", plots=False)
+    recs = json.loads(paths["json"].read_text())["recommendations"]
+    assert recs["withheld"] == (
+        "No recommendation: no method learnt both tasks, so differences between them are noise "
+        "(fixed's mAP@0.5 0.007 is not above the floor 0.05; gradnorm's mAP@0.5 0.027 is not "
+        "above the floor 0.05). Train longer (more epochs or images) and report again.")
+    md = paths["md"].read_text()
+    assert "Accuracy first" not in md and _no_best(md)
+    # mAP fine, but view accuracy 0.30: below the majority-class rate of the scored split
+    # (make_run's confusion rows sum to 55, 70, 58: 70 / 183 = 0.383)
+    make_run(tmp_path / "b", "fixed", 0, 0.60, 0.30)
+    make_run(tmp_path / "b", "gradnorm", 0, 0.62, 0.31)
+    recs = build_summary(collect_runs(tmp_path / "b"))["recommendations"]
+    assert "view accuracy 0.310 is not above the majority-class rate 0.383" in recs["withheld"]
+    # both tasks learnt, one seed each: no pick, and the seeds say why
+    make_run(tmp_path / "c", "fixed", 0, 0.60, 0.86)
+    make_run(tmp_path / "c", "gradnorm", 0, 0.66, 0.88)
+    recs = build_summary(collect_runs(tmp_path / "c"))["recommendations"]
+    acc = recs["accuracy_first"]
+    assert recs["withheld"] is None and acc["method"] is None and acc["top"] == "gradnorm"
+    assert acc["why_no_pick"] == ["fixed (1), gradnorm (1) ran fewer than 2 seeds, so seed "
+                                  "noise cannot be told from a difference (`medmtl compare "
+                                  "--seeds 3`)"]

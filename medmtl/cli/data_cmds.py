@@ -98,11 +98,16 @@ def audit(
                                          rich_help_panel=_LI)] = None,
     review_budget: Annotated[int, Opt(min=1, help="Clips on the review page's first screen "
                                       "(the suggested review list)", rich_help_panel=_LI)] = 20,
+    allow_errors: Annotated[bool, Opt("--allow-errors", help="Exit 0 even when the audit finds "
+                                      "errors (corrupt images, unreadable or malformed label "
+                                      "files); without it such errors give exit status 1")]
+    = False,
 ) -> None:
     """Count images, boxes, views and label problems per split; find groups leaking across splits
     and clips whose frames carry different view labels; with --label-issues rank likely label
-    errors for review."""
-    from medmtl.data.audit import audit_dataset, render_audit
+    errors for review. Exit status 1 when it finds errors (corrupt images, unreadable or malformed
+    label files; --allow-errors: 0); the last line says what to run next."""
+    from medmtl.data.audit import audit_dataset, audit_errors, next_step, render_audit
     from medmtl.data.corrections import CorrectionError
     from medmtl.data.groups import GroupPattern
 
@@ -139,6 +144,13 @@ def audit(
         except (ValueError, FileNotFoundError) as e:
             err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
+    n_err, kinds = audit_errors(report)
+    console.print(next_step(report, str(data)), markup=False, highlight=False)
+    if n_err and not allow_errors:
+        what = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
+        err.print(f"audit found {n_err} error(s) ({what}): exit status 1 (--allow-errors to "
+                  "accept them)", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -56,8 +56,11 @@ def predict(
     device: Annotated[str, Opt()] = "auto",
     save_media: Annotated[bool, Opt("--save-media/--no-save-media",
                                     help="Write annotated images / videos")] = True,
-    view_min_prob: Annotated[float, Opt(help="Below this view probability the view is "
-                                             "reported as uncertain", min=0.0, max=1.0)] = 0.0,
+    view_min_prob: Annotated[float | None, Opt(help="Below this view probability the view is "
+                                                    "reported as uncertain \\[default: the "
+                                                    "checkpoint's threshold, measured on val; "
+                                                    "0 turns abstention off]",
+                                               min=0.0, max=1.0)] = None,
     allow_backbone_path: Annotated[bool, Opt(help="Let the checkpoint's config name a backbone "
                                                   "folder or hub id (only for files you trust)")]
     = False,
@@ -94,6 +97,9 @@ def summary_lines(summary: dict) -> list[str]:
         out.append(f"{im['source']}: {im['text']}")
     if len(images) > SHOWN_IMAGES:
         out.append(f"... and {len(images) - SHOWN_IMAGES} more images (summary.json: per_image)")
+    if summary.get("abstention"):
+        unsure = (summary.get("view") or {}).get("uncertain_frames", 0)
+        out.append(f"{summary['abstention']['text']}; {unsure} frame(s) uncertain")
     out.append(f"{summary.get('frames', 0)} frames ({summary.get('images', 0)} images, "
                f"{summary.get('clips', 0)} clips); wrote {summary.get('out')}")
     return out

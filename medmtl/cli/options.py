@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -241,5 +242,44 @@ def _fix(err: Any, flag: str) -> str:
     return ""
 
 
-__all__ = ["ConfigOption", "check_balancer_options", "config_options", "config_overrides",
-           "one_line", "with_config_options"]
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """`train --config FILE`'s overrides, read by the guarded YAML reader (`medmtl.yamlio`: size,
+    depth and alias-expansion limits, so an alias bomb fails at once); a bad file is one line
+    naming ``--config`` and the file. None: no overrides."""
+    from medmtl.errors import InputError
+    from medmtl.yamlio import load_yaml_mapping
+
+    if path is None:
+        return {}
+    try:
+        return load_yaml_mapping(path, "--config YAML")
+    except InputError as e:
+        raise typer.BadParameter(str(e), param_hint="--config") from None
+
+
+def _holds(over: Any, loc: tuple[str, ...]) -> bool:
+    """Whether the nested dict `over` sets the config key at `loc` (or a block above it)."""
+    for key in loc:
+        if not isinstance(over, dict):
+            return True
+        hit = [v for k, v in over.items() if str(k) == key]
+        if not hit:
+            return False
+        over = hit[0]
+    return True
+
+
+def config_file_error(e: ValidationError, path: Path | None, from_file: dict[str, Any],
+                      flags: dict[str, Any]) -> typer.BadParameter | None:
+    """A validation error of a value that came from the --config file (and no flag overrode) as
+    one line naming the file and the key; None for any other error."""
+    err = e.errors()[0]
+    loc = tuple(str(x) for x in err.get("loc", ()))
+    if path is None or not loc or not _holds(from_file, loc) or _holds(flags, loc):
+        return None
+    msg = str(err.get("msg", str(e))).removeprefix("Value error, ")
+    return typer.BadParameter(f"{path}: key {'.'.join(loc)}: {msg}", param_hint="--config")
+
+
+__all__ = ["ConfigOption", "check_balancer_options", "config_file_error", "config_options",
+           "config_overrides", "one_line", "read_config_file", "with_config_options"]

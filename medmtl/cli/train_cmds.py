@@ -48,9 +48,8 @@ def build_train_config(method: str | None, task: str | None, config: Path | None
                        values: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of `medmtl train`'s options: defaults <- preset <- --config YAML <- flags.
     Bad values fail here, in one line naming the flag, before any work starts."""
-    import yaml
-
     from medmtl.balancing import resolve_config
+    from medmtl.cli.options import config_file_error, read_config_file
     from medmtl.config import merge_dicts
     from medmtl.methods import build_config
 
@@ -60,15 +59,16 @@ def build_train_config(method: str | None, task: str | None, config: Path | None
         if method:
             raise typer.BadParameter("give --task or --method, not both")
         method = task
-    over: dict[str, Any] = yaml.safe_load(config.read_text()) or {} if config else {}
+    from_file = read_config_file(config)  # the guarded YAML reader (alias-bomb limits)
     flags, balancer_flags = config_overrides(values, TRAIN_OPTIONS)
-    over = merge_dicts(over, flags)
+    over = merge_dicts(from_file, flags)
     try:
         cfg = build_config(method or "fixed", over)
         check_balancer_options(balancer_flags, cfg.balancer.name)
         cfg.balancer = resolve_config(cfg.balancer, strict=True)
     except ValidationError as e:
-        raise one_line(e, TRAIN_OPTIONS) from None
+        raise config_file_error(e, config, from_file, flags) or one_line(e, TRAIN_OPTIONS) \
+            from None
     except KeyError as e:
         raise typer.BadParameter(str(e).strip("'\""),
                                  param_hint="--task" if task else "--method") from None
@@ -182,6 +182,12 @@ def compare(
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
     _preflight(data, over, split_methods(methods))
     _check_corrections(data, over)
+    from medmtl.data.splits import data_leakage, leakage_line
+
+    leak = leakage_line(data_leakage(data, over.get("group_regex") or TrainConfig().group_regex),
+                        data)  # each run records it too (metrics.json data.leakage)
+    if leak:
+        console.print(leak, markup=False, highlight=False)
     try:
         run_compare(data, split_methods(methods), list(range(seeds)), out, overrides=over, jobs=jobs,
                     report=False, shard=part)
@@ -324,6 +330,7 @@ def _report(folder: Path, baseline: str | None, budget: float | None = None,
     if recs.get("withheld"):
         console.print(recs["withheld"], markup=False)
         return
+    console.print(recs["accuracy_first"]["text"], markup=False)  # names a best method or why not
     console.print(recs["efficiency_first"]["text"], markup=False)
     if recs.get("latency_budget"):
         console.print(recs["latency_budget"]["text"], markup=False)

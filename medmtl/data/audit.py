@@ -44,7 +44,11 @@ def _split_report(idx: SplitIndex, first: int) -> dict[str, Any]:
         "images_without_boxes": [r.path.name for r in recs if not r.det_labelled],
         "images_no_jet": sum(r.no_jet for r in recs),
         "problems": {"counts": dict(kinds.most_common()),
-                     "first": [str(p) for p in idx.problems[:first]]},
+                     "error_counts": dict(Counter(p.kind for p in idx.problems
+                                                  if p.severity == "error").most_common()),
+                     "first": [str(p) for p in idx.problems[:first]],
+                     "first_errors": [str(p) for p in idx.problems
+                                      if p.severity == "error"][:first]},
         "image_sizes": dict(Counter(f"{r.width}x{r.height}" for r in recs).most_common()),
         "box_sizes": {"width_px": _stats(bw), "height_px": _stats(bh), "rel_area": _stats(rel)},
         "summary": dict(idx.summary),
@@ -107,6 +111,34 @@ def audit_dataset(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX,
             "consistency": clip_consistency(views, spec.cls_names, pattern, clip_threshold)}
 
 
+def audit_errors(report: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """(count, kinds): the audit's problems of severity "error" (an image, box or view that was
+    skipped: a corrupt image, an unreadable or malformed label file), over every split."""
+    kinds: Counter[str] = Counter()
+    for rep in report["splits"].values():
+        kinds.update(rep["problems"].get("error_counts") or {})
+    total = sum(int(rep["summary"].get("errors", 0)) for rep in report["splits"].values())
+    return total, dict(kinds)
+
+
+def next_step(report: dict[str, Any], data: str | Path) -> str:
+    """The audit's last line: what to run next (fix the files in error; make a patient-grouped
+    split when train and val share patients; else train)."""
+    n, kinds = audit_errors(report)
+    leak = report["leakage"]["pairs"].get("train/val") or {}
+    shared = int(leak.get("shared_groups", 0))
+    if n:
+        what = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "see above"
+        return (f"next step: fix or remove what the {n} error(s) name ({what}; 'Label problems' "
+                f"above, every one in --json), then run `medmtl audit --data {data}` again "
+                "(--allow-errors accepts them: the items are skipped in training)")
+    if shared:
+        return (f"next step: `medmtl split --data {data} --out DIR` for a patient-grouped split "
+                f"({shared} patient(s) are in both train and val), then `medmtl train --data "
+                "DIR/data.yaml`")
+    return f"next step: `medmtl train --data {data}` (or `medmtl compare --data {data}`)"
+
+
 def _fmt(st: dict[str, float] | None, digits: int = 1) -> str:
     if st is None:
         return "-"
@@ -160,7 +192,9 @@ def render_audit(report: dict[str, Any]) -> Group:
     for s in names:
         p = splits[s]["problems"]
         kinds = ", ".join(f"{k}={v}" for k, v in p["counts"].items()) or "none"
-        probs.add_row(s, kinds, "\n".join(p["first"][:5]) or "-")
+        errs = p.get("first_errors") or []  # errors first: they decide the exit status
+        msgs = errs + [m for m in p["first"] if m not in errs]
+        probs.add_row(s, kinds, "\n".join(msgs[:5]) or "-")
     parts.append(probs)
 
     leak = report["leakage"]

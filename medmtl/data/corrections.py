@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.csvio import csv_rows
 from medmtl.data.dataset_yaml import DataError, DatasetSpec, list_split_images
 
 HEADER = ("stem", "field", "old", "new", "note")
@@ -182,15 +183,16 @@ def load_corrections(path: str | Path, spec: DatasetSpec) -> Corrections:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise CorrectionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
+    reader = csv.reader(text.splitlines(), strict=True)
+    rows_in = csv_rows(reader, path, CorrectionError)  # csv.Error: file:line, one line
+    header = next(rows_in, None)
     if header is None or tuple(h.strip().lower() for h in header) != HEADER:
         raise CorrectionError(f"{path}:1: header must be {','.join(HEADER)}, got "
                               f"{','.join(header or []) or '(empty file)'}")
     names, cls_names = list(spec.names), list(spec.cls_names)
     rows: list[Correction] = []
     seen: dict[tuple[str, str], int] = {}
-    for cells in reader:
+    for cells in rows_in:
         line = reader.line_num
         if not any(c.strip() for c in cells):
             continue

@@ -13,14 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medmtl.data.images import IMG_EXTS, FileNote, dedupe_stems, discover, label_path_for
 from medmtl.errors import MedmtlError, clip_text
+from medmtl.yamlio import MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, load_yaml
 
-MAX_YAML_BYTES = 1 << 20  # a dataset YAML is a few lines; 1 MiB is far beyond any real one
-MAX_YAML_NODES = 100_000  # values after alias expansion
-MAX_YAML_DEPTH = 50
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
@@ -80,37 +76,9 @@ def _exists(p: Path, kind: str = "any") -> bool:
 
 def safe_load_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES,
                    max_depth: int = MAX_YAML_DEPTH) -> Any:
-    """`yaml.safe_load` with limits: file size, nesting depth, and the number of values once
-    aliases are expanded (an alias bomb is tiny on disk and exponential in memory walks)."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DataError(f"{path}: {size} bytes, more than the {max_bytes} a dataset YAML may "
-                            "have")
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except RecursionError:
-        raise DataError(f"{path}: nested too deeply to read (more than {max_depth} levels)") \
-            from None
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        first = str(e).strip().splitlines()
-        raise DataError(f"{path}: not a valid YAML file: {clip_text(' '.join(first[:4]), 300)}") \
-            from e
-    stack: list[tuple[Any, int]] = [(raw, 0)]
-    seen = 0
-    while stack:
-        node, depth = stack.pop()
-        seen += 1
-        if seen > max_nodes:
-            raise DataError(f"{path}: more than {max_nodes} values once YAML aliases are expanded "
-                            "(an alias bomb?)")
-        if depth > max_depth:
-            raise DataError(f"{path}: nested more than {max_depth} levels deep")
-        if isinstance(node, dict):
-            stack += [(v, depth + 1) for kv in node.items() for v in kv]
-        elif isinstance(node, list):
-            stack += [(v, depth + 1) for v in node]
-    return raw
+    """`medmtl.yamlio.load_yaml` (the one guarded YAML reader: size, depth and alias-expansion
+    limits) raising `DataError` naming the dataset YAML."""
+    return load_yaml(path, "dataset YAML", DataError, max_bytes, max_nodes, max_depth)
 
 
 def missing_yaml_hint(path: Path) -> str:

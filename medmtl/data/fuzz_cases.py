@@ -15,6 +15,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from medmtl.yamlio import load_yaml
+
 MAX_BOXES = 40  # low, so that the box-limit mutation stays cheap
 _TOKENS = ["nan", "inf", "-inf", "-1", "7", "0.5", "1e309", "-0", "1.5", "", "x", "0x1F", "١",
            "9" * 400, "\x00", "1,5", "+1", "--", "0" * 50 + "1", "1e-320"]
@@ -191,7 +193,7 @@ def m_discovery(c: Case, rng: random.Random) -> str:
 
 
 def m_yaml(c: Case, rng: random.Random) -> str:
-    raw: dict[str, Any] = yaml.safe_load(c.yaml.read_text())
+    raw: dict[str, Any] = load_yaml(c.yaml, "dataset YAML")
     op = rng.choice(["drop_key", "names_type", "names_nested", "names_dict", "cls_empty", "path",
                      "train_file", "syntax", "bytes", "alias_bomb", "deep", "escape", "list_file"])
     text: str | None = None

@@ -9,6 +9,7 @@ neither training nor selection saw. Both are deterministic for a seed and write 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,44 @@ def crossing_clips(a: Sequence[Path], b: Sequence[Path],
     return sorted({clip_of(p, clip_regex) for p in a} & {clip_of(p, clip_regex) for p in b})
 
 
+def split_leakage(train: Sequence[str | Path], val: Sequence[str | Path],
+                  group_regex: str = DEFAULT_GROUP_REGEX) -> dict[str, Any]:
+    """Patients (`group_of`) with images in both train and val: metrics.json's
+    ``data.leakage``. ``val_images_shared``: the val images of those patients (scored on a
+    patient the model trained on, so the val scores flatter it)."""
+    tg = Counter(group_of(p, group_regex) for p in train)
+    vg = Counter(group_of(p, group_regex) for p in val)
+    shared = sorted(set(tg) & set(vg))
+    return {"group_regex": group_regex, "train_patients": len(tg), "val_patients": len(vg),
+            "shared_patients": len(shared), "val_images": sum(vg.values()),
+            "val_images_shared": sum(vg[g] for g in shared),
+            "train_images_shared": sum(tg[g] for g in shared), "examples": shared[:5]}
+
+
+def leakage_line(rec: dict[str, Any] | None, data: str | Path) -> str | None:
+    """The one warning line of a `split_leakage` record (None when no patient is shared)."""
+    if not rec or not rec.get("shared_patients"):
+        return None
+    n, v = rec["shared_patients"], rec["val_images"]
+    pct = 100.0 * rec["val_images_shared"] / v if v else 0.0
+    return (f"warning: patient leakage: {n} of {rec['val_patients']} val patient(s) also have "
+            f"training images ({rec['val_images_shared']} of {v} val images, {pct:.0f} %; "
+            f"group regex {rec['group_regex']!r} on the file name), so the val scores flatter "
+            f"the model; `medmtl split --data {data} --out DIR` writes a patient-grouped split "
+            "(DIR/data.yaml)")
+
+
+def data_leakage(yaml_path: str | Path, group_regex: str = DEFAULT_GROUP_REGEX
+                 ) -> dict[str, Any] | None:
+    """`split_leakage` of a data YAML's train and val lists (file names only: nothing is
+    decoded); None without both splits."""
+    spec = load_data_yaml(yaml_path)
+    if "train" not in spec.splits or "val" not in spec.splits:
+        return None
+    return split_leakage(list_split_images(spec, "train"), list_split_images(spec, "val"),
+                         group_regex)
+
+
 def split_by_group(yaml_path: str | Path, val_fraction: float = 0.2, seed: int = 0,
                    out_dir: str | Path = "splits", group_regex: str = DEFAULT_GROUP_REGEX,
                    source_splits: tuple[str, ...] = ("train", "val"),
@@ -131,5 +170,6 @@ def held_out_split(yaml_path: str | Path, out_dir: str | Path, fraction: float =
                             spec, {"val": spec.splits["val"]}, header)
 
 
-__all__ = ["DEFAULT_GROUP_REGEX", "crossing_clips", "group_of", "grouped_partition", "held_out_split",
-           "split_by_group", "write_file_lists"]
+__all__ = ["DEFAULT_GROUP_REGEX", "crossing_clips", "data_leakage", "group_of",
+           "grouped_partition", "held_out_split", "leakage_line", "split_by_group",
+           "split_leakage", "write_file_lists"]

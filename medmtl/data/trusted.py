@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.csvio import csv_header, csv_rows
 from medmtl.data.dataset_yaml import DataError
 from medmtl.errors import clip_text
 
@@ -93,14 +94,14 @@ def load_trusted(path: str | Path, cls_names: list[str]) -> TrustedSet:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text; save the trusted labels as a UTF-8 CSV") \
             from None
-    reader = csv.DictReader(text.splitlines())
-    header = [c.strip() for c in (reader.fieldnames or [])]
+    reader = csv.DictReader(text.splitlines(), strict=True)  # an open quote is an error
+    header = [c.strip() for c in (csv_header(reader, path, DataError) or [])]
     missing = [c for c in TRUSTED_COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
                         f"{','.join(TRUSTED_COLUMNS)}")
     out = TrustedSet(path, hashlib.sha256(raw).hexdigest(), list(cls_names))
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(csv_rows(reader, path, DataError), start=2):
         row = {k.strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items() if k}
         clip, view = row["clip"], row["view"]
         if not clip:

@@ -148,8 +148,12 @@ def _epochs_done(run_dir: Path) -> int:
     h = run_dir / "history.csv"
     if not h.exists():
         return 0
-    with h.open() as f:
-        return max(0, sum(1 for _ in csv.reader(f)) - 1) + budget_epochs_used(run_dir)
+    try:
+        with h.open() as f:
+            rows = sum(1 for _ in csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):  # a progress count only: the report names it
+        return 0
+    return max(0, rows - 1) + budget_epochs_used(run_dir)
 
 
 def _table(plan: list[PlannedRun], t0: float) -> Table:

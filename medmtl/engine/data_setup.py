@@ -17,7 +17,7 @@ from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.data.corrections import CorrectionError, load_corrections
 from medmtl.data.dataset_yaml import DataError, split_source
-from medmtl.data.splits import held_out_split
+from medmtl.data.splits import held_out_split, leakage_line, split_leakage
 from medmtl.data.trusted import Corruption, conditioning_note, load_corruption, load_trusted
 from medmtl.data.view_labels import (
     apply_trusted,
@@ -69,6 +69,12 @@ class RunData:
                                     f"({split_source(spec, name)}) has no usable image "
                                     f"({s['images']} found, {s['images_skipped']} skipped, "
                                     f"{s['files_ignored']} other files); nothing to train on")
+        # patients in both train and val: one line now, data.leakage in metrics.json
+        self.leakage = split_leakage([r.path for r in self.train_index.records],
+                                     [r.path for r in self.val_index.records], cfg.group_regex)
+        line = leakage_line(self.leakage, cfg.data)
+        if line:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         if self.corrections is not None:
             self._keep_corrections(run_dir, console)
         train_records, self.view_policy = apply_view_policy(
@@ -149,12 +155,13 @@ class RunData:
 
     def data_record(self) -> dict[str, Any]:
         """metrics.json's `data` block: the corrections, the view-label policy of the run, the
-        trusted labels and the corruption matrix (--view-labels forward), and the view-imbalance
-        remedy with the training counts it rests on."""
+        trusted labels and the corruption matrix (--view-labels forward), the patients shared
+        by train and val (`leakage`), and the view-imbalance remedy with the training counts it
+        rests on."""
         return {"corrections": self.corrections.record() if self.corrections else None,
                 "view_labels": dict(self.view_policy), "clip_regex": self.cfg.clip_regex,
                 "trusted": None if self.trusted is None else dict(self.trusted),
-                "corruption": self._corruption_record,
+                "corruption": self._corruption_record, "leakage": self.leakage,
                 "view_balance": {"policy": self.cfg.loss.view_balance,
                                  "train_view_counts": dict(zip(self.cls_names,
                                                                self.view_counts(), strict=True))}}

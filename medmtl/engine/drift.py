@@ -16,8 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
+
+from medmtl.errors import MedmtlError
+from medmtl.yamlio import load_yaml
 
 IGNORED = {"out", "workers", "cache", "device", "select_refs", "verify_images", "strict"}
 
@@ -45,8 +47,8 @@ def config_drift(run_dir: Path, cfg: Any) -> list[str]:
     config.yaml differs from the planned configuration `cfg` (a `TrainConfig`); [] when they agree
     or the run has no readable config.yaml."""
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = load_yaml(run_dir / "config.yaml", "config.yaml")
+    except MedmtlError:  # missing, unreadable, or beyond the reader's limits
         return []
     if not isinstance(saved, dict):
         return []

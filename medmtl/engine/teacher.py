@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from medmtl.engine.stages import check_compatible, load_source, teacher_dirs
+from medmtl.errors import InputError
 
 
 class NeckTap:
@@ -25,7 +26,8 @@ class NeckTap:
         self.last: list[Tensor] | None = None
         neck = getattr(model, "neck", None)
         if neck is None:
-            raise ValueError(f"feature imitation: arch {getattr(model, 'arch', '?')} has no neck")
+            raise InputError(f"feature imitation: arch {getattr(model, 'arch', '?')} has no "
+                             "neck; set --distill-feature 0")
         neck.register_forward_hook(self._hook)
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -51,7 +53,7 @@ class Teacher:
             check_compatible("--teacher", d, src_cfg, ck, cfg, names, cls_names, tasks)
             gives = tuple(t for t in model.tasks if t in tasks and t not in covered)
             if not gives:
-                raise ValueError(f"--teacher {d}: its tasks ({', '.join(model.tasks)}) add "
+                raise InputError(f"--teacher {d}: its tasks ({', '.join(model.tasks)}) add "
                                  "nothing to the teachers before it")
             covered |= set(gives)
             model = model.to(device).eval()
@@ -63,9 +65,12 @@ class Teacher:
                 self.tap = NeckTap(model)
             self.models.append((model, gives))
         missing = [t for t in tasks if t not in covered]
-        if missing:
-            raise ValueError(f"--teacher {cfg.teacher}: no teacher for {', '.join(missing)}; "
-                             "give a dual run, or DETECT_RUN,CLASSIFY_RUN")
+        if missing:  # e.g. a --task classify run as the only teacher of a joint student
+            raise InputError(f"--teacher {cfg.teacher}: no teacher for {', '.join(missing)}: "
+                             f"the teacher must have the tasks being distilled ("
+                             f"{', '.join(tasks)}), and this one has "
+                             f"{', '.join(sorted(covered)) or 'none of them'} only; give a dual "
+                             "run, or DETECT_RUN,CLASSIFY_RUN")
         self.cache: dict[int, dict[str, Any]] | None = {} if augmentation_off(cfg.augment) \
             else None
 

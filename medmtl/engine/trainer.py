@@ -71,16 +71,12 @@ from medmtl.models import build_model
 from medmtl.models.checkpoint import load_checkpoint, load_weights, nonfinite_tensors
 
 
-def os_env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
                  console: Console | None = None) -> None:
         self.run_dir = Path(cfg.out)
         self.lock: RunLock | None = None
-        if world_size_from_env() <= 1 or os_env_rank() == 0:  # one writer: rank 0
+        if world_size_from_env() <= 1 or int(os.environ.get("RANK", "0")) == 0:  # one writer
             self.lock = RunLock(self.run_dir).acquire()
             if self.lock.stale_owner and progress:
                 Console(stderr=True).print(f"{self.run_dir}: took over the lock of "
@@ -370,8 +366,10 @@ class Trainer:
                                 **describe(self.cfg.select, self.cfg.select_refs, metrics)}
         metrics["data"] = self.data.data_record()
         metrics["backbone_weights"] = backbone_source(self.model)
+        from medmtl.engine.abstention import record_abstention
         from medmtl.evaluation.latency import efficiency
 
+        metrics["view_abstention"] = record_abstention(self.run_dir, best)  # into best.pt too
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
         metrics["training"] = training_summary(self, autobranch.probe_stages(self.run_dir))
         metrics.update(autobranch.auto_branch_record(self.run_dir))  # --arch auto: the choice

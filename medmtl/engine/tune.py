@@ -29,6 +29,7 @@ from rich.console import Console
 
 from medmtl.balancing import balancer_class
 from medmtl.config import TrainConfig, merge_dicts
+from medmtl.engine.storage import check_storage, open_error
 from medmtl.evaluation.selection import selection_score
 from medmtl.methods import build_config, run_name
 
@@ -129,6 +130,19 @@ def _objective(method: str, data: str, base: dict[str, Any], out: Path,
     return run
 
 
+def _open_study(method: str, storage: str) -> Any:
+    """The study of `method` in `storage` (created, or loaded to resume); what SQLAlchemy or
+    Optuna raise while opening it (a refused login, a foreign database) is one line."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(study_name=method, storage=storage, load_if_exists=True,
+                                   direction="maximize")
+    except (SQLAlchemyError, optuna.exceptions.OptunaError, RuntimeError, ValueError) as e:
+        raise open_error(storage, e) from e
+
+
 def tune(data: str, methods: list[str], trials: int, out: str | Path,
          overrides: dict[str, Any] | None = None, storage: str | None = None, seed: int = 0,
          console: Console | None = None, references: list[str] | None = None,
@@ -141,6 +155,8 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
     import optuna
 
     console = console or Console(stderr=True)
+    if storage is not None:  # a bad --storage is one line before any work
+        check_storage(storage)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
@@ -158,8 +174,7 @@ def tune(data: str, methods: list[str], trials: int, out: str | Path,
     for method in methods:
         cfg = build_config(method, {**base, "data": data})
         space = search_space(cfg)
-        study = optuna.create_study(study_name=method, storage=storage, load_if_exists=True,
-                                    direction="maximize")
+        study = _open_study(method, storage)
         # a resumed search must not draw again what the first process drew: the sampler's random
         # state is not stored, so it is seeded by the number of trials already in the study
         study.sampler = _sampler(seed, len(study.trials), trials)

@@ -22,6 +22,7 @@ import torch
 from medmtl.devices import select_device
 from medmtl.engine.evaluate import run_inference, score
 from medmtl.engine.utils import amp_dtype
+from medmtl.errors import InputError
 from medmtl.fileio import atomic_write_text
 from medmtl.models.checkpoint import model_from_checkpoint
 
@@ -46,10 +47,10 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     model, cfg, ck = model_from_checkpoint(weights, dev)
     spec = load_data_yaml(data)
     if list(spec.names) != list(ck["names"]) or list(spec.cls_names) != list(ck["cls_names"]):
-        raise ValueError(f"{data}: class names {spec.names}/{spec.cls_names} differ from the "
+        raise InputError(f"{data}: class names {spec.names}/{spec.cls_names} differ from the "
                          f"checkpoint's {ck['names']}/{ck['cls_names']} ({weights})")
     if split not in spec.splits:
-        raise ValueError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
+        raise InputError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
     corr = load_corrections(corrections, spec) if corrections is not None else None
     index = scan_split(spec, split, strict=strict, corrections=corr)
     size = imgsz or cfg.imgsz
@@ -80,10 +81,10 @@ def _split_index(data: str | Path, split: str, strict: bool, corrections: str | 
 
     spec = load_data_yaml(data)
     if list(spec.names) != list(names) or list(spec.cls_names) != list(cls_names):
-        raise ValueError(f"{data}: class names {spec.names}/{spec.cls_names} differ from the "
+        raise InputError(f"{data}: class names {spec.names}/{spec.cls_names} differ from the "
                          f"model's {names}/{cls_names} ({weights})")
     if split not in spec.splits:
-        raise ValueError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
+        raise InputError(f"{data}: no split {split!r} (has {', '.join(spec.splits)})")
     corr = load_corrections(corrections, spec) if corrections is not None else None
     return spec, scan_split(spec, split, strict=strict, corrections=corr), corr
 
@@ -124,7 +125,7 @@ def validate_onnx(weights: str | Path, data: str | Path, split: str = "val",
     pred = OnnxPredictor.from_file(weights, "cpu", imgsz=imgsz, max_batch=batch)
     meta, defaults = pred.meta, TrainConfig()
     if not meta:
-        raise ValueError(f"{weights}: no medmtl metadata in the graph; export it with medmtl export")
+        raise InputError(f"{weights}: no medmtl metadata in the graph; export it with medmtl export")
     spec, index, corr = _split_index(data, split, strict, corrections, pred.names, pred.cls_names,
                                      weights)
     ds = MTLDataset(index.records, pred.imgsz, train=False, augment=AugmentConfig(), cache=False)

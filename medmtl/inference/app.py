@@ -93,21 +93,42 @@ def image_line(r: FrameResult) -> dict[str, Any]:
     best: dict[str, float] = {}
     for d in r.detections:
         best[d.name] = max(best.get(d.name, 0.0), d.score)
-    view = f"view {r.view_name} {r.view_prob:.2f}" if r.view_name is not None and \
-        r.view_prob is not None else ("view uncertain" if r.view_probs else "")
+    view = r.view_text
     jets = ("jets " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(best.items(),
                                                                     key=lambda kv: -kv[1]))
             if best else "no jets found")
     return {"source": r.source, "view": r.view_name,
             "view_prob": None if r.view_prob is None else round(r.view_prob, 5),
+            "view_uncertain": r.view_uncertain,
             "jets": {n: round(v, 5) for n, v in sorted(best.items())},
             "text": "; ".join(t for t in (view, jets) if t)}
+
+
+def describe_abstention(predictor: Any, view_min_prob: float | None) -> dict[str, Any]:
+    """The view threshold a predict run applies, where it came from, and a one-line ``text``."""
+    rec = getattr(predictor, "abstention", None)
+    if view_min_prob is not None:
+        return {"threshold": float(view_min_prob), "source": "--view-min-prob",
+                "text": f"view abstention: --view-min-prob {view_min_prob:g}; blank images "
+                        "get no view"}
+    if rec:
+        acc = rec.get("accuracy_accepted")
+        how = (f"val accuracy {acc:.2f} on the {100 * rec['coverage']:.0f} % of val frames "
+               f"it accepts, target {rec['target']:g}" if rec.get("reached") else
+               f"no share of val reached accuracy {rec['target']:g}: every view is uncertain")
+        return {"threshold": float(rec["threshold"]), "source": "checkpoint", "measured": rec,
+                "text": f"view abstention: threshold {rec['threshold']:.2f} from the checkpoint "
+                        f"({how}); blank images get no view"}
+    return {"threshold": 0.0, "source": "none",
+            "text": "view abstention: this model records no threshold (trained before medmtl "
+                    "measured one, or an .onnx graph): views are reported at any probability "
+                    "but blank images get none; --view-min-prob P sets one"}
 
 
 def predict_command(weights: str | Path | None, source: str | Path, out: str | Path = "runs/predict",
                     conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
                     imgsz: int | None = None, device: str = "auto", save_media: bool = True,
-                    view_min_prob: float = 0.0, allow_backbone_path: bool = False,
+                    view_min_prob: float | None = None, allow_backbone_path: bool = False,
                     ) -> dict[str, Any]:
     """Detect jets and classify the view on images, a folder, a glob, videos or DICOM files.
 
@@ -120,11 +141,15 @@ def predict_command(weights: str | Path | None, source: str | Path, out: str | P
     probability, how unanimous the frames were (`agreement`, and `text` such as "view PLAX (41/45
     frames, 91 %)"), jets per class: frames and max score, per clip and overall; thresholds;
     skipped files). Unreadable files are reported and skipped. A view whose probability is below
-    VIEW_MIN_PROB is reported as uncertain (view null). When no input could be read at all, it
+    VIEW_MIN_PROB is reported as uncertain (view null, ``view_uncertain`` says why); None: the
+    checkpoint's abstention threshold, measured on val (`medmtl.evaluation.abstention`; 0 when
+    it has none, which summary.json's ``abstention`` says). A blank image gets no view. When no input could be read at all, it
     raises `MedmtlError` with the count (after writing summary.json); non-finite model outputs
     raise `NonFiniteError` (never "no detections")."""
     predictor = load_model(weights, device=device, imgsz=imgsz,
                            allow_backbone_path=allow_backbone_path)
+    abstention = describe_abstention(predictor, view_min_prob)
+    view_min_prob = abstention["threshold"]
     files = resolve_sources(source)
     if not files:
         raise FileNotFoundError(f"no image, video or DICOM file in {source}")
@@ -182,6 +207,7 @@ def predict_command(weights: str | Path | None, source: str | Path, out: str | P
     summary = {"weights": str(weights), "source": str(source), "out": str(out),
                "thresholds": {"conf": conf, "iou": iou, "max_det": max_det,
                               "view_min_prob": view_min_prob, "imgsz": predictor.imgsz},
+               "abstention": abstention,
                "files": len(files), "images": n_images, "clips": len(clips), **total.to_dict(),
                "per_clip": clips, "per_image": images, "skipped": len(problems),
                "problems": [{"file": p.file, "reason": p.reason} for p in problems]}

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from medmtl.data.transforms import letterbox, unletterbox_boxes
 from medmtl.errors import InputError, NonFiniteError
+from medmtl.evaluation.abstention import is_blank
 from medmtl.evaluation.postprocess import select_detections
 from medmtl.inference.results import (
     Channels,
@@ -47,6 +48,13 @@ class BasePredictor:
             raise InputError(f"--imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
         self.names, self.cls_names = list(names), list(cls_names)
         self.tasks, self.imgsz, self.max_batch = tuple(tasks), int(imgsz), max(1, int(max_batch))
+        # the checkpoint's view-abstention record (measured on val; None: not recorded)
+        self.abstention: dict | None = None
+
+    @property
+    def view_threshold(self) -> float:
+        """The default ``view_min_prob``: the checkpoint's abstention threshold, else 0."""
+        return float((self.abstention or {}).get("threshold") or 0.0)
 
     def _forward(self, images: np.ndarray) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         raise NotImplementedError
@@ -61,9 +69,14 @@ class BasePredictor:
         return f"{type(self).__name__}({', '.join(p for p in parts if p)})"
 
     def predict(self, image: ImageInput, conf: float = 0.25, iou: float = 0.6, max_det: int = 100,
-                view_min_prob: float = 0.0, source: str | None = None, frame: int = 0,
+                view_min_prob: float | None = None, source: str | None = None, frame: int = 0,
                 channels: Channels = "rgb") -> FrameResult:
         """Detections (original pixels) and the view of one image (path, PIL, numpy).
+
+        ``view_min_prob``: below this largest view probability the view is reported uncertain
+        (``view`` None, ``view_uncertain`` says why); None: the checkpoint's abstention
+        threshold, measured on val when the run finished (`view_threshold`; 0 when the
+        checkpoint has none). A blank (near-constant) image never gets a view.
 
         ``channels``: the channel order of numpy arrays: "rgb" (the default; what PIL, imageio and
         matplotlib give) or "bgr" (what ``cv2.imread`` and ``cv2.VideoCapture`` give: pass
@@ -74,7 +87,7 @@ class BasePredictor:
                                   None if source is None else [source], [frame], channels)[0]
 
     def predict_batch(self, images: Sequence[ImageInput], conf: float = 0.25, iou: float = 0.6,
-                      max_det: int = 100, view_min_prob: float = 0.0,
+                      max_det: int = 100, view_min_prob: float | None = None,
                       sources: Sequence[str] | None = None,
                       frames: Sequence[int] | None = None,
                       channels: Channels = "rgb") -> list[FrameResult]:
@@ -98,7 +111,8 @@ class BasePredictor:
         return results
 
     def predict_video(self, path: str | Path, conf: float = 0.25, iou: float = 0.6,
-                      max_det: int = 100, view_min_prob: float = 0.0) -> Iterator[FrameResult]:
+                      max_det: int = 100, view_min_prob: float | None = None,
+                      ) -> Iterator[FrameResult]:
         """One `FrameResult` per frame of a video or multi-frame DICOM file (or the one frame of
         an image), in order, as they are computed (``max_batch`` frames at a time). Frames are
         decoded by medmtl (OpenCV for video, pydicom for DICOM) and read as RGB."""
@@ -117,7 +131,12 @@ class BasePredictor:
                                            list(range(first, first + len(frames))))
 
     def _predict_chunk(self, arrays: list[np.ndarray], conf: float, iou: float, max_det: int,
-                       view_min_prob: float, sources: list[str], frames: list[int]) -> list[FrameResult]:
+                       view_min_prob: float | None, sources: list[str], frames: list[int],
+                       ) -> list[FrameResult]:
+        """``view_min_prob`` None: the checkpoint's abstention threshold (`view_threshold`); a
+        blank frame (`is_blank`) never gets a view."""
+        if view_min_prob is None:
+            view_min_prob = self.view_threshold
         lbs = [letterbox(a, self.imgsz) for a in arrays]
         x = np.stack([lb[0] for lb in lbs]).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         dets, logits = self.detect_views(np.ascontiguousarray(x), conf, iou, max_det)
@@ -137,15 +156,20 @@ class BasePredictor:
                     xyxy = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
                     detections.append(Detection(xyxy, float(row[4]), c,
                                                 self.names[c] if c < len(self.names) else str(c)))
-            view, view_name, view_probs = None, None, {}
+            view, view_name, view_probs, why = None, None, {}, None
             if probs is not None:
                 p = probs[k]
                 view_probs = {self._view_label(j): float(v) for j, v in enumerate(p)}
                 j = int(p.argmax())
-                if p[j] >= view_min_prob:
+                if is_blank(a):
+                    why = "blank image"
+                elif p[j] >= view_min_prob:
                     view, view_name = j, self._view_label(j)
+                else:
+                    d = 2 if f"{p[j]:.2f}" != f"{view_min_prob:.2f}" else 4
+                    why = f"p={p[j]:.{d}f} < threshold {view_min_prob:.{d}f}"
             out.append(FrameResult(detections, view, view_name, view_probs, hw, sources[k],
-                                   frames[k]))
+                                   frames[k], why))
         return out
 
     def detect_views(self, x: np.ndarray, conf: float, iou: float, max_det: int

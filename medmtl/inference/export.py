@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from medmtl.errors import InputError
 from medmtl.evaluation.postprocess import decode_predictions
 from medmtl.inference.base import BasePredictor
+from medmtl.inference.onnx_graph import open_graph
 from medmtl.inference.onnx_nms import DETECTIONS, NMSHead
 from medmtl.models.checkpoint import model_from_checkpoint
 
@@ -237,7 +238,7 @@ class OnnxPredictor(BasePredictor):
         super().__init__(names, cls_names, tasks, imgsz, max_batch)
         self.session = session
         self.outputs = [o.name for o in session.get_outputs()]
-        batch_dim = session.get_inputs()[0].shape[0]
+        batch_dim = next(i.shape for i in session.get_inputs() if i.name == "images")[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.nms_in_graph = DETECTIONS in self.outputs
         self.meta: dict[str, Any] = {}
@@ -261,12 +262,12 @@ class OnnxPredictor(BasePredictor):
         if str(device).startswith(("cuda", "auto")) and \
                 "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
-        meta = json.loads(sess.get_modelmeta().custom_metadata_map.get("medmtl", "{}"))
-        shape = sess.get_inputs()[0].shape
+        # a file that is no medmtl graph (random bytes, another model) is one line naming it
+        sess, meta = open_graph(path, opts, providers)
+        shape = next(i.shape for i in sess.get_inputs() if i.name == "images")
         size = imgsz or meta.get("imgsz") or (shape[2] if isinstance(shape[2], int) else None)
         if size is None:
-            raise ValueError(f"{path}: no imgsz in the graph's metadata; pass imgsz")
+            raise InputError(f"{path}: no imgsz in the graph's metadata; pass --imgsz")
         outs = [o.name for o in sess.get_outputs()]
         tasks = meta.get("tasks") or ((["detect"] if "boxes" in outs else [])
                                       + (["classify"] if VIEW_OUTPUT in outs else []))

@@ -36,6 +36,22 @@ class FrameResult:
     image_size: tuple[int, int]  # (h, w) of the original image
     source: str = ""
     frame: int = 0
+    # why no view is reported though the model has the view task: "blank image", or
+    # "p=0.51 < threshold 0.62" (the abstention threshold, medmtl.evaluation.abstention)
+    view_uncertain: str | None = None
+
+    @property
+    def view_text(self) -> str:
+        """``view PLAX 0.93``, ``view uncertain (p=0.51 < threshold 0.62)``, ``view uncertain:
+        blank image``; "" without the view task."""
+        if self.view_name is not None and self.view_prob is not None:
+            return f"view {self.view_name} {self.view_prob:.2f}"
+        if not self.view_probs:
+            return ""
+        why = self.view_uncertain
+        if not why:
+            return "view uncertain"
+        return f"view uncertain: {why}" if why.startswith("blank") else f"view uncertain ({why})"
 
     @property
     def view_prob(self) -> float | None:
@@ -57,6 +73,7 @@ class FrameResult:
             "view_name": self.view_name,
             "view_prob": None if self.view_prob is None else r(self.view_prob, 3),
             "view_probs": {k: r(v, 3) for k, v in self.view_probs.items()},
+            "view_uncertain": self.view_uncertain,
         }
 
 

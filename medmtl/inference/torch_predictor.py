@@ -37,6 +37,8 @@ class Predictor(BasePredictor):
         cls_names = list(ck.get("cls_names") or [str(i) for i in range(cfg.model.num_views)])
         pred = cls(model, names, cls_names, int(imgsz or cfg.imgsz), dev, max_batch)
         pred.weights = str(weights)
+        rec = ck.get("view_abstention")  # measured on val when the run finished
+        pred.abstention = dict(rec) if isinstance(rec, dict) else None
         return pred
 
     @torch.no_grad()

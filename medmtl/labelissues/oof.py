@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medmtl.csvio import csv_header, csv_rows
 from medmtl.data.dataset_yaml import (
     IMG_EXTS,
     DataError,
@@ -151,12 +152,12 @@ def read_probs_csv(path: Path, pool: Pool) -> OOF:
     unknown = 0
     with Path(path).open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
+        cols = csv_header(reader, path, ValueError) or []  # csv.Error: file:line
         missing = [c for c in ["stem", *names] if c not in cols]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; expected stem,"
                              + ",".join(names))
-        for line, row in enumerate(reader, start=2):
+        for line, row in enumerate(csv_rows(reader, path, ValueError), start=2):
             try:
                 p = np.array([float(row[c]) for c in names], np.float64)
             except (TypeError, ValueError):
@@ -177,4 +178,9 @@ def read_probs_csv(path: Path, pool: Pool) -> OOF:
     return oof
 
 
-__all__ = ["OOF", "Pool", "load_pool", "read_probs_csv", "read_runs"]
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``3 epochs``: the counts the summaries and the review page show."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+__all__ = ["OOF", "Pool", "load_pool", "plural", "read_probs_csv", "read_runs"]

@@ -54,8 +54,9 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:
 .card.accept{border-color:#2a2;background:#f3fff3}.card.reject{border-color:#aaa;opacity:.7}
 .card.edit{border-color:#e90;background:#fffaf0}
 .card img{width:45%;max-width:256px;height:auto;align-self:flex-start;border-radius:4px}
-.info{flex:1;min-width:0;font-size:.85em}.stem{font-weight:600;word-break:break-all}
-.kv span{color:#555;font-size:.85em}.kv pre{margin:0 0 .2em;white-space:pre-wrap;word-break:break-all}
+.info{flex:1;min-width:0;font-size:.85em}.stem{font-weight:600;overflow-wrap:anywhere}
+.kv span{color:#555;font-size:.85em}.kv pre{margin:0 0 .2em;white-space:pre-wrap;overflow-wrap:anywhere}
+.summary.warn{color:#900;font-weight:600}
 .sugg{color:#b50}.actions{display:flex;gap:.3em;margin:.3em 0}
 .btn{padding:.35em .7em;border:1px solid #999;border-radius:4px;background:#fafafa}
 .btn.on.accept{background:#2a2;color:#fff}.btn.on.reject{background:#777;color:#fff}
@@ -136,9 +137,11 @@ and <code>medmtl train --trusted</code>.</p>
 
 def write_review_page(path: Path, items: list[dict[str, Any]], cls_names: list[str],
                       title: str, summary_lines: list[str],
-                      clips: list[dict[str, Any]] | None = None) -> Path:
-    """Write the page; ``summary_lines`` are shown under the title; ``clips`` (`clip_items`)
-    lead it as the suggested review list."""
+                      clips: list[dict[str, Any]] | None = None,
+                      warnings: list[str] | None = None) -> Path:
+    """Write the page; ``summary_lines`` are shown under the title, ``warnings`` (e.g. models
+    too weak for their flags to mean much) after them in red; ``clips`` (`clip_items`) lead it
+    as the suggested review list."""
     clips = clips or []
     data = {"items": items, "clips": clips, "cls_names": list(cls_names),
             "page_id": hashlib.sha1((title + json.dumps([i["key"] for i in items + clips])).encode())
@@ -153,6 +156,7 @@ def write_review_page(path: Path, items: list[dict[str, Any]], cls_names: list[s
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><header><h1>{html.escape(title)}</h1>
 {"".join(f'<p class="summary">{html.escape(s)}</p>' for s in summary_lines)}
+{"".join(f'<p class="summary warn">Warning: {html.escape(w)}</p>' for w in warnings or [])}
 <p class="summary">Green boxes: the label file; orange: the model's. Accept takes the suggestion,
 Edit lets you type your own; decisions stay in this browser until you download them.</p>
 <div class="controls">

@@ -46,7 +46,13 @@ function trustedCsv(clips, clipDecisions, reviewer, date, how) {
   return lines.join("\n") + "\n";
 }
 
-if (typeof module !== "undefined") module.exports = { csvField, correctionsCsv, sortItems, trustedCsv };
+// a name split where it may wrap: after - _ . / (a <wbr> each), never inside a token such as
+// "clip" (the CSS breaks a token only when it alone is wider than the card)
+function breakPoints(text) {
+  return String(text).split(/(?<=[-_./])/);
+}
+
+if (typeof module !== "undefined") module.exports = { breakPoints, csvField, correctionsCsv, sortItems, trustedCsv };
 
 if (typeof document !== "undefined") {
   const DATA = JSON.parse(document.getElementById("data").textContent);
@@ -65,6 +71,8 @@ if (typeof document !== "undefined") {
     for (const k of kids) n.append(k);
     return n;
   };
+  // text with a <wbr> at each of its breakPoints
+  const wrap = (text) => el("span", {}, ...breakPoints(text).flatMap((p, i) => (i ? [el("wbr"), p] : [p])));
 
   const clipSel = $("clip");
   for (const c of [...new Set(items.map((i) => i.clip))].sort()) clipSel.append(el("option", { value: c }, c));
@@ -94,8 +102,8 @@ if (typeof document !== "undefined") {
     const fmt = (s) => (it.field === "boxes" ? (s || "(none)").split(";").join("\n") : (s || "(no view)"));
     const sig = [it.model_issue ? "model" : "", it.clip_issue ? "clip" : ""].filter(Boolean).join(" + ") || "-";
     const info = el("div", { class: "info" },
-      el("div", { class: "stem" }, `#${it.rank} ${it.stem}`),
-      el("div", {}, el("b", {}, "clip "), el("a", { href: "#", onclick: (e) => { e.preventDefault(); clipSel.value = it.clip; render(); } }, it.clip)),
+      el("div", { class: "stem" }, `#${it.rank} `, wrap(it.stem)),
+      el("div", {}, el("b", {}, "clip "), el("a", { href: "#", onclick: (e) => { e.preventDefault(); clipSel.value = it.clip; render(); } }, wrap(it.clip))),
       el("div", { class: "kv" }, el("span", {}, it.field === "view" ? "given view" : "given boxes"), el("pre", {}, fmt(it.given))),
       el("div", { class: "kv" }, el("span", {}, "suggested"), el("pre", { class: "sugg" }, fmt(it.suggested))),
       it.field === "view" ? el("div", { class: "kv" }, el("span", {}, "clip majority"), el("pre", {}, (it.clip_majority || "-") + (it.clip_votes ? "  (" + it.clip_votes + ")" : ""))) : "",
@@ -131,7 +139,7 @@ if (typeof document !== "undefined") {
     const post = DATA.cls_names.map((n, k) => n + " " + c.posterior[k].toFixed(2)).join("  ");
     return el("article", { class: "clipcard" + (chosen ? " decided" : "") },
       el("div", { class: "thumbs" }, ...c.thumbs.map((t) => el("img", { src: t, alt: c.clip, loading: "lazy" }))),
-      el("div", { class: "stem" }, `${c.order}. ${c.clip}`),
+      el("div", { class: "stem" }, `${c.order}. `, wrap(c.clip)),
       el("div", { class: "kv" }, el("span", {}, "patient "), c.patient + ", " + c.frames + " frames"),
       el("div", { class: "kv" }, el("span", {}, "label says "), el("b", {}, c.given),
         el("span", {}, "  likely "), el("b", { class: "sugg" }, c.suggested),

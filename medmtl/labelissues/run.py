@@ -4,20 +4,21 @@ view and box rankings -> ``label_issues.csv``, ``review.html`` and ``label_issue
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from medmtl.data.groups import GroupPattern
 from medmtl.labelissues.clips import clip_views, read_features, write_clip_outputs
-from medmtl.labelissues.oof import OOF, Pool, load_pool, read_probs_csv, read_runs
+from medmtl.labelissues.oof import OOF, Pool, load_pool, plural, read_probs_csv, read_runs
 from medmtl.labelissues.rank import rank_boxes, rank_views, write_csv
 from medmtl.labelissues.review import clip_items, review_items, write_review_page
 
 
 def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: dict[str, Any],
                       log: Callable[[str], None]) -> OOF:
-    from medmtl.labelissues.folds import assign_folds, train_folds
+    from medmtl.labelissues.folds import assign_folds, fold_plan, train_folds
 
     fold_of = assign_folds(pool, settings["folds"], pattern)
     manifest = {"settings": settings, "folds": dict(zip(pool.stems, fold_of.tolist(),
@@ -30,11 +31,41 @@ def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: di
                              "images; choose another --out or delete that folder")
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(manifest, indent=1))
+    plan, est = fold_plan(pool, fold_of, out / "folds", task=settings["task"],
+                          epochs=settings["epochs"], imgsz=settings["imgsz"],
+                          size=settings["size"], batch=settings["batch"],
+                          device=settings["device"])
+    log(plan)
     runs = train_folds(pool, fold_of, out / "folds", task=settings["task"],
                        epochs=settings["epochs"], imgsz=settings["imgsz"], size=settings["size"],
                        batch=settings["batch"], seed=settings["seed"], device=settings["device"],
-                       workers=settings["workers"], log=log)
+                       workers=settings["workers"], log=log, estimate=est)
     return read_runs(runs, pool)
+
+
+WEAK_MARGIN = 0.05  # out-of-sample accuracy must beat the majority-class rate by this much
+
+
+def model_strength(pool: Pool, oof: OOF, acc: float | None,
+                   margin: float = WEAK_MARGIN) -> dict[str, Any] | None:
+    """Whether the models behind the view probabilities learnt enough for their flags to mean
+    much: out-of-sample view accuracy against the majority-class rate (the share of the
+    commonest given view among the frames with probabilities) plus ``margin``. ``weak`` and a
+    ``text`` for the summary and the review page; None without probabilities."""
+    views = [r.view for s, r in zip(pool.stems, pool.records, strict=True)
+             if r.view is not None and s in oof.view_probs]
+    if acc is None or not views:
+        return None
+    majority = max(Counter(views).values()) / len(views)
+    weak = not acc > majority + margin
+    text = (f"the models behind the view probabilities are weak: out-of-sample view accuracy "
+            f"{acc:.3f} is not above the majority-class rate {majority:.3f} + {margin:g}, so "
+            "their flags (flagged by: model) mean little; the clip flags do not depend on them. "
+            "Train the folds longer (--epochs, --imgsz) or give better runs (--runs)"
+            if weak else f"out-of-sample view accuracy {acc:.3f} is above the majority-class "
+            f"rate {majority:.3f} + {margin:g}")
+    return {"out_of_sample_accuracy": acc, "majority_rate": majority, "margin": margin,
+            "weak": weak, "text": text}
 
 
 def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPattern | None = None,
@@ -68,10 +99,11 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
         oof, source = read_runs([Path(r) for r in runs], pool), f"{len(runs)} given run(s)"
     else:
         workers_note = "" if workers == 0 else f", {workers} loader workers"
-        log(f"training {folds} folds ({task}, {epochs} epochs, {imgsz} px, size {size}"
+        log(f"training {folds} folds ({task}, {plural(epochs, 'epoch')}, {imgsz} px, size {size}"
             f"{workers_note}) for out-of-fold predictions under {out / 'folds'}")
         oof = _fold_predictions(pool, out, pattern, settings, log)
-        source = f"{folds}-fold out-of-fold predictions ({task}, {epochs} epochs, {imgsz} px)"
+        source = (f"{folds}-fold out-of-fold predictions ({task}, {plural(epochs, 'epoch')}, "
+                  f"{imgsz} px)")
     view_rows, view_sum = rank_views(pool, oof, pattern, clip_threshold, adjust)
     box_rows, box_sum = rank_boxes(pool, oof, pattern, box_conf)
     csv_path = write_csv(view_rows + box_rows, out / "label_issues.csv")
@@ -101,8 +133,11 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
              f"shown here: {len(items)} rows (views flagged or with a different suggestion, "
              f"boxes flagged; highest score first, at most {review_max} per field); every row "
              f"is in {csv_path.name}"]
+    strength = model_strength(pool, oof, acc)
+    warnings = [strength["text"]] if strength and strength["weak"] else []
     page = write_review_page(out / "review.html", items, list(pool.spec.cls_names),
-                             f"Label review: {Path(yaml_path).name}", lines, citems)
+                             f"Label review: {Path(yaml_path).name}", lines, citems,
+                             warnings=warnings)
     summary = {"data": str(pool.spec.yaml_path), "images": len(pool.records),
                "source": source, "sources": oof.sources, "settings": settings,
                "clip_regex": pattern.clip, "clip_threshold": clip_threshold,
@@ -115,15 +150,16 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
                                      "suggested": clips["names"][r["suggested"]],
                                      "score": round(r["score"], 4)}
                                     for r in clips["suggested"]],
-               "review_rows": len(items),
+               "review_rows": len(items), "model_strength": strength, "warnings": warnings,
                "notes": oof.notes + view_sum["notes"] + ([box_sum["note"]] if "note" in box_sum
                                                          else []) + csum["notes"],
                "csv": str(csv_path), "review": str(page)}
     (out / "label_issues.json").write_text(json.dumps(summary, indent=2))
-    for line in lines[1:4] + [f"note: {n}" for n in summary["notes"]]:
+    for line in lines[1:4] + [f"note: {n}" for n in summary["notes"]] \
+            + [f"warning: {w}" for w in warnings]:
         log(line)
     log(f"wrote {csv_path}, {', '.join(str(p) for p in clip_files)} and {page}")
     return summary
 
 
-__all__ = ["label_issues"]
+__all__ = ["WEAK_MARGIN", "label_issues", "model_strength"]

@@ -9,7 +9,8 @@ training engine's part: `medmtl.engine.checkpoint.save_checkpoint`.
 Integrity (format 2): ``sha256`` is the SHA-256 of every value in the dict (tensors by dtype, shape
 and bytes; keys in sorted order), verified on load; ``header`` names what the weights fit (arch,
 size, backbone, tasks, classes, medmtl version) and is checked against the config before the state
-dict is loaded. Older checkpoints without them load as "unverified".
+dict is loaded. Older checkpoints without them load as "unverified". The checksum detects
+corruption, not tampering (see `load_checkpoint`): safety comes from ``weights_only=True`` alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, clip_text
+from ..errors import UNSAFE_FIX, CheckpointError, clip_text, load_refusal
 from .mtl import build_model
 
 FORMAT = 2
@@ -122,7 +123,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     verify: bool = True) -> dict[str, Any]:
     """Load safely (``weights_only=True``), verify the checksum when it has one (a warning says
     "unverified" when it has none: written before medmtl recorded checksums), and check the header
-    against its config. Every failure is a `CheckpointError` naming the file."""
+    against its config. Every failure is a `CheckpointError` naming the file; a refused load says
+    what to do (re-export or retrain), never PyTorch's advice to load with ``weights_only=False``.
+
+    The checksum detects corruption (flipped bytes, a truncated copy), not tampering: whoever can
+    edit the file can recompute it or delete the ``sha256`` key (which only turns the check into
+    the "unverified" warning). Safety against a hostile file comes from ``weights_only=True``:
+    nothing in a checkpoint is ever unpickled as code, whatever its checksum says."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(folder_hint(path))
@@ -132,11 +139,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle refusing a non-tensor object, truncated file, ...
-        first = clip_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
-                          200)
+        # PyTorch's own advice (load with weights_only=False) is left out: it would run the code
         raise CheckpointError(
-            f"{path}: not a loadable medmtl checkpoint (only tensors and plain values are "
-            f"accepted; weights_only=True): {first}") from e
+            f"{path}: not a loadable medmtl checkpoint ({load_refusal(e)}; tensors only, never "
+            f"code): {UNSAFE_FIX}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a medmtl checkpoint (missing 'model' or 'config')")
     if verify:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import MedmtlError, clip_text
+from ..errors import UNSAFE_FIX, MedmtlError, clip_text, load_refusal
 
 
 class PretrainedError(MedmtlError, RuntimeError):
@@ -87,9 +87,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- truncated file, pickle refusing code, bad header
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # load_refusal leaves out PyTorch's advice to load with weights_only=False
         raise PretrainedError(f"{clip_text(p)}: not a readable state dict (safetensors, or a "
-                              f"torch file of tensors only): {clip_text(first, 160)}") from e
+                              f"torch file of tensors only): {load_refusal(e)}; {UNSAFE_FIX}") \
+            from e
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

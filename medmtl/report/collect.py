@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from medmtl.yamlio import load_yaml
+
 _RUN_NAME = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
 
 # metrics.json sections whose listed fields must be numbers (or null) when present.
@@ -221,7 +223,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path, "config.yaml", ReportError)  # the guarded reader (limits)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ReportError(f"{path}: malformed config.yaml: {e}") from e
     if data is None:

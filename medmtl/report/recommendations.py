@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medmtl.report.collect import Run
+from medmtl.report.evidence import apply_evidence
 from medmtl.report.pareto import (
     DEFAULT_RUNTIME,
     analyse,
@@ -76,7 +77,8 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
             mp, ac = per_seed(runs, m, "map50"), per_seed(runs, m, "accuracy")
             scores[m] = {s: 0.5 * (mp[s] / top_map + ac[s] / top_acc) for s in mp if s in ac}
         rec["normalisers"] = {"map50": top_map, "accuracy": top_acc}
-        what = "combined score (mean of mAP@0.5 and view accuracy, each divided by the best mean)"
+        what = ("combined score (mean of mAP@0.5 and view accuracy, each divided by the highest "
+                "method mean)")
         rec["decimals"] = 3
     rec["excluded_non_finite"] = [m for m, v in scores.items()
                                   if not all(math.isfinite(x) for x in v.values())]
@@ -135,7 +137,8 @@ def _ratios(runs: Sequence[Run], agg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _stat_phrase(accuracy_rec: dict[str, Any], method: str, best: str) -> str:
     """What the paired t-test of accuracy-first says about `method` against `best` (Δm only)."""
-    if accuracy_rec.get("score_name") != "delta_m" or accuracy_rec.get("method") != best:
+    if accuracy_rec.get("score_name") != "delta_m" or \
+            accuracy_rec.get("top", accuracy_rec.get("method")) != best:
         return ""
     for key, words in (("indistinguishable", "statistically indistinguishable from it"),
                        ("worse", "significantly lower"),
@@ -233,10 +236,12 @@ def recommend(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA,
               deployment: dict[str, Any] | None = None, latency_budget_ms: float | None = None,
               tolerance: float = DM_TOLERANCE, runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
     """Accuracy first, efficiency first (the Pareto advice) and, given a budget, the most
-    accurate method within it (``latency_budget``, None without a budget)."""
+    accurate method within it (``latency_budget``, None without a budget); each pick only where
+    the evidence supports it (`medmtl.report.evidence`)."""
     acc = accuracy_first(runs, agg, alpha)
     dep = deployment if deployment is not None else analyse(runs, agg, runtime)
-    return {"accuracy_first": acc,
-            "efficiency_first": efficiency_first(runs, agg, acc, dep, tolerance),
-            "latency_budget": None if latency_budget_ms is None
-            else budget_advice(dep, latency_budget_ms)}
+    acc["top"] = acc["ranking"][0]["method"] if acc.get("ranking") else None
+    eff = efficiency_first(runs, agg, acc, dep, tolerance)
+    budget = None if latency_budget_ms is None else budget_advice(dep, latency_budget_ms)
+    apply_evidence(runs, agg, acc, eff, budget)  # name a best method only on evidence
+    return {"accuracy_first": acc, "efficiency_first": eff, "latency_budget": budget}

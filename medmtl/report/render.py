@@ -17,6 +17,7 @@ from medmtl.report import auto_branch
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.deployment import deployment_blocks
+from medmtl.report.evidence import no_learning
 from medmtl.report.markup import to_html, to_markdown
 from medmtl.report.pareto import DEFAULT_RUNTIME
 from medmtl.report.plots import make_plots
@@ -28,8 +29,10 @@ from medmtl.report.render_stats import (
     verdict_cell,
 )
 from medmtl.report.setup import (
+    leakage_banner,
     per_class_ap_blocks,
     per_class_recall_blocks,
+    run_leakage,
     setup_blocks,
     single_seed_banner,
     withheld,
@@ -129,10 +132,11 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
                         "split": r.split, **run_view_labels(r),
                         "val_metrics": extract(r.val_metrics) if r.val_metrics else None})
     recs = recommend(runs, agg, alpha, deployment, latency_budget_ms, delta_m_tolerance)
-    recs["withheld"] = withheld({"methods": agg["methods"]})
+    recs["withheld"] = withheld({"methods": agg["methods"]}) or no_learning(runs, agg)
     return {
         "schema": 1, "baseline": agg["baseline"], "alpha": alpha,
         "scored_on": sorted({r.split for r in runs if r.finished and r.split}),
+        "leakage": run_leakage([r for r in runs if r.finished]),
         "delta_m_metrics": agg["delta_m_metrics"],
         "delta_m_main_metrics": agg["delta_m_main_metrics"], "confidence": agg["confidence"],
         "multiple_comparisons": agg["multiple_comparisons"], "bootstrap": boot,
@@ -208,7 +212,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path,
                    f"{len(summary['unfinished'])} unfinished. Baseline: {base or 'none'}. "
                    f"Significance level α = {summary['alpha']}."))
     b.append(("p", _split_sentence(summary.get("scored_on") or [])))
-    b += single_seed_banner(summary)
+    b += single_seed_banner(summary) + leakage_banner(summary)
     b.append(("h", 2, "Recommendations"))
     recs = summary["recommendations"]
     if recs.get("withheld"):
@@ -228,12 +232,13 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path,
 def _recommendation_blocks(recs: dict[str, Any]) -> list[Block]:
     b: list[Block] = [("p", recs["accuracy_first"]["text"])]
     ranking, nd = recs["accuracy_first"]["ranking"], recs["accuracy_first"].get("decimals", 3)
-    if ranking:
+    if ranking:  # "best" only where the evidence names one (medmtl.report.evidence)
+        top = "best" if recs["accuracy_first"].get("method") else "top score (not recommended)"
         b.append(("table", ["method", f"score ({recs['accuracy_first']['score_name']})",
-                            "seeds", "vs best"],
+                            "seeds", "vs the top score"],
                   [[r["method"], f"{r['mean']:.{nd}f}"
                     + ("" if r["std"] is None else f" ± {r['std']:.{nd}f}"), str(r["n"]),
-                    "best" if i == 0 else _verdict(r.get("vs_best"))]
+                    top if i == 0 else _verdict(r.get("vs_best"))]
                    for i, r in enumerate(ranking)]))
     b.append(("p", recs["efficiency_first"]["text"]))
     if recs.get("latency_budget"):

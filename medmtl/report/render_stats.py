@@ -8,7 +8,8 @@ from typing import Any
 
 from medmtl.report.collect import METRIC_BY_KEY
 
-__all__ = ["delta_m_blocks", "differences_blocks", "stats_notes", "verdict_cell"]
+__all__ = ["delta_m_blocks", "differences_blocks", "scored_split", "stats_notes",
+           "verdict_cell"]
 
 Block = tuple[Any, ...]
 
@@ -53,13 +54,14 @@ def stats_notes(summary: dict[str, Any]) -> list[str]:
         "adjusted and the raw p; summary.json keeps both (p_adj, p).",
         f"Each difference (method − baseline, mean over the paired seeds) has two {pct} "
         "intervals, each for that comparison alone (not simultaneous): over seeds, the t "
-        "interval of the per-seed differences (≥ 2 paired seeds); over test images, a paired "
-        "bootstrap — the test images are drawn with replacement (the same draws for both "
+        "interval of the per-seed differences (≥ 2 paired seeds); over the scored "
+        f"({scored_split(summary)}) images, a paired "
+        "bootstrap — those images are drawn with replacement (the same draws for both "
         "methods and every seed), each run's metric is recomputed from its exported "
         "predictions (eval/predictions.json + ground_truth.json with faster-coco-eval; "
         f"eval/view_predictions.json), {boot['resamples_map']} resamples for mAP, "
         f"{boot['resamples_view']} for the view metrics, seed {boot['seed']}, percentile "
-        "interval. The bootstrap interval reflects which test images were drawn, for the "
+        "interval. The bootstrap interval reflects which images were drawn, for the "
         "trained models at hand, and exists with a single seed; it says nothing about seed "
         "noise.",
         "Δm (Maninis et al. 2019) = (1/K) Σ_k (−1)^l_k (M_method,k − M_single,k) / M_single,k "
@@ -96,6 +98,12 @@ def delta_m_blocks(summary: dict[str, Any]) -> list[Block]:
                        f"classify term ({_labels(main['classify'])}; %)", "note"], rows)]
 
 
+def scored_split(summary: dict[str, Any]) -> str:
+    """The split the scores (and so every interval) come from: "test", "val", or "test/val"
+    when the runs differ (the report warns about that)."""
+    return "/".join(sorted(summary.get("scored_on") or [], reverse=True)) or "val"
+
+
 def _interval(lo: float | None, hi: float | None) -> str:
     return "n/a" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
 
@@ -128,12 +136,15 @@ def differences_blocks(summary: dict[str, Any]) -> list[Block]:
                          "n/a" if sig["p"] is None else _p(sig["p"]),
                          "n/a" if sig.get("p_adj") is None else _p(sig["p_adj"]),
                          sig["verdict"]])
+    split = scored_split(summary)
     out: list[Block] = [
-        ("p", f"Method − baseline ({base}), mean over the paired seeds. Holm's correction over "
-              f"{mc['family_size']} test(s) at α = {summary['alpha']}; {pct} intervals over "
-              "seeds (t) and over test images (bootstrap; '—': not computed for this metric)."),
-        ("table", ["method", "metric", "difference", f"{pct} CI over seeds (t)",
-                   f"{pct} CI over test images (bootstrap)", "p", "Holm p", "verdict"], rows)]
+        ("p", f"Method − baseline ({base}), mean over the paired seeds, scored on the {split} "
+              f"split. Holm's correction over {mc['family_size']} test(s) at α = "
+              f"{summary['alpha']}; {pct} intervals over seeds (t) and over {split} images "
+              "(bootstrap; '—': not computed for this metric)."),
+        ("table", ["method", "metric", "difference", f"{pct} CI over seeds (t, {split} split)",
+                   f"{pct} CI over {split} images (bootstrap)", "p", "Holm p", "verdict"],
+         rows)]
     if reasons:
         out.append(("ul", [f"No bootstrap interval for {', '.join(where)}: {why}"
                            for why, where in reasons.items()]))

@@ -46,6 +46,7 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
         ["data", str(cfg.get("data", "n/a"))],
         ["splits (images)", _split_sizes(data)],
         ["scored on", f"{m.get('split', 'n/a')} ({m.get('images', 'n/a')} images)"],
+        ["patient leakage (train/val)", _leakage_cell(run_leakage(done))],
         ["epochs", str(cfg.get("epochs", "n/a"))],
         ["image size", f"{cfg.get('imgsz', 'n/a')} px"],
         ["model size", f"{model.get('size', 'n/a')}"
@@ -59,6 +60,36 @@ def setup_blocks(runs: Sequence[Run]) -> list[Block]:
         ["report written", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")],
     ]
     return [("h", 2, "Setup"), ("table", ["", "value"], rows)]
+
+
+def run_leakage(runs: Sequence[Run]) -> dict[str, Any] | None:
+    """metrics.json's ``data.leakage`` (patients in both train and val) of the first finished
+    run that recorded it (every run of a comparison reads the same data)."""
+    for r in runs:
+        rec = ((r.val_metrics or r.metrics or {}).get("data") or {}).get("leakage")
+        if isinstance(rec, dict):
+            return rec
+    return None
+
+
+def _leakage_cell(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return "not recorded (runs from an older medmtl)"
+    if not rec.get("shared_patients"):
+        return f"none: no patient in both (group regex {rec.get('group_regex')!r})"
+    return (f"{rec['shared_patients']} patient(s) in both; {rec['val_images_shared']} of "
+            f"{rec['val_images']} val images are of them")
+
+
+def leakage_banner(summary: dict[str, Any]) -> list[Block]:
+    """A banner when train and val share patients: the val scores flatter every method."""
+    rec = summary.get("leakage")
+    if not rec or not rec.get("shared_patients"):
+        return []
+    return [("banner", f"Patient leakage: {rec['shared_patients']} of {rec['val_patients']} val "
+                       f"patient(s) also have training images ({rec['val_images_shared']} of "
+                       f"{rec['val_images']} val images), so val scores flatter every method. "
+                       "`medmtl split --data D --out DIR` writes a patient-grouped split.")]
 
 
 def _backbone_line(runs: Sequence[Run]) -> str:
@@ -141,5 +172,5 @@ def class_name(key: str, names: Sequence[str]) -> str:
     return names[int(key)] if key.isdigit() and int(key) < len(names) else key
 
 
-__all__ = ["class_name", "per_class_ap_blocks", "per_class_recall_blocks", "setup_blocks",
+__all__ = ["class_name", "leakage_banner", "per_class_ap_blocks", "run_leakage", "per_class_recall_blocks", "setup_blocks",
            "single_seed_banner", "withheld"]
