@@ -30,6 +30,11 @@ from medmtl.yamlio import load_yaml_mapping
 TASKS = ("detect", "classify")
 # the extra loss task of knowledge distillation (--teacher): weighed by the balancer like a task
 DISTILL = "distill"
+# help texts of options that several commands take (train's here, val's, predict's, export's and
+# audit's in medmtl/cli): the same option reads the same everywhere
+DATA_HELP = "Dataset YAML"
+IMGSZ_HELP = "Square image side the model sees, in pixels (a multiple of 32, at least 32)"
+DEVICE_HELP = "auto | cpu | cuda | cuda:1 | mps"
 
 
 def opt(default: Any = ..., help: str = "", *, panel: str | None = None, flag: str | None = None,
@@ -206,12 +211,11 @@ _DATA, _OPTIM, _RUN = "Data", "Optimisation", "Run"
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    data: str = opt("", "Dataset YAML", panel=_DATA)
+    data: str = opt("", DATA_HELP, panel=_DATA)
     out: str = opt("runs/exp", "Run directory", panel=_RUN)
     method: str | None = opt(None, cli=False)  # preset name that filled model/balancer
     epochs: int = opt(30, "Training epochs", panel=_OPTIM, ge=1)
-    imgsz: int = opt(320, "Square training and evaluation image side (a multiple of 32)",
-                     panel=_DATA, ge=32, multiple_of=32)
+    imgsz: int = opt(320, IMGSZ_HELP, panel=_DATA, ge=32, multiple_of=32)
     batch: int = opt(16, "Global batch size", panel=_OPTIM, ge=1)
     accumulate: int = opt(1, "Gradient accumulation steps", panel=_OPTIM, ge=1)
     optimizer: Literal["sgd", "adamw"] = opt("adamw", "Optimiser", panel=_OPTIM)
@@ -231,7 +235,7 @@ class TrainConfig(BaseModel):
     clip_grad: float = opt(10.0, "Gradient norm clip (0 = off)", panel=_OPTIM, ge=0)
     seed: int = opt(0, "Random seed", panel=_RUN, ge=0)
     deterministic: bool = opt(False, "Deterministic kernels (slower)", panel=_RUN)
-    device: str = opt("auto", "auto | cpu | cuda | cuda:1 | mps", panel=_RUN)
+    device: str = opt("auto", DEVICE_HELP, panel=_RUN)
     workers: int = opt(2, "Data loader worker processes", panel=_DATA, ge=0)
     cache: bool = opt(True, "Keep decoded images in memory", panel=_DATA)
     sync_bn: bool = opt(False, "Data parallel: BatchNorm statistics over all processes",
@@ -297,8 +301,8 @@ class TrainConfig(BaseModel):
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     auto_probe_steps: int = opt(200, "--arch auto: optimiser steps of the shared probe that "
-                                "measures the per-stage gradient cosine (not counted in --epochs)",
-                                panel="Model", ge=1)
+                                "measures the per-stage gradient cosine (they count against "
+                                "--epochs, see --auto-probe-in-budget)", panel="Model", ge=1)
     auto_threshold: float = opt(0.0, "--arch auto: split at the shallowest stage whose mean "
                                 "gradient cosine is below this", panel="Model", ge=-1, le=1)
     auto_confidence: float = opt(0.95, "--arch auto: a stage conflicts only when the upper "
@@ -308,8 +312,9 @@ class TrainConfig(BaseModel):
                                  lt=1)
     auto_probe_in_budget: bool = opt(True, "--arch auto: the probe's steps count against "
                                      "--epochs (whole epochs, rounded), so auto trains on the "
-                                     "same budget as every other method; off: the probe is "
-                                     "extra", panel="Model")
+                                     "same budget as every other method; "
+                                     "--no-auto-probe-in-budget: the probe is extra to --epochs",
+                                     panel="Model")
     conf_thres: float = opt(0.001, "Evaluation: score threshold before NMS", panel=_RUN, ge=0,
                             le=1)
     iou_thres: float = opt(0.6, "Evaluation: NMS IoU", panel=_RUN, gt=0, le=1)

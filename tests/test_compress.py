@@ -171,3 +171,61 @@ def test_int8_graph_of_a_tf_padded_backbone_runs(synth_tiny: Path, tmp_path: Pat
         pa, pb = (np.array(list(r.view_probs.values())) for r in (ra, rb))
         assert pb.shape == (3,) and np.isfinite(pb).all()
         assert np.abs(pa - pb).max() < 0.25, (pa, pb)  # 8-bit activations move them a little
+
+
+def _main_fd(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`medmtl ARGS` in this process: (exit status, stdout, stderr) at the file-descriptor level,
+    so that ONNX Runtime's C++ log would show too."""
+    from medmtl.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_int8_export_and_val_keep_the_quantiser_quiet(synth_tiny: Path, tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture[str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """#24.14d: ONNX Runtime's quantiser logs a WARNING per Conv whose bias is no initializer
+    (the exporter shares equal biases through Identity nodes) and advice to pre-process, on the
+    root logger (which then also gets a stderr handler for good). `export --int8` shows one
+    summary line instead, whose count is that of such Convs in the float graph; `val` on the
+    INT8 graph prints nothing of the quantiser or of ONNX Runtime either."""
+    import re
+
+    import onnx
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    ck = make_checkpoint(tmp_path / "q.pt")
+    code, out, err = _main_fd(["export", "--weights", str(ck), "--int8", "--calib-data",
+                               str(synth_tiny), "--calib-n", "4"], capfd)
+    assert code == 0, err
+    g = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name for i in g.graph.initializer}
+    shared_bias = sum(1 for n in g.graph.node
+                      if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] not in inits)
+    assert shared_bias > 0  # else this test checks nothing
+    assert err.splitlines() == [
+        f"int8: ONNX Runtime's quantiser warned {shared_bias} time(s): \"Expected bias '...' to "
+        f"be an initializer\" ({shared_bias}x) (--debug shows each)"]
+    assert "WARNING" not in err + out and "pre-processing" not in err + out
+    assert not [r for r in caplog.records if "bias" in r.getMessage()]
+    assert root.handlers == handlers  # no stderr handler left on the root logger
+    assert re.search(r"exported \S+q\.int8\.onnx \(static INT8, calibrated on 4 training images",
+                     out)
+    code, out, err = _main_fd(["val", "--weights", str(tmp_path / "q.int8.onnx"), "--data",
+                               str(synth_tiny), "--out", str(tmp_path / "v"), "--workers", "0",
+                               "--latency-iters", "0"], capfd)
+    assert (code, err) == (0, "") and "WARNING" not in out
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert m["onnx"]["compression"]["kind"] == "int8"
+    lat = m["val_latency"]  # a static graph runs one image at a time; 32 val images, batch 16
+    assert (lat["device"], lat["batch"], lat["images_timed"]) == ("onnxruntime cpu", 1, 16)
+    assert lat["forward_ms_per_image"] > 0
+    assert (f"forward pass: {lat['forward_ms_per_image']:.2f} ms/image (onnxruntime cpu, "
+            "batch 1; mean over 16 images, first batch left out)") in out.splitlines()

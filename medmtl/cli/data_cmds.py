@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from medmtl.cli.app import Opt, app, console, err
+from medmtl.cli.options import imgsz_option
+from medmtl.config import DATA_HELP, DEVICE_HELP
 from medmtl.data.groups import DEFAULT_CLIP_REGEX
 
 
@@ -18,7 +20,8 @@ def synth(
     train: Annotated[int, Opt(help="Training images")] = 300,
     val: Annotated[int, Opt(help="Validation images")] = 100,
     test: Annotated[int, Opt(help="Test images")] = 0,
-    imgsz: Annotated[int, Opt(help="Image side in pixels")] = 256,
+    imgsz: Annotated[int, Opt(help="Side of the generated square images in pixels (train "
+                                   "letterboxes them to its own --imgsz)")] = 256,
     seed: Annotated[int, Opt(help="Random seed (same seed, same bytes)")] = 0,
     view_flips: Annotated[float, Opt(min=0.0, max=1.0, help="Probability that a frame's view "
                                      "label is another view (a minority of each clip)")] = 0.0,
@@ -38,7 +41,7 @@ _LI = "Label issues (--label-issues)"
 
 @app.command()
 def audit(
-    data: Annotated[Path, Opt(help="Dataset YAML")],
+    data: Annotated[Path, Opt(help=DATA_HELP)],
     group_regex: Annotated[str, Opt(help="Regex whose first group is the patient/group id")]
     = r"^([^-]+)-",
     clip_regex: Annotated[str, Opt(help="Regex whose first group, on the file stem, is the clip "
@@ -71,13 +74,12 @@ def audit(
     task: Annotated[str, Opt(help="Fold runs: classify (views only) | joint (views + boxes)",
                              rich_help_panel=_LI)] = "classify",
     epochs: Annotated[int, Opt(min=1, help="Epochs per fold run", rich_help_panel=_LI)] = 3,
-    imgsz: Annotated[int, Opt(min=32, help="Image side of the fold runs",
-                              rich_help_panel=_LI)] = 128,
+    imgsz: Annotated[int, imgsz_option(rich_help_panel=_LI)] = 128,
     size: Annotated[str, Opt(help="Model size of the fold runs (n, s, m)",
                              rich_help_panel=_LI)] = "n",
     batch: Annotated[int, Opt(min=1, help="Batch of the fold runs", rich_help_panel=_LI)] = 16,
     seed: Annotated[int, Opt(min=0, help="Seed of the fold runs", rich_help_panel=_LI)] = 0,
-    device: Annotated[str, Opt(help="Device of the fold runs", rich_help_panel=_LI)] = "auto",
+    device: Annotated[str, Opt(help=DEVICE_HELP, rich_help_panel=_LI)] = "auto",
     workers: Annotated[int, Opt(min=0, help="Loader workers of the fold runs",
                                 rich_help_panel=_LI)] = 0,
     box_conf: Annotated[float, Opt(min=0.0, max=1.0, help="Predicted boxes at or above this "
@@ -131,8 +133,6 @@ def audit(
             raise typer.BadParameter(f"{task!r}: classify or joint", param_hint="--task")
         if size not in ("n", "s", "m"):
             raise typer.BadParameter(f"{size!r}: n, s or m", param_hint="--size")
-        if imgsz % 32:
-            raise typer.BadParameter(f"{imgsz} is not a multiple of 32", param_hint="--imgsz")
         try:
             run_label_issues(data, out, pattern=GroupPattern(group_regex, clip_regex),
                              clip_threshold=clip_threshold, probs=probs, runs=runs, folds=folds,
@@ -155,7 +155,7 @@ def audit(
 
 @app.command()
 def split(
-    data: Annotated[Path, Opt(help="Dataset YAML")],
+    data: Annotated[Path, Opt(help=DATA_HELP)],
     out: Annotated[Path, Opt(help="Folder for the new file lists and data.yaml")],
     by_group: Annotated[bool, Opt("--by-group/--no-by-group", help="Keep groups whole")] = True,
     val: Annotated[float, Opt(help="Fraction of images for validation")] = 0.2,

@@ -6,20 +6,23 @@ from pathlib import Path
 from typing import Annotated
 
 from medmtl.cli.app import Opt, app, console, print_metrics
+from medmtl.cli.options import WEIGHTS_HELP, imgsz_option
+from medmtl.config import DATA_HELP, DEVICE_HELP
+
+_CHECKPOINTS = "the checkpoint's"
 
 
 @app.command()
 def val(
-    weights: Annotated[Path, Opt(help="Checkpoint (.pt) or exported graph (.onnx, also "
-                                      ".half.onnx / .int8.onnx)")],
-    data: Annotated[Path, Opt(help="Dataset YAML")],
+    weights: Annotated[Path, Opt(help=WEIGHTS_HELP)],
+    data: Annotated[Path, Opt(help=DATA_HELP)],
     split: Annotated[str, Opt(help="val | test | train")] = "val",
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/val"),
-    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
+    imgsz: Annotated[int | None, imgsz_option(_CHECKPOINTS)] = None,
     batch: Annotated[int, Opt(min=1)] = 16,
     conf: Annotated[float | None, Opt(help="Score threshold before NMS \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
     iou: Annotated[float | None, Opt(help="NMS IoU \\[default: the checkpoint config's]", min=0.0, max=1.0)] = None,
-    device: Annotated[str, Opt()] = "auto",
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     workers: Annotated[int, Opt(min=0)] = 2,
     corrections: Annotated[Path | None, Opt(help="Corrections CSV (stem,field,old,new,note) "
                                                  "applied on top of the label files")] = None,
@@ -40,20 +43,43 @@ def val(
     except CorrectionError as e:
         raise typer.BadParameter(str(e), param_hint="--corrections") from None
     print_metrics(out / "metrics.json")
+    import json
+
+    for line in val_lines(json.loads((out / "metrics.json").read_text())):
+        console.print(line, markup=False, highlight=False)
+
+
+def val_lines(m: dict) -> list[str]:
+    """`medmtl val`'s lines after the summary: AP@0.5 per detection class (with its number of
+    boxes; n/a for a class without any in the split) and the forward pass's mean time per image
+    (metrics.json ``detection.per_class``, ``val_latency``)."""
+    out = []
+    per_class = (m.get("detection") or {}).get("per_class") or {}
+    if per_class:
+        out.append("AP@0.5 per class: " + "  ".join(
+            f"{name} {'n/a' if c.get('ap50') is None else format(c['ap50'], '.3f')} "
+            f"({c.get('n_gt', 0)} boxes)" for name, c in per_class.items()))
+    lat = m.get("val_latency") or {}
+    if lat.get("forward_ms_per_image") is not None:
+        threads = f", {lat['threads']} threads" if lat.get("threads") else ""
+        warm = ", first batch left out" if lat.get("warmup_batches_left_out") else ""
+        out.append(f"forward pass: {lat['forward_ms_per_image']:.2f} ms/image ({lat['device']}, "
+                   f"batch {lat['batch']}{threads}; mean over {lat['images_timed']} "
+                   f"images{warm})")
+    return out
 
 
 @app.command()
 def predict(
     source: Annotated[str, Opt(help="Image, folder, glob, video (mp4/avi) or DICOM file")],
-    weights: Annotated[Path | None, Opt(help="Checkpoint (.pt) or exported graph (.onnx) "
-                                        "\\[default: the shipped echo model, "
-                                        "weights/medmtl-echo.pt]")] = None,
+    weights: Annotated[Path | None, Opt(help=WEIGHTS_HELP + " \\[default: the shipped echo "
+                                             "model, weights/medmtl-echo.pt]")] = None,
     out: Annotated[Path, Opt(help="Output folder")] = Path("runs/predict"),
     conf: Annotated[float, Opt(help="Box score threshold", min=0.0, max=1.0)] = 0.25,
     iou: Annotated[float, Opt(help="NMS IoU", min=0.0, max=1.0)] = 0.6,
     max_det: Annotated[int, Opt(min=1)] = 100,
-    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 \\[default: the checkpoint's]")] = None,
-    device: Annotated[str, Opt()] = "auto",
+    imgsz: Annotated[int | None, imgsz_option(_CHECKPOINTS)] = None,
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     save_media: Annotated[bool, Opt("--save-media/--no-save-media",
                                     help="Write annotated images / videos")] = True,
     view_min_prob: Annotated[float | None, Opt(help="Below this view probability the view is "
@@ -122,8 +148,7 @@ def export(
     = False,
     max_det: Annotated[int, Opt(min=1, help="With --nms: detections kept per image")] = 100,
     opset: Annotated[int, Opt(min=11)] = 17,
-    imgsz: Annotated[int | None, Opt(min=32, help="Letterbox size, a multiple of 32 "
-                                                 "\\[default: the checkpoint's]")] = None,
+    imgsz: Annotated[int | None, imgsz_option(_CHECKPOINTS)] = None,
 ) -> None:
     """Export to ONNX: boxes and scores before NMS (or final detections with --nms), plus view
     logits; checked against PyTorch. --half / --int8 add compressed copies."""

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from medmtl.balancing import BALANCERS, balancer_class
-from medmtl.config import TrainConfig, merge_dicts
+from medmtl.config import IMGSZ_HELP, TrainConfig, merge_dicts
 
 # config blocks -> their path in TrainConfig and the default panel of their fields
 _BLOCKS: dict[str, str] = {"model": "Model", "loss": "Loss", "augment": "Augmentation",
@@ -156,9 +156,12 @@ def config_options(exclude_panels: Iterable[str] = (),
     return out
 
 
-def with_config_options(options: list[ConfigOption]) -> Callable[[Callable], Callable]:
+def with_config_options(options: list[ConfigOption], required: Iterable[str] = ("--data",),
+                        ) -> Callable[[Callable], Callable]:
     """Give a command (whose last parameter is `**config_values`) the generated options: they
-    join its signature, so typer lists and parses them, and arrive in `config_values`."""
+    join its signature, so typer lists and parses them, and arrive in `config_values`. The flags
+    in ``required`` have no default: click refuses a command line without them (and `--help`
+    marks them required, as val's and audit's --data)."""
 
     def deco(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
@@ -167,7 +170,9 @@ def with_config_options(options: list[ConfigOption]) -> Callable[[Callable], Cal
         clash = [o.flag for o in options if o.param in names]
         if clash:
             raise RuntimeError(f"{fn.__name__}: own parameters clash with config options {clash}")
-        gen = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, default=None,
+        must = set(required)
+        gen = [inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY,
+                                 default=inspect.Parameter.empty if o.flag in must else None,
                                  annotation=o.annotation()) for o in options]
         params = [*[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own], *gen]
         params.sort(key=lambda p: PANEL_ORDER.index(_panel_of(p)))  # stable: panels in order
@@ -242,6 +247,35 @@ def _fix(err: Any, flag: str) -> str:
     return ""
 
 
+WEIGHTS_HELP = "Checkpoint (.pt) or exported graph (.onnx, .half.onnx, .int8.onnx)"
+
+
+def check_imgsz(value: int | None) -> int | None:
+    """typer callback of every command's --imgsz: the bounds of `TrainConfig.imgsz`, refused in
+    the words `train` uses ("Input should be a multiple of 32; got 100, use --imgsz 96 or
+    --imgsz 128")."""
+    from pydantic import TypeAdapter
+
+    if value is None:
+        return None
+    try:
+        bounds = tuple(TrainConfig.model_fields["imgsz"].metadata)  # ge=32, multiple_of=32
+        TypeAdapter(Annotated[(int, *bounds)]).validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise typer.BadParameter(str(err["msg"]) + _fix(err, "--imgsz"),
+                                 param_hint="--imgsz") from None
+    return value
+
+
+def imgsz_option(default: str | None = None, **kw: Any) -> Any:
+    """The --imgsz option of val, predict, export, audit and demo: train's help text
+    (`IMGSZ_HELP`) and train's check (`check_imgsz`). ``default``: the default to name in the help
+    where the parameter's own default is None ("the checkpoint's")."""
+    text = IMGSZ_HELP + (f" \\[default: {default}]" if default else "")
+    return typer.Option("--imgsz", help=text, callback=check_imgsz, **kw)
+
+
 def read_config_file(path: Path | None) -> dict[str, Any]:
     """`train --config FILE`'s overrides, read by the guarded YAML reader (`medmtl.yamlio`: size,
     depth and alias-expansion limits, so an alias bomb fails at once); a bad file is one line
@@ -281,5 +315,6 @@ def config_file_error(e: ValidationError, path: Path | None, from_file: dict[str
     return typer.BadParameter(f"{path}: key {'.'.join(loc)}: {msg}", param_hint="--config")
 
 
-__all__ = ["ConfigOption", "check_balancer_options", "config_file_error", "config_options",
-           "config_overrides", "one_line", "read_config_file", "with_config_options"]
+__all__ = ["WEIGHTS_HELP", "ConfigOption", "check_balancer_options", "check_imgsz",
+           "config_file_error", "config_options", "config_overrides", "imgsz_option", "one_line",
+           "read_config_file", "with_config_options"]

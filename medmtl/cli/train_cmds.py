@@ -17,11 +17,12 @@ from medmtl.cli.options import (
     check_balancer_options,
     config_options,
     config_overrides,
+    imgsz_option,
     one_line,
     with_config_options,
 )
+from medmtl.cli.preflight import check_option_files, check_view_label_files, preflight
 from medmtl.config import TrainConfig
-from medmtl.data.audit import check_corrections
 from medmtl.data.corrections import CorrectionError
 from medmtl.methods import split_methods
 from medmtl.report.pareto import RUNTIMES
@@ -94,8 +95,10 @@ def train(
                                        rich_help_panel=_RUN)] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from weights/last.pt",
                                 rich_help_panel=_RUN)] = False,
-    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress (one line "
-                                  "per epoch when not a terminal)", rich_help_panel=_RUN)] = True,
+    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress within each "
+                                  "epoch: a bar in a terminal, else a line every 30 s "
+                                  "(MEDMTL_PROGRESS_EVERY); the epoch lines show either way",
+                                  rich_help_panel=_RUN)] = True,
     old_weights: Annotated[str | None, Opt("--weights", hidden=True)] = None,
     **config_values: Any,
 ) -> None:
@@ -108,13 +111,15 @@ def train(
             f"is now --task-weights (task loss weights, e.g. --task-weights {old_weights}); "
             "--weights names a checkpoint in val, predict and export", param_hint="--weights")
 
-    if config_values.get("data") is None:
-        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
     if devices < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--devices")
+    if progress:  # a bad MEDMTL_PROGRESS_EVERY fails now, not at the first epoch
+        from medmtl.engine.progress import log_interval
+
+        log_interval()
     cfg = build_train_config(method, task, config, config_values)
-    _preflight(cfg.data, {"device": cfg.device}, check_config=False)
-    _check_view_label_files(cfg.data, cfg.model_dump())
+    preflight(cfg.data, {"device": cfg.device}, TRAIN_OPTIONS, check_config=False)
+    check_view_label_files(cfg.data, cfg.model_dump())
     if devices > 1 and world_size_from_env() <= 1:
         _launch_distributed(devices)
         return
@@ -171,17 +176,15 @@ def compare(
     """Train every method x seed with the same data, budget and evaluation, then write the report."""
     from medmtl.engine.compare import parse_shard, run_compare
 
-    data = config_values.pop("data", None)
-    if data is None:
-        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    data = config_values.pop("data")  # required (with_config_options)
     _check_runtime(latency_runtime)
     try:
         part = parse_shard(shard) if shard else None
     except ValueError as e:
         raise typer.BadParameter(str(e).split(": ", 1)[1], param_hint="--shard") from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
-    _preflight(data, over, split_methods(methods))
-    _check_corrections(data, over)
+    preflight(data, over, COMPARE_OPTIONS, split_methods(methods))
+    check_option_files(data, over)
     from medmtl.data.splits import data_leakage, leakage_line
 
     leak = leakage_line(data_leakage(data, over.get("group_regex") or TrainConfig().group_regex),
@@ -238,9 +241,7 @@ def tune(
     from medmtl.engine.tune import tuned_variants
     from medmtl.methods import check_method
 
-    data = config_values.pop("data", None)
-    if data is None:
-        raise typer.BadParameter("a dataset YAML is needed", param_hint="--data")
+    data = config_values.pop("data")  # required (with_config_options)
     if trials < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--trials")
     names, extra = split_methods(methods), split_methods(untuned)
@@ -250,8 +251,8 @@ def tune(
     except (KeyError, ValueError) as e:
         raise typer.BadParameter(str(e).strip("'\"")) from None
     over, _ = config_overrides(config_values, COMPARE_OPTIONS)
-    _preflight(data, over)
-    _check_corrections(data, over)
+    preflight(data, over, COMPARE_OPTIONS)
+    check_option_files(data, over)
     result = run_tune(data, names, trials, out, overrides=over, storage=storage,
                       references=extra, seeds=list(range(max(seeds, 1))))
     if seeds < 1:
@@ -261,54 +262,6 @@ def tune(
     run_compare(data, [*variants, *extra], list(range(seeds)), out, overrides=over, jobs=jobs,
                 report=False, variants=variants)
     _report(out, baseline)
-
-
-def _preflight(data: str, over: dict[str, Any], methods: tuple[str, ...] | list[str] = (),
-               check_config: bool = True) -> None:
-    """What every run would fail on, checked once before any folder is made: the flags' values,
-    the methods, the dataset YAML and the device."""
-    from medmtl.data.dataset_yaml import load_data_yaml
-    from medmtl.devices import select_device
-    from medmtl.methods import build_config, check_method
-
-    try:
-        if check_config:
-            build_config("fixed", over)
-        for m in methods:
-            check_method(m)
-    except ValidationError as e:
-        raise one_line(e, COMPARE_OPTIONS) from None
-    except (KeyError, ValueError) as e:
-        raise typer.BadParameter(str(e).strip("'\""), param_hint="--methods") from None
-    load_data_yaml(data)
-    select_device(str(over.get("device") or TrainConfig().device))
-
-
-def _check_corrections(data: str, over: dict[str, Any]) -> None:
-    """A bad or stale corrections file fails once, before any run starts; so do bad trusted
-    labels and a bad corruption file."""
-    if over.get("corrections"):
-        try:
-            check_corrections(data, over["corrections"])
-        except CorrectionError as e:
-            raise typer.BadParameter(str(e), param_hint="--corrections") from None
-    _check_view_label_files(data, over)
-
-
-def _check_view_label_files(data: str, over: dict[str, Any]) -> None:
-    """--trusted and --corruption read against the data's cls_names: one line, exit 2."""
-    if not (over.get("trusted") or over.get("corruption")):
-        return
-    from medmtl.data.dataset_yaml import DataError, load_data_yaml
-    from medmtl.data.trusted import load_corruption, load_trusted
-
-    cls_names = list(load_data_yaml(data).cls_names)
-    for key, load in (("trusted", load_trusted), ("corruption", load_corruption)):
-        if over.get(key):
-            try:
-                load(over[key], cls_names)
-            except DataError as e:
-                raise typer.BadParameter(str(e), param_hint=f"--{key}") from None
 
 
 def _check_runtime(runtime: str) -> None:
@@ -354,8 +307,10 @@ def report(
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
     from medmtl.report.bootstrap import BootstrapSettings
+    from medmtl.report.collect import check_compare_folder
 
     _check_runtime(latency_runtime)
+    check_compare_folder(folder)  # not one run's folder: one line, exit 2
     if retime:
         from medmtl.engine.retime import remeasure_latency
 
@@ -373,7 +328,7 @@ def demo(
     epochs: Annotated[int, Opt(help="Epochs per run")] = 12,
     train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 240,
     val_images: Annotated[int, Opt("--val", help="Synthetic validation images")] = 80,
-    imgsz: Annotated[int, Opt(help="Image size")] = 128,
+    imgsz: Annotated[int, imgsz_option()] = 128,
     jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
                                           "room for]")] = None,
 ) -> None:

@@ -7,6 +7,7 @@ the per-image view predictions the view metrics were computed from.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,11 @@ def run_inference(
     view_loss: Any = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    forward_times: list[tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
     """Returns {"detections": {image_id: (K, 6) np [x1,y1,x2,y2,score,cls] original px},
-    "view_probs": {image_id: (C,) np}, "val_loss": {task: mean}}."""
+    "view_probs": {image_id: (C,) np}, "val_loss": {task: mean}}. ``forward_times``: gets
+    (seconds, images) of each batch's forward pass, the device synchronised around it."""
     model.eval()
     tasks = getattr(model, "tasks", ())
     dets: dict[int, np.ndarray] = {}
@@ -67,8 +70,14 @@ def run_inference(
     loss_n = dict.fromkeys(tasks, 0)
     for batch in loader:
         images = prepare_images(batch["images"], device, channels_last)
+        if forward_times is not None:
+            _sync(device)
+            t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(images)
+        if forward_times is not None:
+            _sync(device)
+            forward_times.append((time.perf_counter() - t0, int(images.shape[0])))
         meta = batch["meta"]
         if "detect" in out:
             preds = [p.float() for p in out["detect"]]
@@ -101,6 +110,27 @@ def run_inference(
     val_loss = {t: sums[t] / loss_n[t] for t in tasks if loss_n[t] > 0}
     return {"detections": dets, "view_probs": probs, "val_loss": val_loss,
             "val_loss_parts": {t: (sums[t], loss_n[t]) for t in tasks}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def forward_latency(times: list[tuple[float, int]], device: str, batch: int,
+                    threads: int | None = None) -> dict[str, Any]:
+    """metrics.json's ``val_latency``: mean ms per image of the evaluation's forward passes
+    (network only: no data loading, letterbox, decoding or scoring), the first batch (warm-up:
+    lazy initialisation, kernel selection) left out when there are more. ``threads``: the
+    runtime's intra-op threads where known."""
+    kept = times[1:] if len(times) > 1 else times
+    n = sum(k for _, k in kept)
+    ms = 1000 * sum(t for t, _ in kept) / n if n else None
+    return {"forward_ms_per_image": None if ms is None else round(ms, 3), "device": device,
+            "batch": int(batch), "threads": threads, "images_timed": n,
+            "warmup_batches_left_out": len(times) - len(kept)}
 
 
 def merge_inference(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     if t.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(t.device)
     bar = EpochProgress(t.console, f"epoch {st.epoch + 1}/{t.epochs}", nb - start_batch,
-                        enabled=t.progress)
+                        enabled=t.progress, start=start_batch)
     micro = 0
     guard, good = t.nonfinite, None  # counts across epochs
     for i, batch in enumerate(loader, start=start_batch):
@@ -99,7 +99,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
             # Ctrl-C reaches the ranks at different moments: stop when any rank has it
             if comm.flags([float(t.stop.requested)])[0] > 0:
                 raise StopAtStep
-        bar.advance(losses if i % 10 == 0 else None)
+        bar.advance(losses)  # summed on the device; read only when shown
     bar.close()
     flush_sums(t, sums, force=True)
     seconds = time.perf_counter() - t0

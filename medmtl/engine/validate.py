@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medmtl.devices import select_device
-from medmtl.engine.evaluate import run_inference, score
+from medmtl.engine.evaluate import forward_latency, run_inference, score
 from medmtl.engine.utils import amp_dtype
 from medmtl.errors import InputError
 from medmtl.fileio import atomic_write_text
@@ -60,12 +60,15 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     det_loss = DetectionLoss(cfg.model.num_classes, cfg.model.reg_max, list(model.strides), cfg.loss)
     # the plain cross-entropy: a checkpoint read alone does not know its training view counts
     view_loss = ViewLoss(cfg.model.num_views, cfg.loss.model_copy(update={"view_balance": "none"}))
+    times: list[tuple[float, int]] = []
     inf = run_inference(model, loader, dev, conf if conf is not None else cfg.conf_thres,
                         iou if iou is not None else cfg.iou_thres, cfg.max_det, det_loss, view_loss,
-                        amp_dtype(dev, cfg.amp))
+                        amp_dtype(dev, cfg.amp), forward_times=times)
     out = Path(out)
     metrics = score(inf, index.records, spec.names, spec.cls_names, model.tasks, split=split,
                     out_dir=out, plots=plots, clip_regex=cfg.clip_regex)
+    metrics["val_latency"] = forward_latency(times, str(dev), batch,
+                                             torch.get_num_threads() if dev.type == "cpu" else None)
     metrics["weights"] = str(weights)
     metrics["data_summary"] = index.summary
     metrics["data"] = {"corrections": corr.record() if corr else None,
@@ -135,10 +138,15 @@ def validate_onnx(weights: str | Path, data: str | Path, split: str = "val",
     iou = iou if iou is not None else meta.get("iou_thres", defaults.iou_thres)
     max_det = int(meta.get("max_det", defaults.max_det))
     clip_regex = meta.get("clip_regex", defaults.clip_regex)
+    pred.run_times = []  # the graph's runs: forward (and NMS when it is inside)
     inf = onnx_inference(pred, loader, conf, iou, max_det)
+    times, pred.run_times = pred.run_times, None
     out = Path(out)
     metrics = score(inf, index.records, spec.names, spec.cls_names, pred.tasks, split=split,
                     out_dir=out, plots=plots, clip_regex=clip_regex)
+    provider = pred.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
+    metrics["val_latency"] = forward_latency(times, f"onnxruntime {provider}",
+                                             pred.fixed_batch or batch)
     metrics["weights"] = str(weights)
     metrics["data_summary"] = index.summary
     metrics["data"] = {"corrections": corr.record() if corr else None, "clip_regex": clip_regex}

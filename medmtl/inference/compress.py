@@ -11,11 +11,21 @@ Both leave the nodes outside the network in float32, and INT8 leaves the shape a
 arithmetic) and, with ``--nms``, the NMS head. Quantising the decoded pixel coordinates to 8 bits
 would cost up to a pixel per 256 of range for nothing; only the network's own layers are
 compressed. The graph's ``medmtl`` metadata gains a ``compression`` block.
+
+The quantiser logs on Python's root logger, one WARNING per node it leaves alone (and
+``logging.warning`` would give the root logger a stderr handler for the rest of the process);
+`quiet_quantiser` catches its records and warnings and turns them into at most one summary line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import re
+import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,10 +103,56 @@ def letterboxed_batches(paths: Sequence[Path], imgsz: int) -> Iterator[np.ndarra
         yield np.ascontiguousarray(lb.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
 
 
+# the quantiser's advice to run its own shape pre-processing first: medmtl's graphs have static
+# shapes and need none, so the advice is dropped, not summarised
+_ADVICE = ("pre-processing before quantization", "run pre-processing")
+
+
+@contextlib.contextmanager
+def quiet_quantiser(notes: list[str]) -> Iterator[None]:
+    """Run ONNX Runtime's quantiser quietly: its `logging` records (WARNING and up) and Python
+    warnings are caught and ORT's C++ logger shows errors only; ``notes`` then gets one summary
+    line of what was caught (its advice to pre-process aside), or nothing. ``MEDMTL_DEBUG=1``
+    (``--debug``) lets everything through."""
+    if os.environ.get("MEDMTL_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    import onnxruntime as ort
+
+    caught: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(record.getMessage())
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers, root.level = [_Keep(logging.WARNING)], logging.WARNING
+    ort.set_default_logger_severity(3)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            yield
+        caught += [str(w.message) for w in warned]
+    finally:
+        root.handlers, root.level = saved
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+    kinds = Counter(re.sub(r"'[^']*'", "'...'", m.strip().splitlines()[0] if m.strip() else m)
+                    for m in caught if not any(a in m for a in _ADVICE))
+    if kinds:
+        shown = "; ".join(f'"{k[:90]}" ({n}x)' for k, n in kinds.most_common(2))
+        more = f"; {len(kinds) - 2} other kind(s)" if len(kinds) > 2 else ""
+        notes.append(f"int8: ONNX Runtime's quantiser warned {kinds.total()} time(s): {shown}"
+                     f"{more} (--debug shows each)")
+
+
 def int8_graph(src: str | Path, dst: str | Path, images: Sequence[Path], imgsz: int,
-               extra_inputs: dict[str, np.ndarray] | None = None) -> Path:
+               extra_inputs: dict[str, np.ndarray] | None = None,
+               notes: list[str] | None = None) -> Path:
     """Static INT8 quantisation of the float graph ``src`` into ``dst``, calibrated on
-    ``images``. ``extra_inputs``: fixed values of the graph's other inputs (``conf``, ``iou``)."""
+    ``images``. ``extra_inputs``: fixed values of the graph's other inputs (``conf``, ``iou``).
+    ``notes`` receives the one-line summary of the quantiser's warnings, if any
+    (`quiet_quantiser`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -118,10 +174,11 @@ def int8_graph(src: str | Path, dst: str | Path, images: Sequence[Path], imgsz: 
         raise ValueError("INT8 calibration needs at least one image")
     proto = onnx.load(str(src))
     dst = Path(dst)
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=wrapper_nodes(proto) + shape_nodes(proto))
+    with quiet_quantiser(notes if notes is not None else []):
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=wrapper_nodes(proto) + shape_nodes(proto))
     out = onnx.load(str(dst))
     _set_meta(out, {"compression": {"kind": "int8", "method": "onnxruntime quantize_static",
                                     "format": "QDQ", "weights": "int8 per-channel",

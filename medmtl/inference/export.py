@@ -26,6 +26,8 @@ static quantisation calibrated on ``calib_n`` training images).
 from __future__ import annotations
 
 import json
+import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,10 +225,13 @@ def export_command(weights: str | Path, format: str = "onnx", out: str | Path | 
                 raise InputError(f"{weights}: no data YAML in the checkpoint's config; pass "
                                  "--calib-data for the INT8 calibration images")
             imgs = compress.calibration_images(data, calib_n)
+            notes: list[str] = []
             last = compress.int8_graph(path, stem.with_suffix(".int8.onnx"), imgs, size,
-                                       thresholds(0.25, 0.6) if nms else None)
+                                       thresholds(0.25, 0.6) if nms else None, notes)
             print(f"exported {last} (static INT8, calibrated on {len(imgs)} training images "
                   f"of {data})")
+            for line in notes:  # at most one: the quantiser's warnings, summed up
+                print(line, file=sys.stderr)
     return last
 
 
@@ -242,6 +247,7 @@ class OnnxPredictor(BasePredictor):
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
         self.nms_in_graph = DETECTIONS in self.outputs
         self.meta: dict[str, Any] = {}
+        self.run_times: list[tuple[float, int]] | None = None  # a list: (seconds, images) per run
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | Any = "auto", imgsz: int | None = None,
@@ -278,7 +284,15 @@ class OnnxPredictor(BasePredictor):
         return pred
 
     def _run(self, images: np.ndarray, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The graph on ``images``, one image at a time when its batch is fixed at 1."""
+        """The graph on ``images``, one image at a time when its batch is fixed at 1 (timed into
+        ``run_times`` when that is a list)."""
+        t0 = time.perf_counter()
+        out = self._run_graph(images, feeds)
+        if self.run_times is not None:
+            self.run_times.append((time.perf_counter() - t0, int(images.shape[0])))
+        return out
+
+    def _run_graph(self, images: np.ndarray, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.fixed_batch is not None and self.fixed_batch != images.shape[0]:
             if self.fixed_batch != 1:
                 raise ValueError(f"graph has a fixed batch of {self.fixed_batch}; export --dynamic")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from medmtl.errors import InputError
 from medmtl.yamlio import load_yaml
 
 _RUN_NAME = re.compile(r"^(?P<method>.+)-s(?P<seed>\d+)$")
@@ -90,8 +91,9 @@ def extract(metrics: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-class ReportError(ValueError):
-    """A run file that cannot be read; the message names the file."""
+class ReportError(InputError):
+    """A run file that cannot be read, or a folder that is no compare folder; the message names
+    the file (the command line prints it in one line, exit status 2)."""
 
 
 @dataclass
@@ -282,6 +284,9 @@ def scored_view(metrics: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return metrics, str(metrics.get("split") or "val")
 
 
+_RUN_FILES = ("metrics.json", "config.yaml", "history.csv")
+
+
 def runs_root(directory: str | Path) -> Path:
     """``DIR/runs`` when it exists, else DIR itself (a folder of run directories)."""
     directory = Path(directory)
@@ -289,15 +294,27 @@ def runs_root(directory: str | Path) -> Path:
 
 
 def _is_run_dir(p: Path) -> bool:
-    return p.is_dir() and any((p / f).exists() for f in ("config.yaml", "history.csv",
-                                                         "metrics.json"))
+    return p.is_dir() and any((p / f).exists() for f in _RUN_FILES)
+
+
+def check_compare_folder(directory: str | Path) -> None:
+    """Refuse, in one line, what is no compare folder: a missing folder, and one run's own folder
+    (its metrics.json / config.yaml at the top, no ``runs/``), which holds no runs to compare."""
+    d = Path(directory)
+    want = "medmtl report wants a compare folder (the --out of medmtl compare, holding runs/)"
+    if not d.is_dir():
+        raise ReportError(f"{d}: no such folder; {want}")
+    if (d / "runs").is_dir() or not _is_run_dir(d):
+        return
+    held = ", ".join(f for f in _RUN_FILES if (d / f).exists())
+    hint = f"; this run's compare folder is {d.parent.parent}" if d.parent.name == "runs" else ""
+    raise ReportError(f"{d} is a single run's folder ({held}); {want}{hint}")
 
 
 def collect_runs(directory: str | Path) -> list[Run]:
     """Every run directory under ``DIR/runs`` (finished or not), sorted by method then seed."""
+    check_compare_folder(directory)
     root = runs_root(directory)
-    if not root.is_dir():
-        raise ReportError(f"{root}: not a directory")
     runs = [load_run(p) for p in sorted(root.iterdir()) if _is_run_dir(p)]
     seen: dict[tuple[str, int], Path] = {}
     for r in runs:
