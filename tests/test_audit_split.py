@@ -141,7 +141,8 @@ def test_audit_exit_status_and_next_step(tmp_path: Path,
     (img / "p9-clip0.mp4-1.jpg").write_bytes((img / "p0-clip0.mp4-train.jpg").read_bytes()[:60])
     (tmp_path / "data" / "train" / "labels" / "p9-clip0.mp4-1.txt").write_text("0 0.5 0.5 .2 .2")
     (tmp_path / "data" / "train" / "labels" / "p1-clip0.mp4-train.txt").write_bytes(b"\xff\xfe\x00")
-    code, out, err = _main(["audit", "--data", str(y)], capsys)
+    code, out, err = _main(["audit", "--data", str(y), "--json", str(tmp_path / "a.json")],
+                           capsys)
     assert code == 1
     assert "truncated" not in err and "Traceback" not in err
     kinds = "image_corrupt=1, label_unreadable=1"
@@ -149,7 +150,9 @@ def test_audit_exit_status_and_next_step(tmp_path: Path,
                            "to accept them)")
     assert out.strip().splitlines()[-1].startswith(
         f"next step: fix or remove what the 2 error(s) name ({kinds}; 'Label problems' above")
-    assert "p9-clip0.mp4-1.jpg" in out  # named in the problems table, errors first
+    # named among the errors (the JSON: the console table folds long names at its width)
+    first = json.loads((tmp_path / "a.json").read_text())["splits"]["train"]["problems"]
+    assert any("p9-clip0.mp4-1.jpg" in e for e in first["first_errors"])
     code, out, err = _main(["audit", "--data", str(y), "--allow-errors"], capsys)
     assert code == 0 and err == "" and "next step: fix or remove" in out
     from typer.testing import CliRunner
