@@ -112,15 +112,9 @@ def test_audit_real_dataset() -> None:
 
 
 def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from medmtl.cli import main
+    from _cli import run_cli
 
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(args, capsys)
 
 
 def test_audit_exit_status_and_next_step(tmp_path: Path,

@@ -27,15 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """`medmtl ARGS` in this process: (exit status, stdout + stderr)."""
-    from medmtl.cli import main
+    from _cli import run_cli
 
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out + cap.err
+    code, out, err = run_cli(args, capsys)
+    return code, out + err
 
 
 @pytest.fixture(scope="module")
