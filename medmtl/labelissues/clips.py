@@ -79,7 +79,7 @@ def clip_views(pool: Pool, oof: OOF, pattern: GroupPattern, trusted: TrustedSet 
             notes.append(f"{unmatched} of {len(trusted)} trusted clips of {trusted.path} have no "
                          "ranked frame here (another data set, or no probabilities): not used")
     if tmap:
-        at = [table.clips.index(c) for c in sorted(tmap)]
+        at = [table.row[c] for c in sorted(tmap)]
         est = estimate_corruption(table.probs[at], table.given[at],
                                   np.asarray([tmap[c] for c in sorted(tmap)]), k, seed=seed)
     else:
@@ -111,14 +111,14 @@ def clip_views(pool: Pool, oof: OOF, pattern: GroupPattern, trusted: TrustedSet 
                      f"{trusted.path} are left out of the suggested review list")
     picked = suggest_review([r for r in rows if r["clip"] not in looked], budget, disagree)
     order = {r["clip"]: r["review_order"] for r in picked}
-    rep = {c: st[len(st) // 2] for c, st in zip(table.clips, table.stems, strict=True)}
+    at_row, index = table.row, pool.index
     for i, r in enumerate(rows, start=1):
+        st = table.stems[at_row[r["clip"]]]
         r.update(rank=i, review_order=order.get(r["clip"], ""),
-                 disagreement=disagree.get(r["clip"]), stems=table.stems[table.clips.index(
-                     r["clip"])], image=str(pool.records[pool.index[rep[r["clip"]]]].path))
-    picked = [next(r for r in rows if r["clip"] == p["clip"]) | {"review_value":
-                                                                 p["review_value"]}
-              for p in picked]
+                 disagreement=disagree.get(r["clip"]), stems=st,
+                 image=str(pool.records[index[st[len(st) // 2]]].path))
+    by_clip = {r["clip"]: r for r in rows}
+    picked = [by_clip[p["clip"]] | {"review_value": p["review_value"]} for p in picked]
     summary = {"clips": len(table), "frames": int(table.frames.sum()),
                "trusted_clips_used": len(tmap), "corruption": est.record(names),
                "suggested": len(picked), "budget": budget,

@@ -54,6 +54,11 @@ class ClipTable:
     def __len__(self) -> int:
         return len(self.clips)
 
+    @property
+    def row(self) -> dict[str, int]:
+        """clip -> its row."""
+        return {c: j for j, c in enumerate(self.clips)}
+
 
 def build_clip_table(clips: list[str], patients: list[str], labels: list[int],
                      probs: np.ndarray, stems: list[str] | None = None,

@@ -158,20 +158,21 @@ def run_benchmark(seed: int = 0, trusted_fraction: float = 0.05, folds: int = 5,
         if n_trusted else []
     trusted = {c: data.clip_true[c] for c in trusted_clips}
     wrong = {c for c in data.planted if c not in trusted}
-    idx = [table.clips.index(c) for c in trusted_clips]
+    at_row = table.row
+    idx = [at_row[c] for c in trusted_clips]
     est = estimate_corruption(table.probs[idx], table.given[idx],
                               np.asarray([trusted[c] for c in trusted_clips], np.int64), k,
                               seed=seed, prior_clips=prior_clips)
     cj = confident_joint_corruption(data.given, probs, k)
     frame_rows, today_clips = _today_clip_rows(data, probs)
     today_clips = [r | {"trusted": r["clip"] in trusted} for r in today_clips]
-    planted_frames = {r["stem"] for r in frame_rows
-                      if r["clip"] in wrong and data.given[data.stems.index(r["stem"])]
-                      != data.true[data.stems.index(r["stem"])]}
+    frame = {st: i for i, st in enumerate(data.stems)}
+    planted_frames = {r["stem"] for r in frame_rows if r["clip"] in wrong
+                      and data.given[frame[r["stem"]]] != data.true[frame[r["stem"]]]}
     frame_rows = [r | {"trusted": r["clip"] in trusted} for r in frame_rows]
     true_c = np.zeros((k, k))
     for c, y in data.clip_true.items():
-        true_c[y, int(table.given[table.clips.index(c)])] += 1
+        true_c[y, int(table.given[at_row[c]])] += 1
     true_c = true_c / np.maximum(true_c.sum(1, keepdims=True), 1)
     return {
         "settings": data.settings | {"trusted_fraction": trusted_fraction, "folds": folds},
