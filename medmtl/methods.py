@@ -37,6 +37,7 @@ MAX_SPEC_VALUE = 1000.0  # the largest task weight or balancer option a spec may
 # key -> (low, high, whole number, low excluded); balancer options use their field's bounds
 SPEC_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "freeze_trunk_epochs": (0, 10_000, True, False),
+    "epochs": (1, 10_000, True, False),
     "lr": (0, 10, False, True),
     "w_": (0, MAX_SPEC_VALUE, False, False),
 }
@@ -137,11 +138,11 @@ def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, A
     for item in (x for part in parts for x in part.split(",") if x.strip()):
         key, eq, value = (x.strip() for x in item.partition("="))
         allowed = sorted({*opts, *(f"w_{t}" for t in (*TASKS, DISTILL)), "lr", "view_labels",
-                          "freeze_trunk_epochs"})
+                          "freeze_trunk_epochs", "epochs"})
         if not eq or key not in allowed:
             raise ValueError(f"method spec {spec!r}: unknown key {clip_text(key)!r}; {balancer} "
                              f"specs take {', '.join(allowed)}")
-        target = key if key in ("lr", "view_labels", "freeze_trunk_epochs") or \
+        target = key if key in ("lr", "view_labels", "freeze_trunk_epochs", "epochs") or \
             key.startswith("w_") else opts[key]
         if target in seen:
             both = f"{key} is given twice" if seen[target] == key else \
@@ -157,7 +158,7 @@ def _spec_keys(spec: str, over: dict[str, Any], parts: list[str]) -> dict[str, A
         number = _spec_value(spec, key, value, options.model_fields.get(opts.get(key, "")))
         if key.startswith("w_"):
             weights[key[2:]] = number
-        elif key == "freeze_trunk_epochs":
+        elif key in ("freeze_trunk_epochs", "epochs"):
             over[key] = int(number)
         elif key == "lr":
             over["lr"] = number
@@ -252,6 +253,8 @@ def build_config(method: str | None = None, overrides: dict[str, Any] | None = N
         data["method"] = method
     if overrides:
         data = merge_dicts(data, overrides)
+        if method is not None and is_spec(method) and "epochs" in (spec := parse_spec(method)):
+            data["epochs"] = spec["epochs"]  # a budget control (fixed:epochs=16) keeps its own
     cfg = TrainConfig.model_validate(data)
     cfg.balancer = resolve_config(cfg.balancer)
     need = method_source(method) if method is not None else None

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,10 +14,11 @@ from torch import nn
 from medmtl.config import ModelConfig
 from medmtl.engine.autobranch import (
     StageProfile,
+    autocorrelation_time,
     choose_split,
     feature_similarity,
     linear_cka,
-    mean_upper_bound,
+    stage_test,
     transfer_shared,
 )
 from medmtl.methods import build_config, check_method, parse_spec
@@ -52,19 +54,20 @@ class Toy(nn.Module):
 def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
     toy = Toy()
     prof = StageProfile()
-    for i in range(5):  # the probe's measurement over a few batches
+    for i in range(40):  # the probe's measurement over batches
         losses, _ = toy.losses(torch.randn(16, 8, generator=torch.Generator().manual_seed(i)))
         prof.add(losses, list(toy.parameters()), toy.shared_stages())
     cos = prof.means()
     assert list(cos) == [f"backbone.stage{g}" for g in range(5)]
     for k, v in cos.items():  # one value per step, whose mean is the profile
-        assert len(prof.series[k]) == 5 and sum(prof.series[k]) / 5 == pytest.approx(v, abs=1e-9)
+        assert len(prof.series[k]) == 40
+        assert sum(prof.series[k]) / 40 == pytest.approx(v, abs=1e-9)
     assert min(cos[f"backbone.stage{g}"] for g in (0, 1, 2)) > 0.3, cos  # agree early
     assert max(cos[f"backbone.stage{g}"] for g in (3, 4)) < -0.99, cos  # oppose late
     arch, conflict, why = choose_split(cos, num_stages=5, threshold=0.0)
     assert (arch, conflict) == ("split2", 3) and "stage 3" in why  # stages 0..2 shared
-    # the default rule (confidence 0.95 on the 5 steps' cosines) sees the same late conflict
-    assert choose_split(cos, 5, 0.0, prof.upper_bounds(0.95), 0.95)[:2] == ("split2", 3)
+    # the default rule (family-wise confidence 0.95 over the 40 steps) sees the same conflict
+    assert choose_split(cos, 5, 0.0, prof.tests(0.0, 0.95), 0.95)[:2] == ("split2", 3)
     # a stricter threshold moves the split earlier, one above every cosine to split1; a toy
     # whose tasks never conflict stays shared
     assert choose_split(cos, 5, 0.99)[0] == "split1"
@@ -72,17 +75,65 @@ def test_probe_finds_the_late_conflict_and_the_rule_splits_there() -> None:
     assert choose_split({**cos, "backbone.stage1": math.nan}, 5, 0.0)[0] == "split2"
 
 
-def test_the_upper_bound_is_the_t_bound_of_batch_means() -> None:
-    # 20 steps -> 10 consecutive batches of 2; batch means 0.0, 0.1, ..., 0.9
-    steps = [v for i in range(10) for v in (i / 10 - 0.05, i / 10 + 0.05)]
-    means = [i / 10 for i in range(10)]
-    sd = (sum((m - 0.45) ** 2 for m in means) / 9) ** 0.5  # 0.30277
-    t95_9 = 1.8331129326536335  # t quantile 0.95, 9 degrees of freedom (tables)
-    assert mean_upper_bound(steps, 0.95) == pytest.approx(0.45 + t95_9 * sd / 10 ** 0.5,
-                                                          rel=1e-9)
-    assert mean_upper_bound(steps, 0.0) == pytest.approx(0.45, rel=1e-12)
-    assert mean_upper_bound([0.2, 0.4, 0.9], 0.95) > mean_upper_bound([0.2, 0.4, 0.9], 0.5)
-    assert mean_upper_bound([-0.5], 0.95) == math.inf  # one step: no evidence of conflict
+def _ar1(rng: np.random.Generator, rho: float, shape: tuple[int, int]) -> np.ndarray:
+    """Zero-mean AR(1) series (unit variance) along the last axis."""
+    e = rng.normal(size=shape)
+    x = np.empty(shape)
+    x[..., 0] = e[..., 0]
+    for i in range(1, shape[-1]):
+        x[..., i] = rho * x[..., i - 1] + math.sqrt(1 - rho ** 2) * e[..., i]
+    return x
+
+
+def test_the_stage_test_is_the_t_test_of_batch_means_sized_to_the_autocorrelation() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    # AR(1) with rho 0.8: integrated autocorrelation time (1 + rho) / (1 - rho) = 9
+    assert autocorrelation_time(_ar1(rng, 0.8, (1, 100000))[0]) == pytest.approx(9.0, rel=0.1)
+    assert autocorrelation_time(rng.normal(size=20000)) == pytest.approx(1.0, abs=0.1)
+    steps = 0.05 * rng.normal(size=100) - 0.01
+    tau = autocorrelation_time(steps)
+    res = stage_test(steps, 0.0, 0.05)
+    assert res["batch_steps"] == max(math.ceil(10 * tau), 10) and res["batches"] == \
+        100 // res["batch_steps"]
+    means = steps[100 - res["batches"] * res["batch_steps"]:].reshape(res["batches"], -1).mean(1)
+    ref = stats.ttest_1samp(means, 0.0, alternative="less")
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    se = means.std(ddof=1) / math.sqrt(len(means))
+    assert res["upper"] == pytest.approx(means.mean() + stats.t.ppf(0.95, len(means) - 1) * se,
+                                         rel=1e-9)
+    # a series too short for its autocorrelation has no evidence
+    short = stage_test(_ar1(rng, 0.95, (1, 60))[0] - 1.0, 0.0, 0.05)
+    assert short["batches"] < 2 and short["p"] == 1.0 and short["upper"] == math.inf
+    assert stage_test([-0.5], 0.0)["p"] == 1.0  # one step: no evidence of conflict
+
+
+def test_the_auto_rule_false_split_rate_is_at_most_nominal() -> None:
+    """No stage conflicts (zero-mean cosines, autocorrelated along the steps as in training):
+    the rule splits at most 1 - confidence of the time; the old rule (each stage at 95 %, 10
+    batch means) split far more often. A real conflict (mean -0.08 at stage 3, noise sd 0.1) is still found."""
+    rng = np.random.default_rng(1)
+    reps, stages, steps, level = 400, 5, 200, 0.05
+    for rho in (0.0, 0.9):
+        split = 0
+        for _ in range(reps):
+            x = 0.1 * _ar1(rng, rho, (stages, steps))
+            tests = {f"backbone.stage{g}": stage_test(x[g], 0.0, level / stages)
+                     for g in range(stages)}
+            cos = {k: t["mean"] for k, t in tests.items()}
+            split += choose_split(cos, stages, 0.0, tests, 1 - level)[0] != "shared"
+        bound = level + 3 * math.sqrt(level * (1 - level) / reps)  # Monte Carlo allowance
+        assert split / reps <= bound, (rho, split / reps)
+    found = 0
+    for _ in range(50):
+        x = 0.1 * _ar1(rng, 0.5, (stages, steps))
+        x[3] -= 0.08
+        tests = {f"backbone.stage{g}": stage_test(x[g], 0.0, level / stages)
+                 for g in range(stages)}
+        found += choose_split({k: t["mean"] for k, t in tests.items()}, stages, 0.0, tests,
+                              0.95)[:2] == ("split2", 3)
+    assert found >= 40, found
 
 
 def test_a_mean_below_the_threshold_by_noise_does_not_split() -> None:
@@ -102,13 +153,14 @@ def test_a_mean_below_the_threshold_by_noise_does_not_split() -> None:
     cos = prof.means()
     assert cos["backbone.stage4"] == pytest.approx(-0.001, abs=1e-9)
     assert choose_split(cos, 5, 0.0)[0] == "split3"  # the mean rule follows the noise
-    arch, conflict, why = choose_split(cos, 5, 0.0, prof.upper_bounds(0.95), 0.95)
+    tests = prof.tests(0.0, 0.95)
+    arch, conflict, why = choose_split(cos, 5, 0.0, tests, 0.95)
     assert (arch, conflict) == ("shared", None)
-    assert "95% confidence" in why and "lowest: stage 4, mean -0.001, upper bound" in why
+    assert "family-wise confidence 95%" in why and "lowest: stage 4, mean -0.001, Holm p" in why
     clear = {**cos, "backbone.stage3": -0.2}
-    upper = {**prof.upper_bounds(0.95), "backbone.stage3": -0.19}
-    arch, conflict, why = choose_split(clear, 5, 0.0, upper, 0.95)
-    assert (arch, conflict) == ("split2", 3) and "upper bound -0.190" in why
+    tests["backbone.stage3"] = {**tests["backbone.stage3"], "p": 1e-6}
+    arch, conflict, why = choose_split(clear, 5, 0.0, tests, 0.95)
+    assert (arch, conflict) == ("split2", 3) and "Holm p 5e-06" in why
 
 
 def test_feature_similarity_is_linear_cka() -> None:
@@ -176,8 +228,11 @@ def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     assert set(rec["feature_cka"]) <= set(rec["grad_cos"]) and rec["feature_cka"]
     for k, steps in rec["grad_cos_steps"].items():  # the evidence, step by step
         assert len(steps) == 3 and sum(steps) / 3 == pytest.approx(rec["grad_cos"][k], abs=1e-5)
-        assert rec["grad_cos_upper"][k] == pytest.approx(mean_upper_bound(steps, 0.95), abs=1e-5)
-    assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0, rec["grad_cos_upper"], 0.95)[0]
+        assert rec["grad_cos_test"][k]["batches"] == stage_test(steps, 0.0, 0.01)["batches"]
+    # 3 steps are too few to test: no evidence, no split, and the reason says what to do
+    assert rec["choice"] == choose_split(rec["grad_cos"], 5, 0.0, rec["grad_cos_test"],
+                                         0.95)[0] == "shared"
+    assert "raise --auto-probe-steps" in rec["reason"]
     assert f"arch: {rec['choice']}" in (run / "config.yaml").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classification"] is not None
@@ -251,3 +306,35 @@ def test_report_shows_the_probe_and_auto_against_fixed_splits(tmp_path: Path) ->
     assert set(summary["compare"]) >= {"auto", "split2"}
     assert summary["compare"]["auto"]["delta_m"] > summary["compare"]["split2"]["delta_m"]
     assert (tmp_path / "plots" / "auto_branch.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("balancer", ["famo", "dwa"])
+def test_the_probe_runs_the_balancers_own_updates(synth_tiny: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  balancer: str) -> None:
+    """96 images at batch 16: 6 steps an epoch. A 7-step probe with auto:famo calls FAMO's
+    after_step once per optimiser step (its weights move); with auto:dwa DWA's on_epoch_end runs
+    once, after the first whole epoch."""
+    from medmtl.balancing.dwa import DynamicWeightAverage as DWA
+    from medmtl.balancing.famo import FAMO
+    from medmtl.engine.autobranch import run_auto
+    from medmtl.engine.trainer import Trainer
+
+    calls: dict[str, int] = {"after_step": 0, "on_epoch_end": 0}
+    for cls, name in ((FAMO, "after_step"), (DWA, "on_epoch_end")):
+        real = getattr(cls, name)
+
+        def spy(self: object, losses: object, _real: object = real, _name: str = name) -> None:
+            calls[_name] += 1
+            _real(self, losses)  # type: ignore[operator]
+
+        monkeypatch.setattr(cls, name, spy)
+    cfg = build_config(f"auto:{balancer}", {
+        "data": str(synth_tiny), "out": str(tmp_path / "run"), "epochs": 3, "imgsz": 64,
+        "batch": 16, "workers": 0, "seed": 0, "device": "cpu", "auto_probe_steps": 7})
+    _, _, rec = run_auto(cfg, Trainer)
+    assert rec["probe_steps"] == 7
+    if balancer == "famo":
+        assert calls["after_step"] == 7
+    else:
+        assert calls["on_epoch_end"] == 1

@@ -15,12 +15,16 @@
    tasks ask of them differs.
 3. **Rule** (`choose_split`): the conflict starts at the shallowest stage g whose mean cosine is
    below ``auto_threshold`` (default 0: the tasks pull that stage's weights in opposing
-   directions on average) with confidence ``auto_confidence`` (default 0.95): the one-sided upper
-   confidence bound of the mean (`mean_upper_bound`, batch means of the per-step cosines, t
-   quantile from scipy.stats) must be below the threshold, so a mean a hair below 0 by noise
-   does not split the network (``auto_confidence`` 0: the mean alone). Stages before g are
-   shared and g onwards duplicated: ``split<g-1>`` (`split<k>` shares the stem and k stages),
-   clamped to split1 when the stem or stage 1 conflicts. No such stage: stay ``shared``.
+   directions on average) at family-wise confidence ``auto_confidence`` (default 0.95). Each
+   stage gets a one-sided t test of its mean (`stage_test`) over batch means of the per-step
+   cosines, each batch at least `TAU_MULTIPLE` autocorrelation times long (consecutive steps are
+   correlated: the weights move little between them); the stages' p-values are Holm-adjusted,
+   so the chance that a network with no conflicting stage is split is at most 1 - confidence
+   (checked by simulation in the tests, with autocorrelated zero-mean cosines). A probe too short
+   for its autocorrelation has fewer than 2 batches: no evidence, no split (the reason says so).
+   ``auto_confidence`` 0: the mean alone. Stages before g are shared and g onwards duplicated:
+   ``split<g-1>`` (`split<k>` shares the stem and k stages), clamped to split1 when the stem or
+   stage 1 conflicts. No such stage: stay ``shared``.
 4. **Continue.** The chosen model is built and loaded from the probe's weights
    (`transfer_shared`: trunk stages to the trunk, each later stage to both task branches, neck and
    heads as they are); the run then trains the epochs of ``--epochs`` the probe left (or all of
@@ -49,14 +53,16 @@ from scipy import stats
 from torch import Tensor
 
 from medmtl.engine.evaluate import move_targets, prepare_images
-from medmtl.engine.loop import micro_step
+from medmtl.engine.loop import micro_step, reforward_losses
 from medmtl.evaluation.interference import gradient_interference
+from medmtl.evaluation.multiple import holm
 from medmtl.fileio import atomic_write_text
 
 AUTO = "auto"
 RECORD = "auto_branch.json"
 SIMILARITY_PROBES = 8
-BATCHES = 10  # batch means of the per-step cosines for the confidence bound
+BATCHES = 10  # at most this many batch means of the per-step cosines
+TAU_MULTIPLE = 10  # a batch spans at least this many autocorrelation times (simulation-checked)
 _STAGE = re.compile(r"backbone\.stage(\d+)$")
 
 
@@ -98,25 +104,64 @@ class StageProfile:
         return {k[len(pre):]: v / self.acc[f"n/grad_cos/{k[len(pre):]}"]
                 for k, v in self.acc.items() if k.startswith(pre)}
 
-    def upper_bounds(self, confidence: float) -> dict[str, float]:
-        return {k: mean_upper_bound(v, confidence) for k, v in self.series.items()}
+    def tests(self, threshold: float, confidence: float) -> dict[str, dict[str, float]]:
+        """`stage_test` of every stage; the displayed bound at the Bonferroni level
+        (1 - confidence) / stages, the level each stage is held to."""
+        alpha = (1.0 - confidence) / max(1, len(self.series))
+        return {k: stage_test(v, threshold, alpha) for k, v in self.series.items()}
 
 
-def mean_upper_bound(values: Sequence[float], confidence: float) -> float:
-    """One-sided upper confidence bound of the mean of per-step cosines by the method of batch
-    means: consecutive steps are correlated (the weights move little between them), so the steps
-    are cut into up to `BATCHES` consecutive batches and the t bound is taken over the batches'
-    means (df = batches - 1). The mean itself at ``confidence`` 0; +inf with fewer than 2
-    values (no evidence of a conflict)."""
+def autocorrelation_time(values: Sequence[float]) -> float:
+    """Integrated autocorrelation time of a series (1 for independent steps), by Geyer's initial
+    positive sequence: autocorrelations summed in adjacent pairs while a pair's sum stays
+    positive. At least 1."""
     x = np.asarray(values, dtype=float)
-    if confidence == 0:
-        return float(x.mean()) if x.size else math.nan
-    b = min(BATCHES, x.size)
+    n = x.size
+    x = x - x.mean()
+    if n < 4 or not np.any(x):
+        return 1.0
+    f = np.fft.rfft(x, 2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[:n]
+    ac = ac / ac[0]
+    pairs = 0.0
+    for k in range(n // 2 - 1):
+        g = ac[2 * k + 1] + ac[2 * k + 2]
+        if g <= 0:
+            break
+        pairs += g
+    return max(1.0, 1.0 + 2.0 * pairs)
+
+
+def stage_test(values: Sequence[float], threshold: float = 0.0,
+               alpha: float = 0.05) -> dict[str, float]:
+    """One-sided test that a stage's mean per-step cosine lies below ``threshold``, by batch
+    means whose length follows the series' autocorrelation: each batch holds at least
+    `TAU_MULTIPLE` autocorrelation times (`autocorrelation_time`) and there are at most `BATCHES`
+    of them, so that the batch means are close to independent; the t test runs over the batch
+    means (df = batches - 1). Returns ``mean``, ``p`` (1: no evidence, e.g. fewer than 2
+    batches), ``upper`` (the upper confidence bound at 1 - ``alpha``; +inf without evidence),
+    ``batches``, ``batch_steps`` and ``tau``."""
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    out = {"mean": float(x.mean()) if n else math.nan, "p": 1.0, "upper": math.inf,
+           "batches": 0, "batch_steps": 0, "tau": math.nan}
+    if n < 2:
+        return out
+    tau = autocorrelation_time(x)
+    length = max(math.ceil(TAU_MULTIPLE * tau), math.ceil(n / BATCHES))
+    b = n // length
+    out.update(tau=round(tau, 3), batch_steps=length, batches=b)
     if b < 2:
-        return math.inf
-    means = np.array([c.mean() for c in np.array_split(x, b)])
-    se = float(means.std(ddof=1)) / math.sqrt(b)
-    return float(x.mean()) + float(stats.t.ppf(confidence, b - 1)) * se
+        return out
+    means = x[n - b * length:].reshape(b, length).mean(1)  # the latest steps, whole batches
+    mean, se = float(means.mean()), float(means.std(ddof=1)) / math.sqrt(b)
+    out["mean_batches"] = mean
+    if se <= 1e-12 * max(1.0, abs(mean)):
+        out["p"], out["upper"] = (0.0, mean) if mean < threshold else (1.0, mean)
+        return out
+    out["p"] = float(stats.t.cdf((mean - threshold) / se, b - 1))
+    out["upper"] = mean + float(stats.t.ppf(1.0 - alpha, b - 1)) * se
+    return out
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
@@ -145,28 +190,46 @@ def feature_similarity(losses: Mapping[str, Tensor], feats: Mapping[str, Tensor]
 
 
 def choose_split(cosines: Mapping[str, float], num_stages: int, threshold: float,
-                 upper: Mapping[str, float] | None = None, confidence: float = 0.0
-                 ) -> tuple[str, int | None, str]:
+                 tests: Mapping[str, Mapping[str, float]] | None = None,
+                 confidence: float = 0.0) -> tuple[str, int | None, str]:
     """(arch, conflict stage or None, reason) from the mean cosine per ``backbone.stage<g>``, or,
-    given ``upper`` (`mean_upper_bound` at ``confidence``), from its upper confidence bound."""
-    test = upper if upper is not None else cosines
-    per_stage = sorted((int(m.group(1)), v, test.get(k, math.inf)) for k, v in cosines.items()
+    given ``tests`` (`stage_test` per stage), from their p-values Holm-adjusted over the stages:
+    the family-wise chance of splitting a network whose stages do not conflict is at most
+    1 - ``confidence``."""
+    per_stage = sorted((int(m.group(1)), k, v) for k, v in cosines.items()
                        if (m := _STAGE.match(k)) and math.isfinite(v))
-    what = (f"below {threshold:g} with {confidence:.0%} confidence (upper bound of the mean, "
-            f"batch means)" if upper is not None else f"below {threshold:g}")
-    hit = next(((g, v, u) for g, v, u in per_stage if u < threshold), None)
+    alpha = 1.0 - confidence
+    if tests is not None:
+        ps = [float((tests.get(k) or {}).get("p", 1.0)) for _, k, _ in per_stage]
+        adj = dict(zip([k for _, k, _ in per_stage], holm(ps) if ps else [], strict=True))
+        what = (f"below {threshold:g} at family-wise confidence {confidence:.0%} over the "
+                f"{len(per_stage)} stages (Holm; batch means sized to the steps' "
+                "autocorrelation)")
+        hit = next(((g, k, v) for g, k, v in per_stage if adj[k] < alpha), None)
+    else:
+        what, adj = f"below {threshold:g}", {}
+        hit = next(((g, k, v) for g, k, v in per_stage if v < threshold), None)
+
+    def detail(k: str, v: float) -> str:
+        if tests is None:
+            return f"mean {v:.3f}"
+        t = tests.get(k) or {}
+        return (f"mean {v:.3f}, Holm p {adj[k]:.3g}, {int(t.get('batches', 0))} batch(es) of "
+                f"{int(t.get('batch_steps', 0))} steps")
+
     if hit is None:
         why = f"no stage has a mean gradient cosine {what}"
         if per_stage:
-            g, v, u = min(per_stage, key=lambda e: e[1])
-            why += f"; lowest: stage {g}, mean {v:.3f}" + (
-                f", upper bound {u:.3f}" if upper is not None else "")
+            g, k, v = min(per_stage, key=lambda e: e[2])
+            why += f"; lowest: stage {g}, {detail(k, v)}"
+            if tests is not None and int((tests.get(k) or {}).get("batches", 0)) < 2:
+                why += (" (the probe is too short for its steps' autocorrelation to test: "
+                        "raise --auto-probe-steps)")
         return "shared", None, why
-    conflict, mean, bound = hit
+    conflict, key, mean = hit
     k = min(max(1, conflict - 1), num_stages - 2)
     why = (f"stage {conflict} is the shallowest with a mean gradient cosine {what} "
-           f"(mean {mean:.3f}" + (f", upper bound {bound:.3f}" if upper is not None else "")
-           + f"): stages 0..{k} shared, the rest per task")
+           f"({detail(key, mean)}): stages 0..{k} shared, the rest per task")
     if conflict - 1 < 1:
         why += " (clamped: split1 is the earliest branching point)"
     return f"split{k}", conflict, why
@@ -225,6 +288,8 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
     done, epoch, t0 = 0, 0, time.perf_counter()
     while done < steps:
         seen = False
+        sums: dict[str, float] = {}
+        counted = 0
         for batch in t.data.train_loader(epoch, 0):
             if not _both_tasks(batch):
                 continue
@@ -236,10 +301,20 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
             present = {"detect": True, "classify": True}
             losses, _ = micro_step(t, batch, present, 0, 1, prof.acc)  # cosines every step
             prof.end_step()
-            t._optimizer_step(1, list(losses.values()))
+            if t._optimizer_step(1, list(losses.values())):
+                # the balancer's own updates, as in training (FAMO's logits, ...)
+                t.balancer.after_step(reforward_losses(t, batch, present)
+                                      if t.balancer.reforward
+                                      else {k: v.detach() for k, v in losses.items()})
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            counted += 1
             done += 1
             if done >= steps:
                 break
+        else:  # a whole epoch went by: the balancer's epoch update (DWA's weights)
+            if counted:
+                t.balancer.on_epoch_end({k: v / counted for k, v in sums.items()})
         if not seen:
             raise ValueError("--arch auto: no training batch has labels of both tasks")
         epoch += 1
@@ -279,19 +354,27 @@ def run_auto(cfg: Any, trainer_cls: Any
     shutil.rmtree(pcfg.out, ignore_errors=True)
     conf, prof = cfg.auto_confidence, found["profile"]
     cosines = prof.means()
-    upper = prof.upper_bounds(conf) if conf > 0 else None
-    arch, conflict, why = choose_split(cosines, num_stages, cfg.auto_threshold, upper, conf)
+    tests = prof.tests(cfg.auto_threshold, conf) if conf > 0 else None
+    arch, conflict, why = choose_split(cosines, num_stages, cfg.auto_threshold, tests, conf)
     rule = ("split at the shallowest stage whose mean gradient cosine is below the threshold"
-            + (" with the given confidence (one-sided upper bound by batch means of the "
-               "per-step cosines)" if upper is not None else "") + "; none: shared")
+            + (" at the given family-wise confidence over the stages (one-sided t tests of batch "
+               "means sized to the autocorrelation of the per-step cosines, Holm over the "
+               "stages)" if tests is not None else "") + "; none: shared")
+
+    def finite(v: float) -> float | None:
+        return v if math.isfinite(v) else None
+
     record = {"rule": rule, "threshold": cfg.auto_threshold, "confidence": conf,
               "choice": arch, "conflict_stage": conflict, "reason": why,
               "probe_steps": found["steps"], "probe_seconds": found["seconds"],
               "probe_counts_in_epochs": cfg.auto_probe_in_budget, "probe_epochs": used,
               "probe_epochs_exact": round(exact, 3), "balancer": cfg.balancer.name,
               "grad_cos": cosines,
-              "grad_cos_upper": None if upper is None else {
-                  k: v if math.isfinite(v) else None for k, v in upper.items()},
+              "grad_cos_upper": None if tests is None else {
+                  k: finite(v["upper"]) for k, v in tests.items()},
+              "grad_cos_test": None if tests is None else {
+                  k: {"p": v["p"], "batches": v["batches"], "batch_steps": v["batch_steps"],
+                      "tau": finite(v["tau"])} for k, v in tests.items()},
               "feature_cka": found["feature_cka"],
               "feature_cka_note": "linear CKA of the two tasks' per-image gradients w.r.t. each "
                                   "stage's output (second signal; not used by the rule)",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from medmtl.evaluation.multiple import holm
 from medmtl.report.collect import Run, extract
 
 __all__ = [
@@ -101,24 +102,6 @@ def compare(method: dict[int, float], baseline: dict[int, float], higher_is_bett
 
 
 # --- multiple comparisons ----------------------------------------------------------------------
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input order.
-
-    Sorted ascending, p_(i) (i = 1..m) becomes max_{j <= i} min(1, (m - j + 1) p_(j)): never
-    below an earlier adjusted value and capped at 1; tied raw values get equal adjusted ones.
-    Rejecting where the adjusted value is < alpha is Holm's procedure at family-wise level alpha.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1 or not np.all((p >= 0.0) & (p <= 1.0)):
-        raise ValueError(f"p-values must be a flat sequence in [0, 1], got {pvalues!r}")
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(stepped) if m else stepped
-    return adjusted.tolist()
-
 
 def apply_holm(entries: Sequence[tuple[dict[str, Any], bool]], alpha: float = ALPHA) -> int:
     """Holm over the given :func:`compare` results (each with its metric's higher_is_better).
