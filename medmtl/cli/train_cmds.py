@@ -304,12 +304,18 @@ def report(
     bootstrap_view: Annotated[int, Opt(min=0, help="Bootstrap resamples for the view-accuracy "
                                                    "and macro-F1 intervals (0: none)")] = 2000,
     bootstrap_seed: Annotated[int, Opt(help="Random seed of the bootstrap draws")] = 0,
+    bootstrap_unit: Annotated[str, Opt(help="What the bootstrap resamples: clip (frames of a "
+                                            "clip are not independent), patient, or image")]
+    = "clip",
 ) -> None:
     """Write report.md, report.html, summary.json and summary.csv for a comparison folder."""
     from medmtl.report.bootstrap import BootstrapSettings
     from medmtl.report.collect import check_compare_folder
 
     _check_runtime(latency_runtime)
+    if bootstrap_unit not in ("clip", "patient", "image"):
+        raise typer.BadParameter(f"{bootstrap_unit!r}: clip, patient or image",
+                                 param_hint="--bootstrap-unit")
     check_compare_folder(folder)  # not one run's folder: one line, exit 2
     if retime:
         from medmtl.engine.retime import remeasure_latency
@@ -317,7 +323,7 @@ def report(
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)
     _report(folder, baseline, latency_budget, latency_runtime, dm_tolerance,
-            BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed))
+            BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed, bootstrap_unit))
 
 
 @app.command()

@@ -1,7 +1,10 @@
-"""Metrics on resampled test sets (bootstrap over images), from one run's exported predictions.
+"""Metrics on resampled test sets (bootstrap over images or over clusters of images), from one
+run's exported predictions.
 
 A resample is a vector of positions into the test images (drawn with replacement); an image drawn
-twice counts twice, exactly as if the set held two copies of it.
+twice counts twice, exactly as if the set held two copies of it. :func:`resample_weights` draws
+them, as counts per image: images one by one, or whole clusters (the frames of a clip, the clips
+of a patient), which is what a test set of video frames needs -- its frames are not independent.
 
 :class:`CocoResampler` runs faster-coco-eval's per-image matching once (``separate_eval``) and,
 for each resample, hands the per-image evaluations of the drawn images, in draw order, to
@@ -22,7 +25,38 @@ import numpy as np
 
 from .coco import coco_evaluator, evaluate_coco
 
-__all__ = ["CocoResampler", "resampled_coco", "view_metrics_resampled"]
+__all__ = ["CocoResampler", "draws_of", "resample_weights", "resampled_coco",
+           "view_metrics_resampled", "view_metrics_weighted"]
+
+
+def resample_weights(groups: Sequence[Any] | None, n: int, resamples: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(B, n) times each of the n images is drawn in each of B bootstrap resamples.
+
+    ``groups`` None: the image bootstrap (n images drawn with replacement). Otherwise the
+    cluster bootstrap: ``groups[i]`` is image i's cluster (clip or patient); the clusters are
+    drawn with replacement, as many as there are, and a drawn cluster brings all its images.
+    Frames of one clip are near-copies, so only clusters are independent samples."""
+    if groups is None:
+        draws = rng.integers(0, n, size=(resamples, n))
+        w = np.zeros((resamples, n), dtype=np.int64)
+        np.add.at(w, (np.arange(resamples)[:, None], draws), 1)
+        return w
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} images")
+    names = sorted(set(groups), key=str)
+    index = {g: k for k, g in enumerate(names)}
+    member = np.zeros((len(names), n), dtype=np.int64)
+    member[[index[g] for g in groups], np.arange(n)] = 1
+    picks = rng.integers(0, len(names), size=(resamples, len(names)))
+    counts = np.zeros((resamples, len(names)), dtype=np.int64)
+    np.add.at(counts, (np.arange(resamples)[:, None], picks), 1)
+    return counts @ member
+
+
+def draws_of(weights: np.ndarray) -> np.ndarray:
+    """The positions a row of `resample_weights` stands for (each image as often as drawn)."""
+    return np.repeat(np.arange(weights.size), weights)
 
 
 def resampled_coco(gt: dict, results: list[dict], image_ids: Sequence[int],
@@ -104,35 +138,42 @@ class CocoResampler:
         return (float(at50[at50 > -1].mean()) if (at50 > -1).any() else None,
                 float(prec[prec > -1].mean()) if (prec > -1).any() else None)
 
-    def score_many(self, draws: np.ndarray) -> np.ndarray:
-        """(B, 2) array of :meth:`score` over the rows of ``draws`` (NaN for None)."""
-        return np.array([[np.nan if v is None else v for v in self.score(row)] for row in draws],
-                        dtype=np.float64).reshape(len(draws), 2)
+    def score_many(self, weights: np.ndarray) -> np.ndarray:
+        """(B, 2) array of :meth:`score` over the resamples of ``weights`` (`resample_weights`;
+        NaN for None)."""
+        return np.array([[np.nan if v is None else v for v in self.score(draws_of(row))]
+                         for row in weights], dtype=np.float64).reshape(len(weights), 2)
 
 
 def view_metrics_resampled(y_true: Any, y_pred: Any, num_classes: int, draws: np.ndarray,
                            chunk: int = 256) -> np.ndarray:
     """(B, 2): view accuracy and macro-F1 on each row of ``draws`` (positions into y_true /
-    y_pred, every label valid). Macro-F1 is the mean F1 over the classes present in the
+    y_pred, every label valid)."""
+    draws = np.atleast_2d(np.asarray(draws, dtype=np.int64))
+    w = np.zeros((len(draws), len(np.asarray(y_true))), dtype=np.int64)
+    np.add.at(w, (np.arange(len(draws))[:, None], draws), 1)
+    return view_metrics_weighted(y_true, y_pred, num_classes, w, chunk)
+
+
+def view_metrics_weighted(y_true: Any, y_pred: Any, num_classes: int, weights: np.ndarray,
+                          chunk: int = 256) -> np.ndarray:
+    """(B, 2): view accuracy and macro-F1 of each resample of ``weights`` ((B, n) times each
+    image is drawn, `resample_weights`). Macro-F1 is the mean F1 over the classes present in the
     resample's labels or predictions, as in ``classification_metrics``."""
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
-    draws = np.atleast_2d(np.asarray(draws, dtype=np.int64))
-    n_img = len(t)
+    weights = np.atleast_2d(np.asarray(weights))
     onehot_t = np.eye(num_classes)[t]
     onehot_p = np.eye(num_classes)[p]
-    out = np.empty((len(draws), 2))
-    for s in range(0, len(draws), chunk):
-        d = draws[s:s + chunk]
-        rows = np.arange(len(d))[:, None] * n_img
-        counts = np.bincount((rows + d).ravel(), minlength=len(d) * n_img)
-        w = counts.reshape(len(d), n_img).astype(np.float64)  # times each image was drawn
+    out = np.empty((len(weights), 2))
+    for s in range(0, len(weights), chunk):
+        w = weights[s:s + chunk].astype(np.float64)
         support, predicted = w @ onehot_t, w @ onehot_p
         tp = w @ (onehot_t * onehot_p)
         prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
         rec = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
         f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=prec + rec > 0)
         present = (support + predicted) > 0
-        out[s:s + chunk, 0] = tp.sum(1) / d.shape[1]
+        out[s:s + chunk, 0] = tp.sum(1) / w.sum(1)
         out[s:s + chunk, 1] = (f1 * present).sum(1) / present.sum(1)
     return out

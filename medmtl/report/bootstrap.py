@@ -1,7 +1,14 @@
-"""Paired bootstrap over test images: an interval for each difference against the baseline that
-a single seed gets too.
+"""Paired cluster bootstrap over the test set: an interval for each difference against the
+baseline that a single seed gets too.
 
-For a method, the baseline and one metric: draw the test images with replacement (B resamples,
+The unit resampled is the clip by default (``BootstrapSettings.unit``: clip, patient or image):
+frames of one clip are near-copies, so an image bootstrap treats 197 frames of 28 clips as 197
+independent samples and gives intervals about half as wide as they should be. The clusters come
+from the test images' file names (the run's ``clip_regex`` / ``group_regex``); with fewer than
+``min_clusters`` clusters no interval is given (it would mean nothing), and every interval states
+its unit and how many clusters it rests on.
+
+For a method, the baseline and one metric: draw the clusters with replacement (B resamples,
 seeded; the same draws for every run, so the two methods are always scored on the same images),
 recompute the metric of each run from its exported predictions (``eval/predictions.json`` +
 ``eval/ground_truth.json`` for mAP@0.5 and mAP@0.5:0.95, through faster-coco-eval;
@@ -17,13 +24,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medmtl.evaluation.resample import CocoResampler, view_metrics_resampled
+from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX, clip_of, patient_of
+from medmtl.evaluation.resample import CocoResampler, resample_weights, view_metrics_weighted
 from medmtl.report.collect import Run, extract
 from medmtl.report.significance import CONFIDENCE
 
@@ -33,6 +42,7 @@ __all__ = ["BOOTSTRAP_METRICS", "BootstrapSettings", "add_bootstrap"]
 BOOTSTRAP_METRICS = {"map50": ("detect", 0), "map50_95": ("detect", 1),
                      "accuracy": ("classify", 0), "macro_f1": ("classify", 1)}
 _TOL = 1e-9  # a recomputed metric must equal metrics.json's to this
+UNITS = ("clip", "patient", "image")
 
 
 @dataclass(frozen=True)
@@ -44,11 +54,18 @@ class BootstrapSettings:
     resamples_view: int = 2000
     seed: int = 0
     confidence: float = CONFIDENCE
+    unit: str = "clip"  # clip | patient | image
+    min_clusters: int = 10
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"bootstrap unit {self.unit!r}: choose from {', '.join(UNITS)}")
 
     def describe(self) -> dict[str, Any]:
         return {"resamples_map": self.resamples_map, "resamples_view": self.resamples_view,
                 "seed": self.seed, "confidence": self.confidence, "interval": "percentile",
-                "unit": "test image", "metrics": list(BOOTSTRAP_METRICS)}
+                "unit": f"test {self.unit}", "min_clusters": self.min_clusters,
+                "metrics": list(BOOTSTRAP_METRICS)}
 
 
 @dataclass
@@ -57,7 +74,8 @@ class _Population:
 
     key: tuple[Any, ...]  # image ids (+ labels): runs pair only on identical test sets
     point: np.ndarray  # (2,) the metrics on the images as they are
-    score: Any  # draws (B, n) -> (B, 2)
+    score: Any  # weights (B, n) -> (B, 2)
+    groups: tuple[str, ...]  # the cluster of each image (in key[0]'s order)
 
 
 def _read_json(path: Path) -> Any:
@@ -83,7 +101,31 @@ def _eval_dir(run: Run) -> Path:
     return run.path / "eval" / "test" if run.split == "test" else run.path / "eval"
 
 
-def _detect_population(run: Run) -> _Population:
+def _groups(run: Run, ids: Sequence[int], unit: str) -> tuple[str, ...]:
+    """The cluster (clip or patient, from the file name by the run's regex; the image itself for
+    the image unit) of each test image id, from the eval folder's ground_truth.json."""
+    if unit == "image":
+        return tuple(str(i) for i in ids)
+    path = _eval_dir(run) / "ground_truth.json"
+    gt = _read_json(path)
+    try:
+        names = {int(im["id"]): str(im["file_name"]) for im in gt["images"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed ({e})") from None
+    if unit == "clip":
+        regex = str(run.config.get("clip_regex") or DEFAULT_CLIP_REGEX)
+        of = clip_of
+    else:
+        regex = str(run.config.get("group_regex") or DEFAULT_PATIENT_REGEX)
+        of = patient_of
+    missing = [i for i in ids if i not in names]
+    if missing:
+        raise ValueError(f"{path}: no file name for image id {missing[0]} (needed for the "
+                         f"{unit} bootstrap)")
+    return tuple(of(names[i], regex) for i in ids)
+
+
+def _detect_population(run: Run, unit: str) -> _Population:
     ev = _eval_dir(run)
     gt = _read_json(ev / "ground_truth.json")
     results = _read_json(ev / "predictions.json")
@@ -96,10 +138,11 @@ def _detect_population(run: Run) -> _Population:
     _reproduces(run, point, ("map50", "map50_95"), ev / "predictions.json")
     boxes = tuple(sorted((int(a["image_id"]), int(a["category_id"]), *map(float, a["bbox"]))
                          for a in gt.get("annotations", [])))
-    return _Population((tuple(coco.image_ids), boxes), point, coco.score_many)
+    groups = _groups(run, coco.image_ids, unit)
+    return _Population((tuple(coco.image_ids), boxes, groups), point, coco.score_many, groups)
 
 
-def _classify_population(run: Run) -> _Population:
+def _classify_population(run: Run, unit: str) -> _Population:
     from medmtl.evaluation.metrics import classification_metrics  # imports torch
 
     path = _eval_dir(run) / "view_predictions.json"
@@ -116,8 +159,9 @@ def _classify_population(run: Run) -> _Population:
     cm = classification_metrics(y_true, y_pred, nv, list(data["labels"]))
     point = np.array([cm["accuracy"], cm["macro_f1"]], dtype=np.float64)
     _reproduces(run, point, ("accuracy", "macro_f1"), path)
-    return _Population((tuple(ids.tolist()), tuple(y_true.tolist())), point,
-                       lambda draws: view_metrics_resampled(y_true, y_pred, nv, draws))
+    groups = _groups(run, ids.tolist(), unit)
+    return _Population((tuple(ids.tolist()), tuple(y_true.tolist()), groups), point,
+                       lambda w: view_metrics_weighted(y_true, y_pred, nv, w), groups)
 
 
 class _Cache:
@@ -127,7 +171,7 @@ class _Cache:
         self.settings = settings
         self.pops: dict[tuple[str, str], _Population | str] = {}
         self.values: dict[tuple[str, str], np.ndarray] = {}
-        self._draws: dict[tuple[str, int], np.ndarray] = {}
+        self._draws: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
     def resamples(self, task: str) -> int:
         s = self.settings
@@ -136,22 +180,26 @@ class _Cache:
     def population(self, run: Run, task: str) -> _Population | str:
         if (run.name, task) not in self.pops:
             try:
-                self.pops[run.name, task] = (_detect_population(run) if task == "detect"
-                                             else _classify_population(run))
+                unit = self.settings.unit
+                self.pops[run.name, task] = (_detect_population(run, unit) if task == "detect"
+                                             else _classify_population(run, unit))
             except ValueError as e:
                 self.pops[run.name, task] = str(e)
         return self.pops[run.name, task]
 
-    def draws(self, task: str, n: int) -> np.ndarray:
-        """(B, n) positions into the n test images; the same for every run of the report."""
-        if (task, n) not in self._draws:
+    def draws(self, task: str, groups: tuple[str, ...]) -> np.ndarray:
+        """(B, n) times each test image is drawn (whole clusters); the same for every run of
+        the report scored on those images."""
+        if (task, groups) not in self._draws:
             rng = np.random.default_rng(self.settings.seed)
-            self._draws[task, n] = rng.integers(0, n, size=(self.resamples(task), n))
-        return self._draws[task, n]
+            self._draws[task, groups] = resample_weights(
+                None if self.settings.unit == "image" else groups, len(groups),
+                self.resamples(task), rng)
+        return self._draws[task, groups]
 
     def resampled(self, run: Run, task: str, pop: _Population) -> np.ndarray:
         if (run.name, task) not in self.values:
-            self.values[run.name, task] = pop.score(self.draws(task, len(pop.key[0])))
+            self.values[run.name, task] = pop.score(self.draws(task, pop.groups))
         return self.values[run.name, task]
 
 
@@ -176,6 +224,12 @@ def _interval(cache: _Cache, mine: dict[int, Run], base: dict[int, Run], key: st
     keys = {pop.key for _, pm, pb in pairs for pop in (pm, pb)}  # type: ignore[union-attr]
     if len(keys) > 1:
         return {"available": False, "reason": "the runs were scored on different test images"}
+    unit = cache.settings.unit
+    clusters = len(set(pairs[0][1].groups))  # type: ignore[union-attr]
+    if clusters < cache.settings.min_clusters:
+        return {"available": False, "unit": unit, "clusters": clusters,
+                "reason": f"only {clusters} test {unit}(s): too few for a {unit} bootstrap "
+                          f"interval to mean anything (at least {cache.settings.min_clusters})"}
     diffs = np.mean([cache.resampled(mine[s], task, pm)[:, col]  # type: ignore[arg-type]
                      - cache.resampled(base[s], task, pb)[:, col]  # type: ignore[arg-type]
                      for s, pm, pb in pairs], axis=0)
@@ -189,7 +243,7 @@ def _interval(cache: _Cache, mine: dict[int, Run], base: dict[int, Run], key: st
     return {"available": True, "diff": point, "ci_low": float(lo), "ci_high": float(hi),
             "confidence": cache.settings.confidence, "resamples": int(len(diffs)),
             "resamples_finite": int(ok.size), "images": len(next(iter(keys))[0]),
-            "seeds": seeds}
+            "unit": unit, "clusters": clusters, "seeds": seeds}
 
 
 def add_bootstrap(runs: list[Run], agg: dict[str, Any],

@@ -55,13 +55,15 @@ def stats_notes(summary: dict[str, Any]) -> list[str]:
         f"Each difference (method − baseline, mean over the paired seeds) has two {pct} "
         "intervals, each for that comparison alone (not simultaneous): over seeds, the t "
         "interval of the per-seed differences (≥ 2 paired seeds); over the scored "
-        f"({scored_split(summary)}) images, a paired "
-        "bootstrap — those images are drawn with replacement (the same draws for both "
-        "methods and every seed), each run's metric is recomputed from its exported "
+        f"({scored_split(summary)}) set, a paired {_unit(boot)} bootstrap — whole "
+        f"{_unit(boot)}s are drawn with replacement (frames of one clip are near-copies, not "
+        "independent samples; the same draws for both methods and every seed; no interval "
+        f"with fewer than {boot.get('min_clusters', 0)} {_unit(boot)}s), each run's metric is "
+        "recomputed from its exported "
         "predictions (eval/predictions.json + ground_truth.json with faster-coco-eval; "
         f"eval/view_predictions.json), {boot['resamples_map']} resamples for mAP, "
         f"{boot['resamples_view']} for the view metrics, seed {boot['seed']}, percentile "
-        "interval. The bootstrap interval reflects which images were drawn, for the "
+        "interval. The bootstrap interval reflects which clusters were drawn, for the "
         "trained models at hand, and exists with a single seed; it says nothing about seed "
         "noise.",
         "Δm (Maninis et al. 2019) = (1/K) Σ_k (−1)^l_k (M_method,k − M_single,k) / M_single,k "
@@ -72,6 +74,11 @@ def stats_notes(summary: dict[str, Any]) -> list[str]:
         "lower is better. Δm > 0: the joint model beats the separate single-task models on "
         "average. Without single-task runs Δm is unavailable.",
     ]
+
+
+def _unit(boot: dict[str, Any]) -> str:
+    """The bootstrap's unit word ("clip", "patient", "image")."""
+    return str(boot.get("unit", "test image")).removeprefix("test ")
 
 
 def _dm_cell(dm: dict[str, Any]) -> str:
@@ -124,7 +131,9 @@ def differences_blocks(summary: dict[str, Any]) -> list[Block]:
             if boot is None:
                 bcell = "—"
             elif boot["available"]:
-                bcell = _interval(boot["ci_low"], boot["ci_high"])
+                bcell = (_interval(boot["ci_low"], boot["ci_high"])
+                         + (f" ({boot['clusters']} {boot['unit']}s)" if boot.get("clusters")
+                            else ""))
             else:
                 bcell = "n/a"
                 where = reasons.setdefault(boot["reason"], [])
@@ -137,13 +146,15 @@ def differences_blocks(summary: dict[str, Any]) -> list[Block]:
                          "n/a" if sig.get("p_adj") is None else _p(sig["p_adj"]),
                          sig["verdict"]])
     split = scored_split(summary)
+    unit = _unit(summary.get("bootstrap") or {})
     out: list[Block] = [
         ("p", f"Method − baseline ({base}), mean over the paired seeds, scored on the {split} "
               f"split. Holm's correction over {mc['family_size']} test(s) at α = "
-              f"{summary['alpha']}; {pct} intervals over seeds (t) and over {split} images "
-              "(bootstrap; '—': not computed for this metric)."),
+              f"{summary['alpha']}; {pct} intervals over seeds (t) and over {split} {unit}s "
+              f"({unit} bootstrap, the number of {unit}s in brackets; '—': not computed for "
+              "this metric)."),
         ("table", ["method", "metric", "difference", f"{pct} CI over seeds (t, {split} split)",
-                   f"{pct} CI over {split} images (bootstrap)", "p", "Holm p", "verdict"],
+                   f"{pct} CI over {split} {unit}s (bootstrap)", "p", "Holm p", "verdict"],
          rows)]
     if reasons:
         out.append(("ul", [f"No bootstrap interval for {', '.join(where)}: {why}"
