@@ -23,6 +23,7 @@ from medmtl.report import (
     paired_ttest,
     write_report,
 )
+from medmtl.report.significance import NO_SPREAD, apply_holm
 
 VIEWS = ["A4C", "PLAX", "PSAX"]
 BOXES = ["MR", "TR", "AR", "PR"]
@@ -154,8 +155,15 @@ def test_paired_ttest_known_values(t: float, df: float, p: float) -> None:
 
 
 def test_paired_ttest_without_spread() -> None:
-    assert paired_ttest([0.5, 0.6], [0.4, 0.5])[:3] == (math.inf, 0.0, 1)
-    assert paired_ttest([0.5, 0.6], [0.5, 0.6])[:3] == (0.0, 1.0, 1)
+    """Identical differences in every seed: no test (NaN), never p = 0; compare() gives no
+    verdict and no p-value, so the pair stays out of the Holm family."""
+    for a, b in (([0.5, 0.6], [0.4, 0.5]), ([0.5, 0.6], [0.5, 0.6])):
+        t, p, df, ci = paired_ttest(a, b)
+        assert math.isnan(t) and math.isnan(p) and df == 1
+        assert ci == pytest.approx((a[0] - b[0],) * 2)
+    out = compare({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}, higher_is_better=True)
+    assert out["p"] is None and out["verdict"] == NO_SPREAD
+    assert apply_holm([(out, True)]) == 0
     with pytest.raises(ValueError, match="2 pairs"):
         paired_ttest([0.5], [0.4])
 
@@ -491,7 +499,7 @@ def test_differences_within_noise_name_no_best_method(tmp_path: Path) -> None:
     # every interval column names its split (these runs were scored on val)
     headers = [ln for ln in md.splitlines() if "CI" in ln]
     assert headers == ["| method | metric | difference | 95 % CI over seeds (t, val split) | "
-                       "95 % CI over val images (bootstrap) | p | Holm p | verdict |"]
+                       "95 % CI over val clips (bootstrap) | p | Holm p | verdict |"]
 
 
 def test_one_seed_at_a_tiny_budget_crowns_nothing(tmp_path: Path) -> None:
@@ -523,3 +531,21 @@ def test_one_seed_at_a_tiny_budget_crowns_nothing(tmp_path: Path) -> None:
     assert acc["why_no_pick"] == ["fixed (1), gradnorm (1) ran fewer than 2 seeds, so seed "
                                   "noise cannot be told from a difference (`medmtl compare "
                                   "--seeds 3`)"]
+
+
+def test_losses_are_scored_on_the_test_split_or_left_out() -> None:
+    """A run held out on test is scored on test for every quantity with a verdict: the losses
+    come from the test block, never from val (the split that chose the checkpoint)."""
+    from medmtl.report.collect import extract, scored_view
+
+    raw = {"split": "val", "detection": {"map50": 0.5}, "classification": {"accuracy": 0.8},
+           "val_loss": {"detect": 1.0, "classify": 0.3},
+           "test": {"split": "test", "detection": {"map50": 0.4},
+                    "classification": {"accuracy": 0.7},
+                    "val_loss": {"detect": 1.7, "classify": 0.6}}}
+    view, split = scored_view(raw)
+    got = extract(view)
+    assert split == "test" and (got["val_loss_detect"], got["val_loss_classify"]) == (1.7, 0.6)
+    del raw["test"]["val_loss"]
+    got = extract(scored_view(raw)[0])
+    assert got["val_loss_detect"] is None and got["map50"] == 0.4

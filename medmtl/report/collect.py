@@ -58,8 +58,9 @@ METRICS: tuple[Metric, ...] = (
            ("classification", "accuracy_clip_majority_labels"), True, "metric"),
     Metric("clip_accuracy", "view accuracy per clip", ("classification", "clip_accuracy"), True,
            "metric"),
-    Metric("val_loss_detect", "val loss (detect)", ("val_loss", "detect"), False, "loss"),
-    Metric("val_loss_classify", "val loss (classify)", ("val_loss", "classify"), False, "loss"),
+    # the loss on the scored split (test when held out; the key keeps its historical name)
+    Metric("val_loss_detect", "loss (detect)", ("val_loss", "detect"), False, "loss"),
+    Metric("val_loss_classify", "loss (classify)", ("val_loss", "classify"), False, "loss"),
     Metric("weight_detect", "final weight (detect)", ("training", "final_weights", "detect"),
            True, "weight"),
     Metric("weight_classify", "final weight (classify)",
@@ -273,12 +274,14 @@ def load_run(path: str | Path) -> Run:
 
 def scored_view(metrics: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The metrics a report scores a run by, and their split: the held-out `test` block when the
-    run has one (its checkpoint was chosen on val), else the top-level (val) scores. Other keys
-    (efficiency, training) are the run's own either way."""
+    run has one (its checkpoint was chosen on val), else the top-level (val) scores. Every
+    quantity a verdict is drawn on comes from that block, the losses too (a test block without
+    losses leaves them out rather than fall back on val, the split that chose the checkpoint).
+    Other keys (efficiency, training) are the run's own either way."""
     test = metrics.get("test")
     if isinstance(test, dict) and (test.get("detection") or test.get("classification")):
         view = dict(metrics)
-        for k in ("split", "images", "detection", "classification"):
+        for k in ("split", "images", "detection", "classification", "val_loss"):
             view[k] = test.get(k)
         return view, "test"
     return metrics, str(metrics.get("split") or "val")

@@ -25,6 +25,7 @@ from medmtl.report.recommendations import DM_TOLERANCE
 from medmtl.report.render_stats import (
     delta_m_blocks,
     differences_blocks,
+    scored_split,
     stats_notes,
     verdict_cell,
 )
@@ -275,7 +276,7 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
                for m, e in methods.items() if m != base and e["n"]]))
     b.append(("h", 2, f"Differences against the baseline ({base}) with intervals"))
     b += differences_blocks(summary)
-    b.append(("h", 2, "Validation losses and final task weights"))
+    b.append(("h", 2, f"Losses on the {scored_split(summary)} split and final task weights"))
     b.append(_table(summary, ["val_loss_detect", "val_loss_classify", "weight_detect",
                               "weight_classify"]))
     b.append(("h", 2, "Efficiency"))

@@ -27,6 +27,7 @@ __all__ = [
     "ALPHA",
     "CONFIDENCE",
     "NOT_ENOUGH",
+    "NO_SPREAD",
     "UNDEFINED",
     "apply_holm",
     "compare",
@@ -40,6 +41,7 @@ __all__ = [
 ALPHA = 0.05
 CONFIDENCE = 0.95
 NOT_ENOUGH = "not enough seeds to tell"
+NO_SPREAD = "no test: the same difference in every seed (zero spread)"
 UNDEFINED = "undefined (non-finite value)"
 
 
@@ -48,9 +50,11 @@ def paired_ttest(a: Sequence[float], b: Sequence[float], confidence: float = CON
     """Two-sided paired t-test of a - b: (t, p, df, (ci_low, ci_high)), the interval being the
     t interval of the mean difference at ``confidence``. Needs >= 2 pairs.
 
-    With zero spread of the differences (where scipy returns NaN; spread below 1e-12 of the
-    values' magnitude is rounding and counts as zero) the statistic is +-inf (p = 0) unless the
-    mean difference is zero too (t = 0, p = 1); the interval is then the point itself.
+    With zero spread of the differences (spread below 1e-12 of the values' magnitude is
+    rounding and counts as zero) there is no test: t and p are NaN and the interval is the point
+    itself. Identical differences in every seed come from deterministic quantities (parameters,
+    the same architecture's latency), not from evidence of a difference: a p of 0 would claim
+    certainty no data gave.
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = d.size
@@ -59,8 +63,7 @@ def paired_ttest(a: Sequence[float], b: Sequence[float], confidence: float = CON
     mean = float(d.mean())
     eps = 1e-12 * float(np.max(np.abs(np.concatenate([np.ravel(a), np.ravel(b)]))))
     if float(d.std(ddof=1)) <= eps:
-        t = 0.0 if abs(mean) <= eps else math.copysign(math.inf, mean)
-        return t, 1.0 if t == 0.0 else 0.0, n - 1, (mean, mean)
+        return math.nan, math.nan, n - 1, (mean, mean)
     res = sps.ttest_rel(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     ci = res.confidence_interval(confidence_level=confidence)
     return float(res.statistic), float(res.pvalue), n - 1, (float(ci.low), float(ci.high))
@@ -96,7 +99,10 @@ def compare(method: dict[int, float], baseline: dict[int, float], higher_is_bett
         return out
     t, p, df, (lo, hi) = paired_ttest([method[s] for s in seeds], [baseline[s] for s in seeds],
                                       confidence)
-    out.update(t=None if math.isinf(t) else t, p=p, df=df, ci_low=lo, ci_high=hi)
+    if math.isnan(p):  # zero spread: no test, no p-value (left out of the Holm family)
+        out.update(df=df, ci_low=lo, ci_high=hi, verdict=NO_SPREAD)
+        return out
+    out.update(t=t, p=p, df=df, ci_low=lo, ci_high=hi)
     out["verdict"] = verdict_of(p, out["mean_diff"], higher_is_better, alpha)
     return out
 

@@ -53,8 +53,11 @@ __all__ = [
     "recommend",
 ]
 
-# Weights are not "better" when larger: no verdict is drawn on them.
+# Weights are not "better" when larger: no verdict is drawn on them. Nor on the efficiency
+# quantities (parameters, FLOPs, size: deterministic; times and memory: measurements with a noise
+# band, not samples of a seed distribution): they are reported as measured, mean ± std over runs.
 NO_VERDICT = {"weight_detect", "weight_classify"}
+VERDICT_KINDS = ("metric", "loss")
 # Δm's two-metric form (configurable) and the main, four-metric one.
 DEFAULT_DELTA_M = {"detect": "map50", "classify": "accuracy"}
 DELTA_M_MAIN: dict[str, tuple[str, ...]] = {"detect": ("map50", "map50_95"),
@@ -185,7 +188,8 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
             if mean is not None and bmean not in (None, 0.0) and method != base:
                 rel = (mean - bmean) / abs(bmean) * 100.0  # type: ignore[operator]
             entry["relative_to_baseline_pct"][m.key] = rel
-            if method != base and vals and base_seed.get(m.key) and m.key not in NO_VERDICT:
+            if method != base and vals and base_seed.get(m.key) and m.key not in NO_VERDICT \
+                    and m.kind in VERDICT_KINDS:
                 sig = compare(vals, base_seed[m.key], m.higher_is_better, alpha)
                 sig.update(p_adj=None, correction="holm" if m.key in family else "none")
                 entry["significance"][m.key] = sig
