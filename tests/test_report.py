@@ -549,3 +549,41 @@ def test_losses_are_scored_on_the_test_split_or_left_out() -> None:
     del raw["test"]["val_loss"]
     got = extract(scored_view(raw)[0])
     assert got["val_loss_detect"] is None and got["map50"] == 0.4
+
+
+def _held_out_run(root: Path, method: str, seed: int, val: tuple[float | None, float | None],
+                  test: tuple[float | None, float | None]) -> None:
+    """A run scored on val (chose its checkpoint) and on a held-out test block."""
+    def block(split: str, mp: float | None, acc: float | None) -> dict[str, Any]:
+        return {"split": split, "images": 50,
+                "detection": None if mp is None else {"map50": mp, "map50_95": mp / 2},
+                "classification": None if acc is None else {
+                    "accuracy": acc, "macro_f1": acc - 0.1, "confusion": [[10, 0], [0, 10]]}}
+    d = root / "runs" / f"{method}-s{seed}"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"method": method, "seed": seed}))
+    (d / "metrics.json").write_text(json.dumps({**block("val", *val),
+                                                "test": block("test", *test)}))
+
+
+def test_the_method_is_chosen_on_val_and_confirmed_on_test(tmp_path: Path) -> None:
+    """dual leads on val in every seed. On test it leads clearly too: chosen on val, confirmed
+    on test, recommended. When test reverses the order, the val choice is not confirmed and no
+    method is named."""
+    def study(root: Path, dual_test: float) -> dict[str, Any]:
+        for s in range(3):
+            jitter = 0.004 * s
+            _held_out_run(root, "detect", s, (0.50, None), (0.50, None))
+            _held_out_run(root, "classify", s, (None, 0.80), (None, 0.80))
+            _held_out_run(root, "fixed", s, (0.45 + jitter, 0.78), (0.45 + jitter, 0.78))
+            _held_out_run(root, "dual", s, (0.55 + jitter, 0.80),
+                          (dual_test + 2 * jitter, 0.80))
+        return json.loads(write_report(root, plots=False)["json"].read_text())
+    acc = study(tmp_path / "a", 0.56)["recommendations"]["accuracy_first"]
+    assert (acc["chosen_on"], acc["confirmed_on"], acc["chosen"]) == ("val", "test", "dual")
+    assert acc["val_ranking"][0]["method"] == "dual" and acc["recommended"] is True
+    assert "chosen on val (highest Δm there" in acc["text"] and "confirmed on test" in acc["text"]
+    acc = study(tmp_path / "b", 0.30)["recommendations"]["accuracy_first"]
+    assert acc["chosen"] == "dual" and acc["ranking"][0]["method"] == "fixed"
+    assert acc["method"] is None and acc["recommended"] is False
+    assert any("chosen on val, is not confirmed on test: fixed" in w for w in acc["why_no_pick"])

@@ -89,14 +89,18 @@ def apply_evidence(runs: Sequence[Run], agg: dict[str, Any], acc: dict[str, Any]
     """Withdraw the picks the evidence does not support (in place): ``acc["method"]`` becomes
     None with ``acc["why_no_pick"]`` and the text saying so (``acc["top"]`` keeps the top
     score); the efficiency and budget picks need the seeds."""
-    acc["top"] = acc["ranking"][0]["method"] if acc.get("ranking") else None
+    acc["top"] = acc.get("chosen")
     seeds = _seed_gaps(agg)
     why = list(seeds)
     if acc["top"] is not None:
         why += learning_gaps(runs, agg, acc["top"])
-        tied = [r["method"] for r in acc["ranking"][1:]
-                if (r.get("vs_best") or {}).get("verdict") != "worse"]
-        if tied and not seeds:
+        tied = [r["method"] for r in acc["ranking"] if r["method"] != acc["top"]
+                and (r.get("vs_best") or {}).get("verdict") != "worse"]
+        if tied and not seeds and acc.get("confirmed_on"):
+            why.append(f"{acc['top']}, chosen on {acc['chosen_on']}, is not confirmed on "
+                       f"{acc['confirmed_on']}: {', '.join(tied)} not significantly lower there "
+                       "(within seed noise or reversed: paired t-test, Holm-adjusted)")
+        elif tied and not seeds:
             why.append(f"the lead of {acc['top']} over {', '.join(tied)} is within seed noise "
                        "(not significantly lower: paired t-test, Holm-adjusted)")
     acc["recommended"] = acc["top"] is not None and not why

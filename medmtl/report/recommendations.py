@@ -51,6 +51,22 @@ def _ranked(scores: dict[str, dict[int, float]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["mean"])  # stable: ties keep method order
 
 
+def _choose(methods: dict[str, Any], rec: dict[str, Any], cands: list[str]) -> str:
+    """The method the advice is about: the highest mean Δm on val when the runs hold out a test
+    split (so that the split that confirms it is not the one that chose it), else the top of
+    the scored ranking. Sets ``chosen_on``, ``confirmed_on`` and ``val_ranking``."""
+    val = {m: {int(s): v for s, v in (methods[m].get("delta_m_val") or {})
+               .get("per_seed", {}).items()} for m in cands}
+    if all((methods[m].get("delta_m_val") or {}).get("available") for m in cands) \
+            and all(v and all(math.isfinite(x) for x in v.values()) for v in val.values()):
+        rec["val_ranking"] = _ranked(val)
+        rec["chosen_on"], rec["confirmed_on"] = "val", "test"
+        return str(rec["val_ranking"][0]["method"])
+    rec["val_ranking"] = []
+    rec["chosen_on"], rec["confirmed_on"] = "val", None
+    return str(rec["ranking"][0]["method"])
+
+
 def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
     """Best combined score among joint methods: Δm when available for all, else the mean of
     mAP@0.5 and view accuracy each divided by the best method mean."""
@@ -87,27 +103,34 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
         rec["text"] = "Accuracy first: no joint method has finite scores to compare."
         return rec
     rec["ranking"] = _ranked(scores)
-    best = rec["ranking"][0]["method"]
-    rec["method"] = best
-    for row in rec["ranking"][1:]:
+    best = _choose(methods, rec, list(scores))
+    rec["method"] = rec["chosen"] = best
+    others = [row for row in rec["ranking"] if row["method"] != best]
+    for row in others:
         row["vs_best"] = compare(scores[row["method"]], scores[best], True, alpha)
-    # the comparisons with the best are a family of their own: Holm over them
-    rec["holm_family_size"] = apply_holm([(row["vs_best"], True) for row in rec["ranking"][1:]],
-                                         alpha)
-    for row in rec["ranking"][1:]:
+    # the comparisons with the chosen method are a family of their own: Holm over them
+    rec["holm_family_size"] = apply_holm([(row["vs_best"], True) for row in others], alpha)
+    for row in others:
         bucket = {"worse": "worse", "indistinguishable": "indistinguishable",
                   NOT_ENOUGH: "not_enough_seeds"}.get(row["vs_best"]["verdict"],
                                                       "indistinguishable")
         rec[bucket].append(row["method"])
-    top, nd = rec["ranking"][0], rec["decimals"]
+    top = next(row for row in rec["ranking"] if row["method"] == best)
+    nd = rec["decimals"]
     std = "" if top["std"] is None else f" ± {top['std']:.{nd}f}"
     mm = methods[best]["metrics"]
+    split = rec["confirmed_on"] or rec["chosen_on"]
+    how = (f"chosen on val (highest Δm there: {rec['val_ranking'][0]['mean']:+.2f}), confirmed "
+           "on test: " if rec["confirmed_on"] else
+           f"chosen and scored on the same split ({rec['chosen_on']}; not confirmed on held-out "
+           "data): ")
     rec["text"] = (
-        f"Accuracy first (diagnosis): {best} has the highest {what}: {top['mean']:.{nd}f}{std} "
-        f"over {top['n']} seed(s) (mAP@0.5 {mm['map50']['mean']:.3f}, view accuracy "
-        f"{mm['accuracy']['mean']:.3f}). Statistically indistinguishable from it (paired t-test "
-        f"across seeds, Holm-adjusted over the {rec['holm_family_size']} comparison(s) with it, "
-        f"α = {alpha}): {_fmt_list(rec['indistinguishable'])}. Significantly "
+        f"Accuracy first (diagnosis): {best}, {how}{what} on {split} "
+        f"{top['mean']:.{nd}f}{std} over {top['n']} seed(s) (mAP@0.5 {mm['map50']['mean']:.3f}, "
+        f"view accuracy {mm['accuracy']['mean']:.3f}). Statistically indistinguishable from it "
+        f"on {split} (paired t-test across seeds, Holm-adjusted over the "
+        f"{rec['holm_family_size']} comparison(s) with it, α = {alpha}): "
+        f"{_fmt_list(rec['indistinguishable'])}. Significantly "
         f"lower: {_fmt_list(rec['worse'])}. Not enough paired seeds to tell: "
         f"{_fmt_list(rec['not_enough_seeds'])}.")
     if rec["excluded_non_finite"]:
@@ -240,7 +263,7 @@ def recommend(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA,
     the evidence supports it (`medmtl.report.evidence`)."""
     acc = accuracy_first(runs, agg, alpha)
     dep = deployment if deployment is not None else analyse(runs, agg, runtime)
-    acc["top"] = acc["ranking"][0]["method"] if acc.get("ranking") else None
+    acc["top"] = acc.get("chosen")
     eff = efficiency_first(runs, agg, acc, dep, tolerance)
     budget = None if latency_budget_ms is None else budget_advice(dep, latency_budget_ms)
     apply_evidence(runs, agg, acc, eff, budget)  # name a best method only on evidence

@@ -9,6 +9,7 @@ The paired t-tests, intervals, Holm's correction and values per seed live in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,9 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
         raise ValueError(f"delta_m_metrics must map tasks {tuple(DEFAULT_DELTA_M)} to metric "
                          f"keys ({', '.join(METRIC_BY_KEY)}); got {refs!r}")
     base_seed = {m.key: per_seed(runs, base, m.key) for m in METRICS} if base else {}
+    # the same runs scored on val, where a held-out test block exists: the split that chooses
+    held_out = bool(runs) and all(r.split == "test" for r in runs if r.finished)
+    val_runs = [replace(r, metrics=r.val_metrics, split="val") for r in runs] if held_out else []
     out: dict[str, Any] = {}
     for method in methods:
         mine = [r for r in runs if r.method == method]
@@ -199,6 +203,9 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
             else dict(unavailable)
         entry["delta_m_two"] = delta_m(runs, method, refs) if entry["joint"] \
             else dict(unavailable)
+        entry["delta_m_val"] = delta_m(val_runs, method, DELTA_M_MAIN) \
+            if entry["joint"] and held_out else dict(unavailable, reason="no held-out test "
+                                                      "split: the runs are scored on val")
         out[method] = entry
     members = [(method, key) for method in out if method != base for key in family
                if key in out[method]["significance"]]
