@@ -71,6 +71,18 @@ def test_front_on_hand_made_points() -> None:
     assert dominates(Point("a", 8.0, 30.0, 0.1), Point("b", 8.0, 30.2))  # beyond it
 
 
+def test_a_delta_m_lead_within_seed_noise_is_a_tie() -> None:
+    """Δm 0.7 points apart with seed standard deviations of 3 and 9: a tie, so the faster of
+    the two dominates and the more accurate one drops off the front; beyond the band it stays."""
+    fast = Point("fast", 1.0, 10.0, 0.1, 3.0)
+    slow = Point("slow", 1.7, 20.0, 0.1, 9.0)
+    assert dominates(fast, slow) and not dominates(slow, fast)
+    assert _names(pareto_front([fast, slow])) == ["fast"]
+    precise = Point("slow", 1.7, 20.0, 0.1, 0.2)
+    assert not dominates(Point("fast", 1.0, 10.0, 0.1, 0.3), precise)
+    assert _names(pareto_front([Point("fast", 1.0, 10.0, 0.1, 0.3), precise])) == ["fast", "slow"]
+
+
 def test_front_matches_the_definition_on_random_points() -> None:
     rng = np.random.default_rng(0)
     for trial in range(200):

@@ -9,8 +9,9 @@ Compressed variants (``<method>+int8``, ``+half``: `collect.compressed_runs`) ar
 others when the aggregate carries them (`stats.compressed_entries`); they have only ONNX Runtime
 latencies, so they are on the front with ``--latency-runtime ort-cpu``.
 
-Latency ties: two latencies differing by no more than the sum of their noise bands are equal
-(neither is faster). A method's latency is the mean over its runs of their medians; its noise
+Ties: two latencies differing by no more than the sum of their noise bands are equal (neither is
+faster), and so are two Δm differing by no more than the sum of their seed standard deviations
+(a 0.7-point lead with standard deviations of 3 to 9 points is no lead). A method's latency is the mean over its runs of their medians; its noise
 band is the largest of its runs' (half the interquartile range of the timed calls), and at least
 half the range of its runs' medians (the seeds of one method share its architecture, so their
 differences are measurement noise).
@@ -33,7 +34,8 @@ RUNTIMES: dict[str, tuple[str, str]] = {
 }
 DEFAULT_RUNTIME = "torch-cpu"
 TIE_RULE = ("two latencies tie (neither is faster) when they differ by no more than the sum of "
-            "their noise bands")
+            "their noise bands; two Δm tie (neither is more accurate) when they differ by no more "
+            "than the sum of their standard deviations over seeds")
 OPTIMAL_RULE = ("A method is Pareto-optimal when no other method has a Δm at least as high and "
                 "a latency at least as low (ties count as equal), and is better on one of them")
 
@@ -44,6 +46,7 @@ class Point:
     accuracy: float  # Δm (%), higher is better
     latency: float  # ms, lower is better
     noise: float = 0.0  # ms: half-width of the latency's noise band
+    accuracy_noise: float = 0.0  # Δm points: its standard deviation over seeds
 
 
 def latency_tie(a: Point, b: Point) -> bool:
@@ -51,12 +54,18 @@ def latency_tie(a: Point, b: Point) -> bool:
     return abs(a.latency - b.latency) <= a.noise + b.noise + 1e-9
 
 
+def accuracy_tie(a: Point, b: Point) -> bool:
+    """Δm within the sum of the seed standard deviations (plus 1e-9 for rounding)."""
+    return abs(a.accuracy - b.accuracy) <= a.accuracy_noise + b.accuracy_noise + 1e-9
+
+
 def dominates(a: Point, b: Point) -> bool:
-    """``a`` is at least as accurate and at least as fast as ``b`` (a latency tie counts as
-    equal), and strictly better on one of the two."""
-    tie = latency_tie(a, b)
+    """``a`` is at least as accurate and at least as fast as ``b`` (a tie, within the noise
+    bands, counts as equal), and better on one of the two beyond its noise."""
+    tie, acc_tie = latency_tie(a, b), accuracy_tie(a, b)
     faster = not tie and a.latency < b.latency
-    return a.accuracy >= b.accuracy and (tie or faster) and (a.accuracy > b.accuracy or faster)
+    more = not acc_tie and a.accuracy > b.accuracy
+    return (acc_tie or more) and (tie or faster) and (more or faster)
 
 
 def dominators(points: Sequence[Point]) -> dict[str, list[str]]:
@@ -158,7 +167,8 @@ def analyse(runs: Sequence[Run], agg: dict[str, Any],
                            "Runtime; --latency-runtime ort-cpu)" if e.get("compressed")
                            else _no_latency_reason(runs, m, runtime))
         else:
-            points.append(Point(m, float(dm["mean"]), lat["ms"], lat["noise_ms"]))
+            points.append(Point(m, float(dm["mean"]), lat["ms"], lat["noise_ms"],
+                                float(dm.get("std") or 0.0)))
             others = {rt: x["ms"] for rt in RUNTIMES
                       if rt != runtime and (x := method_latency(runs, m, rt)) is not None}
             rows[m] = {"method": m, "delta_m": float(dm["mean"]), "delta_m_std": dm.get("std"),
@@ -189,5 +199,5 @@ def analyse(runs: Sequence[Run], agg: dict[str, Any],
 
 def points_of(deployment: dict[str, Any]) -> list[Point]:
     """The `Point`s back from an `analyse` result (summary.json's ``deployment``)."""
-    return [Point(r["method"], r["delta_m"], r["latency_ms"], r["noise_ms"])
-            for r in deployment["points"]]
+    return [Point(r["method"], r["delta_m"], r["latency_ms"], r["noise_ms"],
+                  float(r.get("delta_m_std") or 0.0)) for r in deployment["points"]]
