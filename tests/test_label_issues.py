@@ -370,3 +370,44 @@ def test_adjusted_probabilities_undo_a_bias_against_one_view(tmp_path: Path) -> 
     # none; with clips, ranks 11-40 hold 29 clean A4C frames raw, 12 adjusted
     assert len(a4c) == 30 and res[True, False][0] == 30 and res[True, True][0] == 0
     assert res[False, False][1] >= 25 and res[False, True][1] <= 15
+
+
+def test_corrected_frames_are_not_flagged_again(tmp_path: Path) -> None:
+    """`audit --label-issues --corrections`: half of the planted flips corrected in a
+    corrections CSV are ranked by their corrected label (not flagged, given = the true view);
+    the other half are still flagged. The fold runs get the corrections too (a file of the
+    pool's rows only)."""
+    from medmtl.labelissues.folds import _fold_config
+
+    y, truth, flipped = _flipped_set(tmp_path / "d")
+    fixed = sorted(flipped)[::2]
+    corr = tmp_path / "corrections.csv"
+    with corr.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stem", "field", "old", "new", "note"])
+        for stem in fixed:
+            old, new = flipped[stem]
+            w.writerow([stem, "view", VIEWS[new], VIEWS[old], "reviewed"])
+    out = tmp_path / "li"
+    res = CliRunner().invoke(app, ["audit", "--data", str(y), "--label-issues", "--probs",
+                                   str(_probs_csv(tmp_path / "p.csv", truth)), "--out", str(out),
+                                   "--corrections", str(corr)], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    with (out / "label_issues.csv").open(newline="") as f:
+        rows = {r["stem"]: r for r in csv.DictReader(f)}
+    for stem in fixed:
+        assert rows[stem]["given"] == VIEWS[truth[stem]] and rows[stem]["issue"] == "0", stem
+    rest = [s for s in flipped if s not in fixed]
+    assert sum(rows[s]["issue"] == "1" for s in rest) >= len(rest) - 1
+    summary = json.loads((out / "label_issues.json").read_text())
+    assert summary["settings"]["corrections"]["rows"] == len(fixed)
+    # the fold runs: their config names the pool's corrections
+    pool = load_pool(y, corrections=corr)
+    assert pool.corrections is not None and len(pool.corrections) == len(fixed)
+    from medmtl.data.corrections import subset_corrections
+
+    sub = subset_corrections(pool.corrections, set(pool.stems[:40]), tmp_path / "sub.csv")
+    kept = [ln.split(",")[0] for ln in sub.read_text().splitlines()[1:]]
+    assert kept == [s for s in fixed if s in set(pool.stems[:40])]
+    cfg = _fold_config(str(y), str(tmp_path / "f"), "classify", 1, 64, "n", 8, 0, 0, "cpu", sub)
+    assert cfg.corrections == str(sub)

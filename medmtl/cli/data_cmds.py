@@ -140,7 +140,7 @@ def audit(
                              seed=seed, device=device, workers=workers, box_conf=box_conf,
                              review_max=review_max, adjust=adjust_probs, trusted=trusted,
                              features=features, review_budget=review_budget,
-                             log=console.print)
+                             corrections=corrections, log=console.print)
         except (ValueError, FileNotFoundError) as e:
             err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None

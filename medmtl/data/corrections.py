@@ -220,5 +220,22 @@ def load_corrections(path: str | Path, spec: DatasetSpec) -> Corrections:
     return out
 
 
+def subset_corrections(corr: Corrections, stems: set[str], out: str | Path) -> Path:
+    """Write the rows of ``corr`` whose stem is in ``stems`` to ``out`` (same format, rows as the
+    file gives them): the corrections of a data set made of some of the original's images (the
+    label-issue folds), which `load_corrections` would refuse for the other stems."""
+    text = corr.path.read_bytes().decode("utf-8-sig")
+    rows = list(csv.reader(text.splitlines(), strict=True))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        for cells in rows[1:]:
+            if cells and cells[0].strip() in stems:
+                w.writerow(cells)
+    return out
+
+
 __all__ = ["BOX_TOL", "Correction", "CorrectionError", "Corrections", "FIELDS", "HEADER",
-           "format_boxes", "load_corrections"]
+           "format_boxes", "load_corrections", "subset_corrections"]

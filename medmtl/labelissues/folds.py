@@ -61,11 +61,12 @@ def assign_folds(pool: Pool, folds: int, pattern: GroupPattern) -> np.ndarray:
 
 
 def _fold_config(yml: str, run: str, task: str, epochs: int, imgsz: int, size: str, batch: int,
-                 workers: int, seed: int, device: str) -> Any:
+                 workers: int, seed: int, device: str, corrections: Path | None = None) -> Any:
     return build_config("classify" if task == "classify" else "fixed", {
         "data": yml, "out": run, "epochs": epochs, "imgsz": imgsz, "batch": batch,
         "workers": workers, "seed": seed, "device": device, "val_every": epochs,
-        "test_split": "none", "diag_steps": 0, "model": {"size": size}})
+        "test_split": "none", "diag_steps": 0, "model": {"size": size},
+        "corrections": None if corrections is None else str(corrections)})
 
 
 def step_seconds(pool: Pool, *, task: str, imgsz: int, size: str, batch: int, device: str,
@@ -135,7 +136,8 @@ def _duration(sec: float) -> str:
 def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "classify",
                 epochs: int = 3, imgsz: int = 128, size: str = "n", batch: int = 16,
                 seed: int = 0, device: str = "auto", workers: int = 0,
-                log: Callable[[str], None] = print, estimate: float | None = None) -> list[Path]:
+                log: Callable[[str], None] = print, estimate: float | None = None,
+                corrections: Path | None = None) -> list[Path]:
     """One short run per fold (train: the other folds, val: this fold) under ``out/fold<k>``;
     a finished fold (its eval files exist) is kept, an interrupted one resumed. Each fold logs
     when it starts and when it is done, with the time elapsed (of ``estimate`` seconds)."""
@@ -159,7 +161,7 @@ def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "clas
                                f"# fold {k} of {folds} (patient-grouped): "
                                f"{len(keep)} train / {len(held)} held-out images\n")
         cfg = _fold_config(str(yml), str(run), task, epochs, imgsz, size, batch, workers, seed,
-                           device)
+                           device, corrections)
         log(f"fold {k + 1}/{folds} started: {len(keep)} train images, {len(held)} held out; "
             f"elapsed {_duration(time.perf_counter() - t0)}{of}")
         resume = (run / "weights" / "last.pt").is_file()

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,22 +32,29 @@ class Pool:
     records: list[ImageRecord]
     splits: list[str]  # per record
     stems: list[str]
+    corrections: Any = None  # the applied `Corrections`, or None
 
     @property
     def index(self) -> dict[str, int]:
         return {s: i for i, s in enumerate(self.stems)}
 
 
-def load_pool(yaml_path: str | Path, splits: Sequence[str] | None = None) -> Pool:
-    """Scan ``splits`` (default: every split but ``test``); a stem in two places is an error."""
+def load_pool(yaml_path: str | Path, splits: Sequence[str] | None = None,
+              corrections: str | Path | None = None) -> Pool:
+    """Scan ``splits`` (default: every split but ``test``); a stem in two places is an error.
+    ``corrections`` (a corrections CSV) are applied to the labels as they are read, so the
+    ranking sees the corrected labels (`Pool.corrections`)."""
+    from medmtl.data.corrections import load_corrections
+
     spec = load_data_yaml(yaml_path)
+    corr = load_corrections(corrections, spec) if corrections is not None else None
     names = [s for s in spec.splits if s != "test"] if splits is None else list(splits)
     records, where, stems = [], [], []
     seen: dict[str, Path] = {}
     for s in names:
         if s not in spec.splits:
             raise DataError(f"{spec.yaml_path}: no split {s!r} (has {sorted(spec.splits)})")
-        for r in scan_split(spec, s).records:
+        for r in scan_split(spec, s, corrections=corr).records:
             stem = r.path.stem
             if stem in seen:
                 raise DataError(f"{spec.yaml_path}: two images share the stem {stem!r} "
@@ -57,7 +65,7 @@ def load_pool(yaml_path: str | Path, splits: Sequence[str] | None = None) -> Poo
             stems.append(stem)
     if not records:
         raise DataError(f"{spec.yaml_path}: no images in splits {names}")
-    return Pool(spec, records, where, stems)
+    return Pool(spec, records, where, stems, corr)
 
 
 @dataclass

@@ -31,6 +31,12 @@ def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: di
                              "images; choose another --out or delete that folder")
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(manifest, indent=1))
+    fold_corr = None
+    if pool.corrections is not None:  # the fold runs train and score on the corrected labels
+        from medmtl.data.corrections import subset_corrections
+
+        fold_corr = subset_corrections(pool.corrections, set(pool.stems),
+                                       out / "folds" / "corrections.csv")
     plan, est = fold_plan(pool, fold_of, out / "folds", task=settings["task"],
                           epochs=settings["epochs"], imgsz=settings["imgsz"],
                           size=settings["size"], batch=settings["batch"],
@@ -39,7 +45,8 @@ def _fold_predictions(pool: Pool, out: Path, pattern: GroupPattern, settings: di
     runs = train_folds(pool, fold_of, out / "folds", task=settings["task"],
                        epochs=settings["epochs"], imgsz=settings["imgsz"], size=settings["size"],
                        batch=settings["batch"], seed=settings["seed"], device=settings["device"],
-                       workers=settings["workers"], log=log, estimate=est)
+                       workers=settings["workers"], log=log, estimate=est,
+                       corrections=fold_corr)
     return read_runs(runs, pool)
 
 
@@ -75,22 +82,28 @@ def label_issues(yaml_path: str | Path, out: str | Path, *, pattern: GroupPatter
                  seed: int = 0, device: str = "auto", workers: int = 0, box_conf: float = 0.25,
                  review_max: int = 400, adjust: bool = True, trusted: Path | None = None,
                  features: Path | None = None, review_budget: int = 20,
+                 corrections: Path | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Rank likely label errors of every image but the test split's and write ``out/``:
     ``label_issues.csv`` (all ranked rows), ``clips.csv`` (the clip ranking under the estimated
     corruption, `medmtl.labelissues.clips`), ``corruption.json`` (with ``trusted``),
     ``review.html`` (the suggested clips first, then the flagged rows) and ``label_issues.json``
-    (settings, counts, notes). Returns that summary."""
+    (settings, counts, notes). ``corrections``: a corrections CSV applied to the labels before
+    anything is ranked, and to the fold runs' training and held-out labels, so corrected frames
+    are not flagged again. Returns that summary."""
     from medmtl.data.trusted import load_trusted
 
     pattern = pattern or GroupPattern()
     out = Path(out)
-    pool = load_pool(yaml_path)
+    pool = load_pool(yaml_path, corrections=corrections)
     tset = load_trusted(trusted, list(pool.spec.cls_names)) if trusted is not None else None
     feats = read_features(Path(features), pool) if features is not None else None
     settings = {"folds": folds, "task": task, "epochs": epochs, "imgsz": imgsz, "size": size,
                 "batch": batch, "seed": seed, "device": device, "workers": workers,
-                "patient_regex": pattern.patient}
+                "patient_regex": pattern.patient,
+                "corrections": None if pool.corrections is None else {
+                    "file": str(corrections), "sha256": pool.corrections.sha256,
+                    "rows": len(pool.corrections)}}
     if probs is not None and runs:
         raise ValueError("give --probs or --runs, not both")
     if probs is not None:
