@@ -587,3 +587,41 @@ def test_the_method_is_chosen_on_val_and_confirmed_on_test(tmp_path: Path) -> No
     assert acc["chosen"] == "dual" and acc["ranking"][0]["method"] == "fixed"
     assert acc["method"] is None and acc["recommended"] is False
     assert any("chosen on val, is not confirmed on test: fixed" in w for w in acc["why_no_pick"])
+
+
+def test_a_longer_trained_hybrid_is_compared_with_a_budget_matched_control(
+        tmp_path: Path) -> None:
+    """staged starts from an 8-epoch dual run and trains 8 more: 16 epochs. Its lead over
+    fixed (8 epochs) is not enough: without fixed:epochs=16 the advice names no method and says
+    what to add; with a control it beats, the budget block says so."""
+    def run(root: Path, method: str, s: int, mp: float, stages: bool = False,
+            epochs: int = 8) -> None:
+        _held_out_run(root, method, s, (mp, 0.8 if mp else None), (mp, 0.8 if mp else None))
+        f = root / "runs" / f"{method}-s{s}" / "metrics.json"
+        m = json.loads(f.read_text())
+        m["training"] = {"epochs": epochs, **({"stages": [
+            {"stage": "init-from", "epochs": 8}, {"stage": "this run", "epochs": 8}]}
+            if stages else {})}
+        f.write_text(json.dumps(m))
+
+    for with_control in (False, True):
+        root = tmp_path / str(with_control)
+        for s in range(3):
+            run(root, "detect", s, 0.5)
+            _held_out_run(root, "classify", s, (None, 0.8), (None, 0.8))
+            run(root, "fixed", s, 0.40 + 0.003 * s)
+            run(root, "staged", s, 0.60 + 0.002 * s, stages=True)
+            if with_control:
+                run(root, "fixed:epochs=16", s, 0.45 + 0.004 * s, epochs=16)
+        summary = json.loads(write_report(root, plots=False)["json"].read_text())
+        b = summary["methods"]["staged"]["budget"]
+        assert (b["epochs_total"], b["baseline_epochs"], b["longer"]) == (16, 8, True)
+        acc = summary["recommendations"]["accuracy_first"]
+        if not with_control:
+            assert b["control"] is None and "add fixed:epochs=16" in b["text"]
+            assert acc["method"] is None and any("no control trained as long" in w
+                                                 for w in acc["why_no_pick"])
+        else:
+            assert b["control"] == "fixed:epochs=16" and b["vs_control"]["verdict"] == "better"
+            assert acc["method"] == "staged"
+        assert "## Equal budgets" in (root / "report.md").read_text()

@@ -9,7 +9,9 @@ The accuracy-first advice names a best method only when
   view, read from the confusion matrix in metrics.json);
 * every other method is significantly lower (paired t-test across seeds, Holm-adjusted over the
   comparisons with the top, `medmtl.report.recommendations.accuracy_first`): the lead is
-  beyond seed noise.
+  beyond seed noise;
+* a top method that trained longer than the baseline (staged and distill count their source
+  run's epochs) beats the budget-matched control (`medmtl.report.budget`).
 
 Otherwise it says "no method can be recommended" and why. The efficiency pick and the latency
 budget pick need the seeds too; when no joint method learnt both tasks every recommendation is
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from medmtl.report.budget import budget_gaps
 from medmtl.report.collect import Run
 
 __all__ = ["MAP50_FLOOR", "MIN_SEEDS", "apply_evidence", "learning_gaps", "majority_rate",
@@ -94,6 +97,7 @@ def apply_evidence(runs: Sequence[Run], agg: dict[str, Any], acc: dict[str, Any]
     why = list(seeds)
     if acc["top"] is not None:
         why += learning_gaps(runs, agg, acc["top"])
+        why += budget_gaps(agg, acc["top"])
         tied = [r["method"] for r in acc["ranking"] if r["method"] != acc["top"]
                 and (r.get("vs_best") or {}).get("verdict") != "worse"]
         if tied and not seeds and acc.get("confirmed_on"):

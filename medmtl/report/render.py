@@ -15,6 +15,7 @@ from typing import Any
 
 from medmtl.report import auto_branch
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
+from medmtl.report.budget import add_budget
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.evidence import no_learning
@@ -120,6 +121,7 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
                   bootstrap: BootstrapSettings | None = None) -> dict[str, Any]:
     """Every aggregated number, per method and per run, the Pareto front and the advice."""
     agg = aggregate(runs, baseline, alpha, delta_m_metrics)
+    add_budget(runs, agg, alpha)  # before the advice: a longer-trained lead needs its control
     boot = add_bootstrap(list(runs), agg, bootstrap)
     deployment = deployment_points(runs, agg, latency_runtime)  # compressed variants too
     per_run = []
@@ -276,6 +278,12 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
                for m, e in methods.items() if m != base and e["n"]]))
     b.append(("h", 2, f"Differences against the baseline ({base}) with intervals"))
     b += differences_blocks(summary)
+    budget = [e["budget"]["text"] for e in methods.values() if (e.get("budget") or {}).get("text")]
+    if budget:
+        b.append(("h", 2, "Equal budgets"))
+        b.append(("p", "A method that starts from another run trained that run's epochs too; "
+                       "its lead counts only against a control that trained as long."))
+        b.append(("ul", budget))
     b.append(("h", 2, f"Losses on the {scored_split(summary)} split and final task weights"))
     b.append(_table(summary, ["val_loss_detect", "val_loss_classify", "weight_detect",
                               "weight_classify"]))
