@@ -625,3 +625,15 @@ def test_a_longer_trained_hybrid_is_compared_with_a_budget_matched_control(
             assert b["control"] == "fixed:epochs=16" and b["vs_control"]["verdict"] == "better"
             assert acc["method"] == "staged"
         assert "## Equal budgets" in (root / "report.md").read_text()
+
+
+def test_the_report_says_which_methods_were_tuned(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        make_run(tmp_path, "fixed@tuned", seed, 0.6, 0.86)
+        make_run(tmp_path, "gradnorm", seed, 0.61, 0.85)
+    summary = json.loads(write_report(tmp_path, baseline="fixed@tuned",
+                                      plots=False)["json"].read_text())
+    t = summary["tuning"]
+    assert (t["tuned"], t["defaults"]) == (["fixed@tuned"], ["gradnorm"])
+    assert "At their defaults: gradnorm. Verdicts of these against the tuned baseline" in t["text"]
+    assert t["text"] in (tmp_path / "report.md").read_text()

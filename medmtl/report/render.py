@@ -150,8 +150,24 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
                         "epochs_logged": len(r.history)} for r in runs if not r.finished],
         "deployment": deployment, "auto_branch": auto_branch.summary_block(runs, agg),
-        "recommendations": recs,
+        "recommendations": recs, "tuning": _tuning_status(agg),
     }
+
+
+def _tuning_status(agg: dict[str, Any]) -> dict[str, Any]:
+    """Which joint methods were tuned (`<method>@tuned`, by `medmtl tune`) and which ran at
+    their defaults, said plainly: a default method against a tuned baseline had less search."""
+    joint = [m for m, e in agg["methods"].items() if e["joint"] and e["n"]]
+    tuned = [m for m in joint if m.endswith("@tuned")]
+    default = [m for m in joint if not m.endswith("@tuned")]
+    base = agg["baseline"]
+    text = (f"Tuned on val (the same search budget each): {', '.join(tuned)}. " if tuned else
+            "No method was tuned. ") + (f"At their defaults: {', '.join(default)}." if default
+                                        else "")
+    if base and base.endswith("@tuned") and default:
+        text += (f" Verdicts of these against the tuned baseline {base} compare unequal search "
+                 "effort.")
+    return {"tuned": tuned, "defaults": default, "text": text}
 
 
 def _table(summary: dict[str, Any], keys: Sequence[str], extra: Sequence[str] = ()) -> Block:
@@ -277,6 +293,8 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
               [[m] + [_verdict(e["significance"].get(k)) for k in sig_keys]
                for m, e in methods.items() if m != base and e["n"]]))
     b.append(("h", 2, f"Differences against the baseline ({base}) with intervals"))
+    if summary.get("tuning"):
+        b.append(("p", summary["tuning"]["text"]))
     b += differences_blocks(summary)
     budget = [e["budget"]["text"] for e in methods.values() if (e.get("budget") or {}).get("text")]
     if budget:
