@@ -34,6 +34,14 @@ def metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def delta_m_term(value: float, reference: float, higher_is_better: bool = True) -> float:
+    """One metric's term of Δm (Maninis et al. 2019): (−1)^l (M − r) / r × 100, l = 1 where lower
+    is better. Δm is the mean of the terms over its K metrics: the one definition, used by
+    checkpoint selection here and by the report (`medmtl.report.stats.delta_m`)."""
+    sign = 1.0 if higher_is_better else -1.0
+    return sign * (value - reference) / reference * 100.0
+
+
 def uses_references(select: str, refs: Mapping[str, float] | None,
                     values: Mapping[str, float]) -> bool:
     return select == "delta-m" and bool(refs) and bool(values) and all(
@@ -59,7 +67,7 @@ def selection_score(metrics: Mapping[str, Any], select: str = "delta-m",
         return 0.0
     if uses_references(select, refs, values):
         assert refs is not None
-        return sum((v - refs[k]) / refs[k] * 100.0 for k, v in values.items()) / len(values)
+        return sum(delta_m_term(v, refs[k]) for k, v in values.items()) / len(values)
     return sum(values.values()) / len(values) * 100.0
 
 

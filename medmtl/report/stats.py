@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medmtl.evaluation.selection import DELTA_M_METRICS, delta_m_term
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, compressed_runs
 from medmtl.report.pareto import analyse
 from medmtl.report.recommendations import accuracy_first, efficiency_first, recommend
@@ -61,8 +62,7 @@ NO_VERDICT = {"weight_detect", "weight_classify"}
 VERDICT_KINDS = ("metric", "loss")
 # Δm's two-metric form (configurable) and the main, four-metric one.
 DEFAULT_DELTA_M = {"detect": "map50", "classify": "accuracy"}
-DELTA_M_MAIN: dict[str, tuple[str, ...]] = {"detect": ("map50", "map50_95"),
-                                            "classify": ("accuracy", "macro_f1")}
+DELTA_M_MAIN: dict[str, tuple[str, ...]] = DELTA_M_METRICS  # the checkpoint selection's too
 # The family Holm's correction runs over: every non-baseline method x these metrics (the
 # verdicts the report shows).
 FAMILY_METRICS = ("map50", "map50_95", "accuracy", "macro_f1", "val_loss_detect",
@@ -143,9 +143,8 @@ def delta_m(runs: Sequence[Run], method: str,
     values: list[float] = []
     for s in seeds:
         for task, key in pairs:
-            sign = 1.0 if METRIC_BY_KEY[key].higher_is_better else -1.0
-            ref = ref_means[task, key]
-            terms_seed[task, key].append(sign * (mine[task, key][s] - ref) / ref * 100.0)
+            terms_seed[task, key].append(delta_m_term(mine[task, key][s], ref_means[task, key],
+                                                      METRIC_BY_KEY[key].higher_is_better))
         values.append(float(np.mean([terms_seed[pair][-1] for pair in pairs])))
         out["per_seed"][str(s)] = values[-1]
     out["mean"], out["std"] = mean_std(values)
