@@ -46,6 +46,17 @@ def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bo
 
 
 @torch.no_grad()
+def original_detections(found: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
+    """(K, 6) ``[x1, y1, x2, y2, score, cls]`` of one image's detections in letterboxed pixels
+    mapped back to its original pixels (the batch's ``meta``: ``letterbox``, ``orig_size``):
+    the one un-letterbox step of evaluation, PyTorch and ONNX alike."""
+    r = found.float().cpu()
+    scale, px, py = meta["letterbox"]
+    boxes = torch.as_tensor(unletterbox_boxes(r[:, :4], scale, px, py, meta["orig_size"]),
+                            dtype=torch.float32)
+    return torch.cat([boxes, r[:, 4:6]], 1).numpy()
+
+
 def run_inference(
     model: nn.Module,
     loader: Any,
@@ -89,11 +100,7 @@ def run_inference(
             results = postprocess(preds, model.strides, model.reg_max, model.num_classes,
                                   conf=conf, iou=iou, max_det=max_det)
             for m, r in zip(meta, results, strict=True):
-                r = r.float().cpu()
-                scale, px, py = m["letterbox"]
-                boxes = unletterbox_boxes(r[:, :4], scale, px, py, m["orig_size"])
-                boxes = torch.as_tensor(boxes, dtype=torch.float32)
-                dets[int(m["image_id"])] = torch.cat([boxes, r[:, 4:6]], 1).numpy()
+                dets[int(m["image_id"])] = original_detections(r, m)
         if "classify" in out:
             logits = out["classify"].float()
             if view_loss is not None and bool(batch["view_mask"].any()):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medmtl.devices import select_device
-from medmtl.engine.evaluate import forward_latency, run_inference, score
+from medmtl.engine.evaluate import forward_latency, original_detections, run_inference, score
 from medmtl.engine.utils import amp_dtype
 from medmtl.errors import InputError
 from medmtl.fileio import atomic_write_text
@@ -94,8 +94,6 @@ def _split_index(data: str | Path, split: str, strict: bool, corrections: str | 
 
 def onnx_inference(pred: Any, loader: Any, conf: float, iou: float, max_det: int) -> dict[str, Any]:
     """`run_inference`'s result for an `OnnxPredictor` (no validation loss)."""
-    from medmtl.data.transforms import unletterbox_boxes
-
     dets: dict[int, np.ndarray] = {}
     probs: dict[int, np.ndarray] = {}
     for b in loader:
@@ -104,11 +102,7 @@ def onnx_inference(pred: Any, loader: Any, conf: float, iou: float, max_det: int
         p = None if logits is None else logits.float().softmax(-1).numpy()
         for k, m in enumerate(b["meta"]):
             if found is not None:
-                r = found[k].float().cpu()
-                scale, px, py = m["letterbox"]
-                boxes = torch.as_tensor(unletterbox_boxes(r[:, :4], scale, px, py, m["orig_size"]),
-                                        dtype=torch.float32)
-                dets[int(m["image_id"])] = torch.cat([boxes, r[:, 4:6]], 1).numpy()
+                dets[int(m["image_id"])] = original_detections(found[k], m)
             if p is not None:
                 probs[int(m["image_id"])] = p[k]
     return {"detections": dets, "view_probs": probs, "val_loss": {}, "val_loss_parts": {}}
