@@ -45,7 +45,6 @@ def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bo
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-@torch.no_grad()
 def original_detections(found: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
     """(K, 6) ``[x1, y1, x2, y2, score, cls]`` of one image's detections in letterboxed pixels
     mapped back to its original pixels (the batch's ``meta``: ``letterbox``, ``orig_size``):
@@ -57,6 +56,7 @@ def original_detections(found: torch.Tensor, meta: dict[str, Any]) -> np.ndarray
     return torch.cat([boxes, r[:, 4:6]], 1).numpy()
 
 
+@torch.no_grad()
 def run_inference(
     model: nn.Module,
     loader: Any,

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from medmtl.engine.utils import rng_state, set_rng_state
-from medmtl.models.checkpoint import backbone_source, load_weights
+from medmtl.models.checkpoint import checkpoint_dict as model_checkpoint
+from medmtl.models.checkpoint import load_weights
 
 
 @dataclass
@@ -45,16 +46,10 @@ def checkpoint_dict(state: RunState, model: torch.nn.Module, ema: Any, config: d
                     ) -> dict[str, Any]:
     """The checkpoint: plain tensors and primitives (safe to load with weights_only=True). With
     an optimizer it is a resumable `last.pt`; without, a `best.pt` for evaluation and deployment."""
-    st: dict[str, Any] = {
-        "model": model.state_dict(),
-        "ema": ema.state_dict() if ema else None,
-        "config": config,
-        "names": names, "cls_names": cls_names,
-        "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-        "best_fitness": state.best_fitness, "best_epoch": state.best_epoch,
-        "history": state.history, "train_seconds": state.train_seconds,
-        "backbone_weights": backbone_source(model),
-    }
+    st = model_checkpoint(model, config, names, cls_names, state.epoch, ema=ema,
+                          step_in_epoch=state.step_in_epoch, best_fitness=state.best_fitness,
+                          best_epoch=state.best_epoch, history=state.history,
+                          train_seconds=state.train_seconds, sealed=False)
     if optimizer is not None:
         st.update({
             "optimizer": optimizer.state_dict(),

@@ -260,11 +260,20 @@ def release_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> d
 
 
 def checkpoint_dict(model: nn.Module, cfg: Any, names: Sequence[str],
-                    cls_names: Sequence[str], epoch: int = 0) -> dict[str, Any]:
-    """A model packed in the project's checkpoint format (what the trainer's ``_state`` writes,
-    without optimiser state): ``load_model`` and ``model_from_checkpoint`` read it."""
-    return seal({"model": model.state_dict(), "ema": None, "config": cfg.model_dump(mode="json"),
-                 "names": list(names), "cls_names": list(cls_names), "epoch": epoch,
-                 "step_in_epoch": 0, "best_fitness": None, "best_epoch": epoch, "history": [],
-                 "train_seconds": 0.0,
+                    cls_names: Sequence[str], epoch: int = 0, *, ema: Any = None,
+                    step_in_epoch: int = 0, best_fitness: float | None = None,
+                    best_epoch: int | None | object = ..., history: Sequence[Any] | None = None,
+                    train_seconds: float = 0.0, sealed: bool = True) -> dict[str, Any]:
+    """The project's checkpoint format, its one definition: the model (and EMA) state, the
+    config (a TrainConfig or its JSON dump), the class names and the run's counters, as plain
+    tensors and primitives (safe to load with weights_only=True). ``load_model`` and
+    ``model_from_checkpoint`` read it; the trainer's resumable ``last.pt`` adds the optimiser
+    state to it (`medmtl.engine.run_state.checkpoint_dict`). ``sealed`` False leaves the header
+    and digest to `save_checkpoint`, which seals what it writes."""
+    config = cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")
+    return (seal if sealed else dict)({"model": model.state_dict(), "ema": ema.state_dict() if ema else None,
+                 "config": config, "names": list(names), "cls_names": list(cls_names),
+                 "epoch": epoch, "step_in_epoch": step_in_epoch, "best_fitness": best_fitness,
+                 "best_epoch": epoch if best_epoch is ... else best_epoch,
+                 "history": list(history or []), "train_seconds": train_seconds,
                  "backbone_weights": backbone_source(model)})
