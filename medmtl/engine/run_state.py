@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from medmtl.engine.utils import rng_state, set_rng_state
+from medmtl.models.checkpoint import backbone_source, load_weights
 from medmtl.models.checkpoint import checkpoint_dict as model_checkpoint
-from medmtl.models.checkpoint import load_weights
 
 
 @dataclass
@@ -126,4 +126,4 @@ class StopSignals:
         self._previous = {}
 
 
-__all__ = ["RunState", "StopAtStep", "StopSignals", "checkpoint_dict", "restore"]
+__all__ = ["RunState", "StopAtStep", "StopSignals", "backbone_source", "checkpoint_dict", "restore"]
