@@ -52,8 +52,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from medmtl.engine.evaluate import move_targets, prepare_images
-from medmtl.engine.loop import micro_step, reforward_losses
+from medmtl.engine.loop import forward_losses, micro_step, reforward_losses
 from medmtl.evaluation.interference import gradient_interference
 from medmtl.evaluation.multiple import holm
 from medmtl.fileio import atomic_write_text
@@ -262,10 +261,7 @@ def _similarity_step(t: Any, batch: dict[str, Any]) -> dict[str, float]:
         lambda m, i, o, g=g: outs.__setitem__(f"backbone.stage{g}", o))
         for g, stage in zip(model.trunk.global_indices(), model.trunk.stages, strict=True)]
     try:
-        out = model(prepare_images(batch["images"], t.device, False))
-        model.take_shared_features()  # (GradNorm's fast path leaves them; not used here)
-        losses = t.criterion(out, move_targets(batch, t.device),
-                             {"detect": True, "classify": True}, t.comm)
+        losses, _ = forward_losses(t, batch, {"detect": True, "classify": True}, model)
         sim = feature_similarity(losses, outs)
     finally:
         for h in hooks:

@@ -181,15 +181,9 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
                acc: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
     """Forward, the criterion's task losses, diagnostics, the balancer's backward. Returns the
     losses and the backward passes run."""
-    images = prepare_images(batch["images"], t.device, t.channels_last)
-    tgt = move_targets(batch, t.device)
-    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
-        out = t.net(images)
-        teacher = teach(t, images, batch)
-    shared_features = t.model.take_shared_features()
+    losses, shared_features = forward_losses(t, batch, present, t.net)
     split = None if shared_features is None or t.task_params is None else \
         TaskSplit(list(shared_features), t.task_params)
-    losses = t.criterion(with_neck(t, out), tgt, present, t.comm, teacher=teacher)
     scale = float(t.scaler.get_scale()) if t.scaler else 1.0
     pair = {k: v for k, v in losses.items() if k in ("detect", "classify")}
     if diag_every and len(pair) == 2 and t.shared and i % diag_every == 0:
@@ -203,6 +197,22 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
     kw = {"split": split} if t.balancer.uses_split else {}
     blog = t.balancer.backward(losses, t.shared, t.last_shared, scale, **kw)
     return losses, blog.get("backward_passes", 1)
+
+
+def forward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool], net: Any,
+                   ) -> tuple[dict[str, torch.Tensor], Any]:
+    """The one forward + loss of training: the batch through ``net`` (the trainer's DDP-wrapped
+    `net`, or the bare `model`) under the run's autocast, the teacher's outputs where one
+    distils, the criterion's per-task losses of the ``present`` tasks. Returns the losses and the
+    shared features the model kept for GradNorm's fast path (None when it kept none)."""
+    images = prepare_images(batch["images"], t.device, t.channels_last)
+    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
+        out = net(images)
+        teacher = teach(t, images, batch)
+    shared_features = t.model.take_shared_features()
+    losses = t.criterion(with_neck(t, out), move_targets(batch, t.device), present, t.comm,
+                         teacher=teacher)
+    return losses, shared_features
 
 
 def teach(t: Any, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, Any] | None:
@@ -225,13 +235,7 @@ def reforward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool],
     forward; the BatchNorm statistics it would move are restored, so it changes nothing but what
     the balancer learns."""
     saved = [(b, b.clone()) for b in t.model.buffers()]
-    images = prepare_images(batch["images"], t.device, t.channels_last)
-    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
-        out = t.model(images)  # the bare model: a no-grad forward needs no DDP machinery
-        teacher = teach(t, images, batch)
-    t.model.take_shared_features()
-    losses = t.criterion(with_neck(t, out), move_targets(batch, t.device), present, t.comm,
-                         teacher=teacher)
+    losses, _ = forward_losses(t, batch, present, t.model)  # no DDP machinery without grad
     for b, s in saved:
         b.copy_(s)
     return global_losses(t.comm, losses)
