@@ -28,6 +28,18 @@
 #    runtime, and the one the INT8 graphs have), every model and INT8 graph re-timed together
 #    first (--retime: timings taken beside parallel training are noise), and copied
 #    (report.md, summary.json, plots/) to docs/study/.
+#
+# On several machines (docs/multi-machine.md): every machine runs this script with the same OUT
+# on a shared filesystem and
+#   STORAGE=postgresql://USER@HOST:5432/DB  the Optuna study all of them share (`tune --storage`):
+#                                    together they run TRIALS trials per method, none twice, and
+#                                    each trains the tuned and untuned runs no other machine holds
+#   SHARD=I/N                        this machine's part of step 5's grid (`compare --shard`),
+#                                    e.g. SHARD=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+# A shard stops after its part (no INT8 exports, no report); when every shard has finished, run
+# the script once more without SHARD (same STORAGE): it finds the trials and runs done, exports,
+# re-times every model on that one machine and writes the report. SHARD needs STORAGE (SQLite
+# on a shared filesystem is no database for several machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/regurgitation/data.yaml}
@@ -44,31 +56,49 @@ else  # a dry run on other data: DATA=... OUT=/tmp/s DOCS=/tmp/s/docs EPOCHS=1 I
   IMGSZ=${IMGSZ:-128} EPOCHS=${EPOCHS:-8} TRIALS=${TRIALS:-3} DOCS=${DOCS:-docs/study}
 fi
 SEEDS=${SEEDS:-3}
+STORAGE=${STORAGE:-}
+SHARD=${SHARD:-}
+if [[ -n "$SHARD" && -z "$STORAGE" ]]; then
+  echo "study: SHARD=$SHARD needs STORAGE, the study's database shared by the machines (e.g." \
+       "STORAGE=postgresql://medmtl@dbhost:5432/medmtl_tune; docs/multi-machine.md)" >&2
+  exit 2
+fi
+TUNE_STORAGE=(${STORAGE:+--storage "$STORAGE"})
+SHARD_ARGS=(${SHARD:+--shard "$SHARD"})
+LOG="$OUT/study${SHARD:+.shard${SHARD%%/*}}.log"
 mkdir -p "$OUT"
-[[ -f "$OUT/split/data.yaml" ]] || "$MEDMTL" split --data "$DATA" --out "$OUT/split" --val 0.2 --seed 0
-"$MEDMTL" audit --data "$OUT/split/data.yaml" --json "$OUT/audit.json" > "$OUT/audit.txt"
+(  # one machine at a time: the first makes the split, the others reuse it
+  flock 9
+  [[ -f "$OUT/split/data.yaml" ]] || "$MEDMTL" split --data "$DATA" --out "$OUT/split" --val 0.2 --seed 0
+  "$MEDMTL" audit --data "$OUT/split/data.yaml" --json "$OUT/audit.json" > "$OUT/audit.txt"
+) 9>"$OUT/.split.lock"
 start=$(date +%s)
 COMMON=(--epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1
         --test-split grouped --test-fraction 0.2 --split-seed 0)
 "$MEDMTL" tune --data "$OUT/split/data.yaml" --methods fixed,gradnorm --trials "$TRIALS" \
   --untuned detect,classify,original,fixed,pcgrad,dual,split2,fixed:view_labels=clip-majority \
-  --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" 2>&1 | tee -a "$OUT/study.log"
+  --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" "${TUNE_STORAGE[@]}" 2>&1 | tee -a "$LOG"
 "$MEDMTL" compare --data "$OUT/split/data.yaml" --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" \
-  --methods detect,classify,staged,distill,auto,split1:fixed,split3:fixed \
-  2>&1 | tee -a "$OUT/study.log"
+  --methods detect,classify,staged,distill,auto,split1:fixed,split3:fixed "${SHARD_ARGS[@]}" \
+  2>&1 | tee -a "$LOG"
+if [[ -n "$SHARD" ]]; then
+  echo "study: shard $SHARD done in $(( ($(date +%s) - start) / 60 )) min; when every shard is," \
+       "run once without SHARD (same STORAGE) for the exports and the report" | tee -a "$LOG"
+  exit 0
+fi
 for m in fixed dual; do
   for s in $(seq 0 $((SEEDS - 1))); do
     run="$OUT/runs/$m-s$s"
     [[ -f "$run/weights/best.pt" && ! -f "$run/compressed/int8/metrics.json" ]] || continue
     "$MEDMTL" export --weights "$run/weights/best.pt" --int8 --calib-data "$run/split/data.yaml" \
-      2>&1 | tee -a "$OUT/study.log"
+      2>&1 | tee -a "$LOG"
     "$MEDMTL" val --weights "$run/weights/best.int8.onnx" --data "$run/split/data.yaml" \
-      --split test --workers 1 --out "$run/compressed/int8" 2>&1 | tee -a "$OUT/study.log"
+      --split test --workers 1 --out "$run/compressed/int8" 2>&1 | tee -a "$LOG"
   done
 done
 "$MEDMTL" report "$OUT" --baseline fixed@tuned --latency-runtime ort-cpu --retime 2>&1 \
-  | tee -a "$OUT/study.log"
-echo "study: $(( ($(date +%s) - start) / 60 )) min this invocation (imgsz $IMGSZ, epochs $EPOCHS, trials $TRIALS, seeds $SEEDS)" | tee -a "$OUT/study.log"
+  | tee -a "$LOG"
+echo "study: $(( ($(date +%s) - start) / 60 )) min this invocation (imgsz $IMGSZ, epochs $EPOCHS, trials $TRIALS, seeds $SEEDS)" | tee -a "$LOG"
 mkdir -p "$DOCS"
 cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$OUT/tune.json" "$DOCS/"
 rm -rf "$DOCS/plots" && cp -r "$OUT/plots" "$DOCS/plots"

@@ -3,11 +3,16 @@ report whose every number is the one in the runs' metrics.json."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from medmtl.engine.compare import plan_runs, run_compare
 
@@ -56,8 +61,9 @@ def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_pat
 
 
 def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path: Path) -> None:
-    """Job-array workflow: `compare --shard 0/2` and `--shard 1/2` run disjoint halves of the grid
-    into one folder; `report --retime` re-times every model and reports both."""
+    """Job-array workflow: `compare --shard 0/2` (another process) and `--shard 1/2` (this one),
+    at once on one folder, run disjoint halves of the grid, each run trained once; `report
+    --retime` then re-times every model and reports both."""
     from typer.testing import CliRunner
 
     from medmtl.cli import app
@@ -66,16 +72,27 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     common = ["compare", "--data", str(synth_tiny), "--methods", "fixed,dual", "--seeds", "1",
               "--epochs", "1", "--imgsz", "64", "--workers", "0", "--out", str(out),
               "--latency-budget", "50"]
+    other = subprocess.Popen([sys.executable, "-m", "medmtl", *common, "--shard", "0/2"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     runner = CliRunner()
-    r0 = runner.invoke(app, [*common, "--shard", "0/2"])
-    assert r0.exit_code == 0, r0.output
-    assert [p.name for p in (out / "runs").iterdir() if p.is_dir()] == ["fixed-s0"]
+    try:
+        here = runner.invoke(app, [*common, "--shard", "1/2"])
+        log = other.communicate(timeout=600)[0]
+    finally:
+        if other.poll() is None:
+            other.kill()
+    assert (other.returncode, here.exit_code) == (0, 0), (log, here.output)
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
     assert not (out / "report.md").exists()  # a shard does not report a partial grid
+    for i, name in enumerate(("fixed-s0", "dual-s0")):  # each shard ran its half, and only it
+        runs = json.loads((out / f"compare.shard{i}of2.json").read_text())["runs"]
+        assert {n: r["status"] for n, r in runs.items()} == {name: "done"}
+        # one training process per run (each logs its data check once), one epoch in its history
+        assert (out / "runs" / f"{name}.log").read_text().count("train: split train,") == 1
+        assert len((out / "runs" / name / "history.csv").read_text().splitlines()) == 2
     eff = json.loads((out / "runs" / "fixed-s0" / "metrics.json").read_text())["efficiency"]
     assert eff["latency_e2e_ms"] > 0 and "--retime" in eff["latency_e2e_ort_skipped"]
-    r1 = runner.invoke(app, [*common, "--shard", "1/2"])
-    assert r1.exit_code == 0, r1.output
-    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["dual-s0", "fixed-s0"]
     rr = runner.invoke(app, ["report", str(out), "--retime", "--latency-budget", "50"])
     assert rr.exit_code == 0, rr.output
     assert "re-timed 2 models" in rr.output
@@ -90,3 +107,85 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     assert set(summary["methods"]) == {"fixed", "dual"}
     bad = runner.invoke(app, [*common, "--shard", "2/2"])
     assert bad.exit_code != 0 and "expected I/N with 0 <= I < N" in bad.output
+
+
+def test_a_run_another_process_holds_is_left_to_it(synth_tiny: Path, tmp_path: Path) -> None:
+    """Two compares on one folder whose grids overlap (a job array submitted twice, a shard
+    re-run while the first still trains): a run whose folder another live process holds is not
+    started, not cleared and not counted as failed; the holder is named."""
+    from medmtl.engine.runlock import LOCK_NAME, OWNER_NAME, probe
+
+    out = tmp_path / "cmp"
+    run = out / "runs" / "fixed-s0"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("epoch\n")  # what the other process has written so far
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import json, os, sys, time\n"
+         "from filelock import FileLock\n"
+         f"lock = FileLock({str(run / LOCK_NAME)!r}, timeout=0)\n"
+         "lock.acquire()\n"
+         f"open({str(run / OWNER_NAME)!r}, 'w').write(json.dumps({{'pid': os.getpid(), "
+         "'host': 'node7', 'started': 'now'}))\n"
+         "print('held', flush=True)\n"
+         "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        console = Console(file=io.StringIO(), width=200)
+        run_compare(str(synth_tiny), ["fixed"], [0], out, overrides={"epochs": 1, "imgsz": 64},
+                    console=console, report=False, shard=(0, 1))
+        text = console.file.getvalue()
+        assert f"skip   fixed-s0  being trained by pid {holder.pid} on host node7" in text
+        assert "not started here" in text and "when they finish: medmtl report" in text
+        runs = json.loads((out / "compare.shard0of1.json").read_text())["runs"]
+        assert runs == {"fixed-s0": {"status": "elsewhere", "returncode": None}}
+        assert (run / "history.csv").read_text() == "epoch\n"  # not cleared
+        assert not (run / "weights").exists() and not (out / "runs" / "fixed-s0.log").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with probe(run) as held_by:  # the holder gone, the folder is free again
+        assert held_by is None
+
+
+def test_a_shard_takes_the_references_from_the_whole_folder(synth_tiny: Path,
+                                                            tmp_path: Path) -> None:
+    """A shard whose part holds no single-task run still selects its joint runs by Δm against
+    the references finished in the folder (it read them from its own part only, and fell back
+    to the unweighted mean)."""
+    from medmtl.engine.compare import _set_references
+
+    out = tmp_path / "cmp"
+    for name, block in (("detect-s0", {"detection": {"map50": 0.5, "map50_95": 0.25}}),
+                        ("classify-s0", {"classification": {"accuracy": 0.8, "macro_f1": 0.7}})):
+        (out / "runs" / name).mkdir(parents=True)
+        (out / "runs" / name / "metrics.json").write_text(json.dumps(block))
+    grid = plan_runs(str(synth_tiny), ["detect", "classify", "fixed"], [0], out)
+    part = grid[2::3]  # what `--shard 2/3` runs: fixed-s0 alone
+    assert [r.name for r in part] == ["fixed-s0"] and not part[0].cfg.select_refs
+    console = Console(file=io.StringIO(), width=200)
+    _set_references(part, console, grid)
+    assert part[0].cfg.select_refs == {"map50": 0.5, "map50_95": 0.25, "accuracy": 0.8,
+                                       "macro_f1": 0.7}
+    assert "references (val, single-task runs): map50 0.5000" in console.file.getvalue()
+
+
+def test_runs_get_the_cores_this_process_may_use_and_at_most_omp_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 cores bound to the job (a scheduler's allocation): 4 runs at once, 2 threads each; with
+    OMP_NUM_THREADS=1 (a shared machine, `make test`) 1 thread each, so parallel runs do not
+    spin-wait on each other's threads."""
+    import torch
+
+    from medmtl.engine import compare
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(compare.os, "sched_getaffinity", lambda _pid: set(range(8)),
+                        raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert compare._resources(6, None) == (4, 2, [])
+    assert compare._resources(1, None) == (1, 8, [])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compare._resources(6, None) == (4, 1, [])
+    assert compare._resources(1, None) == (1, 1, [])
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a number: no cap
+    assert compare._resources(2, 2) == (2, 4, [])

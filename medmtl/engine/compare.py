@@ -2,11 +2,16 @@
 
 Each run is a `medmtl train` subprocess writing `DIR/runs/<method>-s<seed>/`; finished runs
 (metrics.json present) are not redone, killed runs resume from their last.pt, and runs go in
-parallel where the machine has room (one per GPU, or CPU cores split between runs).
+parallel where the machine has room (one per GPU, or the CPU cores this process may use split
+between runs, at most OMP_NUM_THREADS threads each when it is set).
 
 On a cluster, `shard=(i, n)` runs only the i-th of n interleaved parts of the method x seed grid
 (e.g. one part per job-array task, all writing to one shared folder); `medmtl report DIR --retime`
-then re-times every model on one machine and writes the report over all parts.
+then re-times every model on one machine and writes the report over all parts
+(docs/multi-machine.md). Processes that share a folder never train one run twice: a run starts
+only when its folder's lock (`runlock.probe`) is free, a run that another process holds is left to
+it (status ``elsewhere``, not a failure), and one that another process finished since the plan
+was made is not redone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from medmtl.config import TrainConfig, merge_dicts
 from medmtl.engine.drift import config_drift, warn_drift
 from medmtl.engine.progress import run_end_line
 from medmtl.engine.retime import remeasure_latency
+from medmtl.engine.runlock import IN_USE, LOCK_NAME, OWNER_NAME, probe
 from medmtl.methods import build_config, check_method, method_source, run_name
 
 
@@ -39,11 +45,13 @@ class PlannedRun:
     name: str
     cfg: TrainConfig
     run_dir: Path
-    status: str = "new"  # new | resume | finished | running | done | failed
+    status: str = "new"  # new | resume | finished | running | done | failed | elsewhere
     returncode: int | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
     log: Any = field(default=None, repr=False)
     drift: list[str] = field(default_factory=list)  # a finished run's config != the plan's
+    holder: str | None = None  # the process that holds (elsewhere) or finished the run
+    log_start: int = 0  # where this process's part of the run's log begins
 
 
 def plan_runs(data: str, methods: list[str], seeds: list[int], out: Path,
@@ -128,17 +136,33 @@ def _skip_orphans(todo: list[PlannedRun], console: Console) -> list[PlannedRun]:
     return ready
 
 
+def _thread_cap() -> int | None:
+    """OMP_NUM_THREADS when set to a whole number >= 1: the threads a process may use (a job
+    scheduler's allocation, `make test`'s THREADS), so no run gets more."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
 def _resources(n_runs: int, jobs: int | None) -> tuple[int, int, list[str]]:
-    """(parallel jobs, threads per job, CUDA device ids)."""
+    """(parallel jobs, threads per job, CUDA device ids). The cores are those this process may
+    run on (a job scheduler's CPU binding), and OMP_NUM_THREADS caps the threads of each run
+    (two runs of 2 threads each on 2 busy cores spin-wait on each other, many times slower)."""
     import torch
 
+    cap = _thread_cap() or 1 << 16
     if torch.cuda.is_available():
         gpus = [str(i) for i in range(torch.cuda.device_count())]
-        return max(1, min(jobs or len(gpus), len(gpus), n_runs)), 4, gpus
-    cores = os.cpu_count() or 1
+        return max(1, min(jobs or len(gpus), len(gpus), n_runs)), min(4, cap), gpus
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
     j = jobs or (cores if cores < 4 else cores // 2)
     j = max(1, min(j, n_runs))
-    return j, max(1, cores // j), []
+    return j, max(1, min(cores // j, cap)), []
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -165,11 +189,34 @@ def _table(plan: list[PlannedRun], t0: float) -> Table:
     return t
 
 
-def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
+def _clear(run_dir: Path) -> None:
+    """Empty a run folder that died before its first checkpoint (its lock files stay: they are
+    what other processes hold and probe)."""
+    for p in run_dir.iterdir():
+        if p.name in (LOCK_NAME, OWNER_NAME):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> bool:
+    """Start `r`'s training process, unless another live process holds its folder (status
+    ``elsewhere``) or finished it since the plan was made (``finished``): False then. What the
+    folder holds is looked at again under its lock, so nothing another process wrote is lost."""
+    with probe(r.run_dir) as holder:
+        if holder is not None:
+            r.status, r.holder = "elsewhere", holder
+            return False
+        if (r.run_dir / "metrics.json").exists():
+            r.status, r.holder = "finished", "another process"
+            return False
+        r.status = "resume" if (r.run_dir / "weights" / "last.pt").exists() else "new"
+        if r.status == "new":
+            _clear(r.run_dir)  # a run that died before its first checkpoint: start clean
     cfg_path = cfg_dir / f"{r.name}.yaml"
     r.cfg.to_yaml(cfg_path)
-    if r.status == "new" and r.run_dir.exists():
-        shutil.rmtree(r.run_dir)  # a run that died before its first checkpoint: start clean
     cmd = [sys.executable, "-m", "medmtl", "train", "--data", r.cfg.data, "--out", str(r.run_dir),
            "--config", str(cfg_path), "--no-progress"]  # the YAML holds the method, resolved
     if r.status == "resume":
@@ -179,8 +226,21 @@ def _start(r: PlannedRun, threads: int, gpu: str | None, cfg_dir: Path) -> None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     r.run_dir.mkdir(parents=True, exist_ok=True)
     r.log = (r.run_dir.parent / f"{r.name}.log").open("a")
+    r.log_start = r.log.tell()
     r.proc = subprocess.Popen(cmd, stdout=r.log, stderr=subprocess.STDOUT, env=env)
     r.status = "running"
+    return True
+
+
+def _taken_elsewhere(r: PlannedRun) -> bool:
+    """The run's process stopped at once because another process took the folder between the
+    probe and its start (it said so: `RunLocked`)."""
+    try:
+        with (r.run_dir.parent / f"{r.name}.log").open("rb") as f:
+            f.seek(r.log_start)
+            return IN_USE.encode() in f.read()[-4000:]
+    except OSError:
+        return False
 
 
 def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, threads: int,
@@ -198,8 +258,13 @@ def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, thread
             while queue and len(running) < n_jobs:
                 r = queue.pop(0)
                 gpu = free_gpus.pop(0) if gpus else None
+                if not _start(r, threads, gpu, cfg_dir):
+                    if gpu is not None:
+                        free_gpus.insert(0, gpu)
+                    console.print(_not_started_line(r), soft_wrap=True, markup=False,
+                                  highlight=False)
+                    continue
                 resuming = r.status == "resume"
-                _start(r, threads, gpu, cfg_dir)
                 started[r.name] = time.perf_counter()
                 console.print(f"start  {r.name}  method {r.cfg.method}  seed {r.cfg.seed}"
                               f"{'  (resuming)' if resuming else ''}"
@@ -215,6 +280,14 @@ def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, thread
                 r.returncode = rc
                 r.status = "done" if rc == 0 and (r.run_dir / "metrics.json").exists() else "failed"
                 r.log.close()
+                if r.status == "failed" and rc == 2 and _taken_elsewhere(r):
+                    r.status, r.holder = "elsewhere", "another process"
+                    console.print(_not_started_line(r), soft_wrap=True, markup=False,
+                                  highlight=False)
+                    running.remove((r, gpu))
+                    if gpu is not None:
+                        free_gpus.append(gpu)
+                    continue
                 running.remove((r, gpu))
                 if gpu is not None:
                     free_gpus.append(gpu)
@@ -222,6 +295,13 @@ def _execute(plan: list[PlannedRun], todo: list[PlannedRun], n_jobs: int, thread
                               soft_wrap=True, markup=False, highlight=False)
             if live is not None:
                 live.update(_table(plan, t0))
+
+
+def _not_started_line(r: PlannedRun) -> str:
+    if r.status == "finished":
+        return f"skip   {r.name}  finished by another process meanwhile"
+    return f"skip   {r.name}  being trained by {r.holder}; not started here (that process " \
+           "finishes it)"
 
 
 def _needs_references(r: PlannedRun) -> bool:
@@ -250,9 +330,12 @@ def reference_values(plan: list[PlannedRun]) -> dict[str, float]:
     return references_from(found)
 
 
-def _set_references(plan: list[PlannedRun], console: Console) -> None:
-    """The references into every joint run that selects by Δm without references of its own."""
-    refs = reference_values(plan)
+def _set_references(plan: list[PlannedRun], console: Console,
+                    grid: list[PlannedRun] | None = None) -> None:
+    """The references (from the finished single-task runs of `grid`, the whole grid when `plan`
+    is one shard of it) into every joint run of `plan` that selects by Δm without references of
+    its own."""
+    refs = reference_values(grid or plan)
     if len(refs) < 4:
         missing = sorted({"map50", "map50_95", "accuracy", "macro_f1"} - set(refs))
         console.print(f"[yellow]Δm selection: no single-task reference for {', '.join(missing)}; "
@@ -283,12 +366,16 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
                 overrides: dict[str, Any] | None = None, jobs: int | None = None,
                 console: Console | None = None, report: bool = True,
                 shard: tuple[int, int] | None = None,
-                variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> Path:
+                variants: dict[str, tuple[str, dict[str, Any]]] | None = None,
+                retime: bool = True) -> Path:
+    """Train the method x seed grid into `out` (see the module's docstring). `retime=False`
+    leaves the models' timings as training measured them, for a caller that re-times later
+    (tune's reference runs: its final comparison re-times every model together)."""
     console = console or Console(stderr=True, soft_wrap=True)
     out = Path(out)
     cfg_dir = out / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_runs(data, methods, seeds, out, overrides, variants)
+    plan = grid = plan_runs(data, methods, seeds, out, overrides, variants)
     if shard is not None:
         plan = plan[shard[0]::shard[1]]
         console.print(f"shard {shard[0]}/{shard[1]}: {', '.join(r.name for r in plan) or 'nothing'}")
@@ -303,16 +390,24 @@ def run_compare(data: str, methods: list[str], seeds: list[int], out: str | Path
     # the single-task references first: the joint runs select by Δm against them
     _execute(plan, first, n_jobs, threads, gpus, t0, cfg_dir, console)
     if any(_needs_references(r) for r in todo):
-        _set_references(plan, console)
+        _set_references(plan, console, grid)
     # then the runs that staged / distilled runs start from, then the rest
     second = [r for r in _sources_first(plan, todo) if r not in first]
     _execute(plan, second, n_jobs, threads, gpus, t0, cfg_dir, console)
     rest = [r for r in todo if r not in first and r not in second]
     _execute(plan, _skip_orphans(rest, console), n_jobs, threads, gpus, t0, cfg_dir, console)
     # a shard's timings are superseded by `report --retime` over all shards: no ONNX export here
-    remeasure_latency([r.run_dir for r in plan if (r.run_dir / "metrics.json").exists()],
-                      console, ort=shard is None)
+    # (not the runs another process holds or finished meanwhile: it re-times them itself)
+    if retime:
+        remeasure_latency([r.run_dir for r in plan if r.holder is None
+                           and (r.run_dir / "metrics.json").exists()], console,
+                          ort=shard is None)
     failed = [r for r in plan if r.status == "failed"]
+    elsewhere = [r.name for r in plan if r.status == "elsewhere"]
+    if elsewhere:
+        console.print(f"{len(elsewhere)} run(s) being trained by other processes: "
+                      f"{', '.join(elsewhere)}; when they finish: medmtl report {out}"
+                      + (" --retime" if shard is not None else ""))
     summary = "compare.json" if shard is None else f"compare.shard{shard[0]}of{shard[1]}.json"
     (out / summary).write_text(json.dumps({
         "data": str(Path(data).resolve()), "methods": methods, "seeds": seeds,

@@ -11,13 +11,13 @@ from typing import Any
 from rich.console import Console
 
 from medmtl.fileio import atomic_write_text
-from medmtl.report.collect import COMPRESSED_DIR
 
 
 def compressed_graphs(run: Path, threads: int) -> list[tuple[Path, Any]]:
     """(metrics.json, ONNX Runtime predictor) of each compressed graph of ``run`` whose
     `weights` file still exists."""
     from medmtl.inference.export import OnnxPredictor
+    from medmtl.report.collect import COMPRESSED_DIR  # here: medmtl.report loads matplotlib
 
     out = []
     for f in sorted((run / COMPRESSED_DIR).glob("*/metrics.json")):

@@ -5,6 +5,9 @@ start time).
 The kernel drops an ``flock`` when its process dies, ``kill -9`` included, so a lock left behind
 by a dead run is free: the next run takes it over and says whose it was. A second live writer gets
 `RunLocked` (exit status 2) naming the holder's pid and host.
+
+`probe` is how a `compare` process (or a job-array task) asks whether a run folder is free
+before it starts a run there: several compares sharing one folder never train one run twice.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ from medmtl.errors import RunLocked
 from medmtl.fileio import atomic_write_text
 
 LOCK_NAME, OWNER_NAME = ".lock", ".lock.owner"
+IN_USE = "run folder in use by"  # RunLocked's words (compare recognises a run taken elsewhere)
 
 
 def _owner(run_dir: Path) -> dict[str, Any]:
@@ -54,7 +60,7 @@ class RunLock:
         try:
             lock.acquire()
         except Timeout:
-            raise RunLocked(f"{self.run_dir}: run folder in use by {_describe(_owner(self.run_dir))}"
+            raise RunLocked(f"{self.run_dir}: {IN_USE} {_describe(_owner(self.run_dir))}"
                             "; wait for it to finish or choose another --out") from None
         self._lock = lock
         if lock.lock_counter == 1:  # first hold in this process: record the owner
@@ -84,4 +90,23 @@ class RunLock:
         self.release()
 
 
-__all__ = ["LOCK_NAME", "OWNER_NAME", "RunLock"]
+@contextmanager
+def probe(run_dir: str | Path) -> Iterator[str | None]:
+    """``with probe(run_dir) as holder:``: None when the run folder was free, and then its lock is
+    held for the block (without recording an owner: the run that follows records itself); else
+    who holds it (another live process). Release before starting the run's own process."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK_NAME, timeout=0, is_singleton=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield _describe(_owner(run_dir))
+        return
+    try:
+        yield None
+    finally:
+        lock.release()
+
+
+__all__ = ["IN_USE", "LOCK_NAME", "OWNER_NAME", "RunLock", "probe"]

@@ -45,6 +45,18 @@ def trace_plot(tuning: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _sampler_words(tuning: dict[str, Any]) -> str:
+    """Which sampler drew the configurations, as tune.json records it (a budget within TPE's
+    random start-up trials is a random search, and says so)."""
+    recs = {m: r["sampler"] for m, r in tuning["methods"].items() if isinstance(r.get("sampler"),
+                                                                              dict)}
+    if not recs:  # a tune.json of an older medmtl
+        return "Optuna's TPE sampler"
+    k = max(int(s.get("n_startup_trials", 0)) for s in recs.values())
+    return (f"Optuna's TPE sampler, whose first {k} trials are random draws ("
+            + "; ".join(f"{m}: {s.get('text', s.get('name'))}" for m, s in recs.items()) + ")")
+
+
 def tuning_blocks(directory: Path) -> list[Block]:
     tuning = load_tuning(directory)
     if tuning is None:
@@ -63,7 +75,7 @@ def tuning_blocks(directory: Path) -> list[Block]:
     plot = trace_plot(tuning, directory / "plots" / "tune_trace.png")
     return [("h", 2, "Tuning"),
             ("p", f"Every method had the same budget: {n} distinct configurations, each trained "
-                  "for the same length, searched by Optuna's TPE sampler on the val split "
+                  f"for the same length, searched by {_sampler_words(tuning)} on the val split "
                   "(objective: the val selection score of the trial's best checkpoint). A "
                   "configuration completed twice (a search resumed by an older medmtl) counts "
                   "once; a failed trial (e.g. killed) does not count. The `@tuned` rows of the "
