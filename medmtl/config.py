@@ -24,8 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-from medmtl.data.groups import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX
 from medmtl.yamlio import load_yaml_mapping
+
+# The patient and clip of a frame, from its file name (`medmtl.data.groups` applies them):
+# `<patient>-...` is the patient; `<patient>-<clip>[.<video ext>]-<frame>` on the stem gives the
+# clip, everything before the optional video extension and the trailing frame number; a copy's
+# `(1)` suffix is part of the frame (the real data has `...mp4-16(1)` beside `...mp4-16`)
+DEFAULT_PATIENT_REGEX = r"^([^-]+)-"
+DEFAULT_CLIP_REGEX = r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+(?:\(\d+\))?$"
 
 TASKS = ("detect", "classify")
 # the extra loss task of knowledge distillation (--teacher): weighed by the balancer like a task

@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-DEFAULT_PATIENT_REGEX = r"^([^-]+)-"
-# `<patient>-<clip>[.<video ext>]-<frame>` on the stem: the clip is everything before the
-# optional video extension and the trailing frame number; a copy's `(1)` suffix is part of the
-# frame (the real data has `...mp4-16(1)` beside `...mp4-16`)
-DEFAULT_CLIP_REGEX = r"^(.+?)(?:\.[A-Za-z0-9]{2,4})?-\d+(?:\(\d+\))?$"
+from medmtl.config import DEFAULT_CLIP_REGEX, DEFAULT_PATIENT_REGEX  # the config's defaults
 
 
 @lru_cache(maxsize=64)
