@@ -6,7 +6,7 @@ and CUDA (PyTorch, and ONNX Runtime when onnxruntime-gpu is installed) where ava
 
 Random-initialised models (latency does not depend on the weights), fp32, input (B, 3, S, S).
 "ms/img" is the median wall-clock time of one forward pass at batch 1; "img/s" is the throughput
-at batch ``--batch``. PyTorch timings are `medmtl.evaluation.latency.measure_latency` (model
+at batch ``--batch``. PyTorch timings are `medmtl.inference.efficiency.measure_latency` (model
 outputs, before box decoding); the ONNX graph also decodes boxes (cheap); neither includes NMS,
 letterboxing or image decoding. The "e2e" columns do (`medmtl.inference.latency.measure_e2e`,
 the figures the report's Pareto front uses): read + decode a 430x320 JPEG, letterbox, forward,
@@ -41,7 +41,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medmtl.config import ModelConfig  # noqa: E402
-from medmtl.evaluation.latency import measure_latency  # noqa: E402
+from medmtl.inference.efficiency import measure_latency  # noqa: E402
 from medmtl.inference.latency import E2ETimer  # noqa: E402
 from medmtl.models import build_model, model_info  # noqa: E402
 

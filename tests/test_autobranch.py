@@ -216,7 +216,7 @@ def test_auto_is_a_method_and_a_spec() -> None:
 def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
     """`compare --methods auto` runs `medmtl train --method auto` in a subprocess (the CLI path):
     probe, choice, training, metrics, and the report's section."""
-    from medmtl.engine.compare import run_compare
+    from medmtl.experiments.compare import run_compare
 
     out = tmp_path / "cmp"
     over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0, "auto_probe_steps": 3}
@@ -267,7 +267,7 @@ def test_the_probe_counts_against_the_epoch_budget(synth_tiny: Path, tmp_path: P
     assert training["epochs"] == 2 and len((run / "history.csv").read_text().splitlines()) == 3
     assert training["stages"][0] == {**training["stages"][0], "stage": "auto probe", "epochs": 1}
     assert "epochs: 3" in (run / "config.yaml").read_text()  # the budget asked for, unchanged
-    from medmtl.engine.compare import _epochs_done
+    from medmtl.experiments.compare import _epochs_done
 
     assert _epochs_done(run) == 3  # compare's table: the probe's epoch counts as done
     with pytest.raises(ValueError, match=r"probe's 12 steps are 2\.0 epochs of the 1-epoch budget"

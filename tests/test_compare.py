@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from medmtl.engine.compare import plan_runs, run_compare
+from medmtl.experiments.compare import plan_runs, run_compare
 
 
 def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_a_shard_takes_the_references_from_the_whole_folder(synth_tiny: Path,
     """A shard whose part holds no single-task run still selects its joint runs by Δm against
     the references finished in the folder (it read them from its own part only, and fell back
     to the unweighted mean)."""
-    from medmtl.engine.compare import _set_references
+    from medmtl.experiments.compare import _set_references
 
     out = tmp_path / "cmp"
     for name, block in (("detect-s0", {"detection": {"map50": 0.5, "map50_95": 0.25}}),
@@ -176,7 +176,7 @@ def test_runs_get_the_cores_this_process_may_use_and_at_most_omp_threads(
     spin-wait on each other's threads."""
     import torch
 
-    from medmtl.engine import compare
+    from medmtl.experiments import compare
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(compare.os, "sched_getaffinity", lambda _pid: set(range(8)),

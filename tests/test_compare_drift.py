@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from medmtl.engine.compare import plan_runs
-from medmtl.engine.drift import config_drift, warn_drift
+from medmtl.experiments.compare import plan_runs
+from medmtl.experiments.drift import config_drift, warn_drift
 
 
 def _finish(plan_run, **changes) -> None:

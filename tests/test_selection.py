@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from medmtl.engine.compare import _references_first, _set_references, plan_runs
 from medmtl.engine.run_state import keep_selection_rule
 from medmtl.evaluation.selection import describe, references_from, selection_score
+from medmtl.experiments.compare import _references_first, _set_references, plan_runs
 
 
 def _m(map50=None, map50_95=None, acc=None, f1=None) -> dict:

@@ -1,5 +1,6 @@
 """The code's shape: no import cycle among medmtl's modules (imports inside functions and under
-TYPE_CHECKING count too), and no module over 400 lines."""
+TYPE_CHECKING count too), and the layer contract of `.importlinter` (docs/ARCHITECTURE.md,
+"Layers") covering every top-level package and kept by every import."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "medmtl"
-MAX_LINES = 400
+CONTRACTS = PKG.parent / ".importlinter"
 
 
 def _modules() -> dict[str, Path]:
@@ -116,7 +117,49 @@ def test_no_import_cycle() -> None:
     assert find_cycles(graph) == []
 
 
-def test_no_module_over_400_lines() -> None:
-    long = {str(f.relative_to(PKG.parent)): n for f in PKG.rglob("*.py")
-            if (n := len(f.read_text().splitlines())) > MAX_LINES}
-    assert long == {}
+def layers() -> list[set[str]]:
+    """The layers of the contract, top first: each a set of top-level packages."""
+    import configparser
+
+    cp = configparser.ConfigParser()
+    cp.read(CONTRACTS)
+    raw = cp["importlinter:contract:layers"]["layers"]
+    return [{p.strip().removeprefix("medmtl.") for p in line.split("|")}
+            for line in raw.strip().splitlines() if line.strip()]
+
+
+def layer_violations(graph: dict[str, set[str]], order: list[set[str]]) -> list[str]:
+    """Imports from a package into one above it, or between two packages of one layer (the
+    contract's `|`: independent)."""
+    rank = {p: i for i, layer in enumerate(order) for p in layer}
+    out = []
+    for mod, targets in graph.items():
+        src = mod.split(".")[1] if mod.count(".") else None
+        for t in targets:
+            dst = t.split(".")[1] if t.count(".") else None
+            if src in rank and dst in rank and src != dst and rank[dst] <= rank[src]:
+                out.append(f"{mod} -> {t}")
+    return sorted(out)
+
+
+def test_every_top_level_package_is_in_a_layer() -> None:
+    tops = {p.stem if p.suffix == ".py" else p.name for p in PKG.iterdir()
+            if (p.suffix == ".py" or (p / "__init__.py").is_file())
+            and p.name not in ("__init__.py", "__main__.py")}
+    listed = set().union(*layers())
+    assert tops - listed == set(), "add these to a layer of .importlinter"
+    assert listed - tops == set()
+
+
+def test_the_layer_check_finds_a_planted_violation() -> None:
+    order = [{"cli"}, {"engine"}, {"evaluation", "losses"}, {"config"}]
+    graph = {"medmtl.config.x": {"medmtl.engine.y"}, "medmtl.engine.y": {"medmtl.config.x"},
+             "medmtl.losses.a": {"medmtl.evaluation.b"}, "medmtl.cli.c": {"medmtl.engine.y"}}
+    assert layer_violations(graph, order) == ["medmtl.config.x -> medmtl.engine.y",
+                                              "medmtl.losses.a -> medmtl.evaluation.b"]
+
+
+def test_no_import_runs_against_the_layers() -> None:
+    """Every import, in functions too, follows the contract; `lint-imports` (run by `make test`)
+    checks the same file with import-linter."""
+    assert layer_violations(import_graph(), layers()) == []

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmtl.engine.tune import search_space, trial_overrides, tune
 from medmtl.evaluation.selection import references_from
+from medmtl.experiments.tune import search_space, trial_overrides, tune
 from medmtl.methods import build_config
 
 
@@ -110,7 +110,7 @@ def test_a_resumed_search_draws_new_configurations(synth_tiny: Path, tmp_path: P
     drew the first trial's parameters again (the seeded sampler restarts its random sequence in
     a new process), so gradnorm got 2 distinct configurations of its budget of 3. A resumed
     search draws new ones, reproducibly, and a repeated configuration does not count."""
-    import medmtl.engine.tune as tune_mod
+    import medmtl.experiments.tune as tune_mod
 
     def fake_objective(method, data, base, out, space):  # no training: a score from the params
         def run(trial):
@@ -165,7 +165,7 @@ def test_failed_trials_are_counted_and_the_search_goes_on(
 
     from rich.console import Console
 
-    import medmtl.engine.tune as tune_mod
+    import medmtl.experiments.tune as tune_mod
     from medmtl.errors import NonFiniteError
 
     monkeypatch.setattr(tune_mod, "_objective", _scripted_objective({
@@ -209,8 +209,8 @@ def test_a_search_that_keeps_failing_stops_and_says_what_happened(
 
     from rich.console import Console
 
-    import medmtl.engine.tune as tune_mod
-    from medmtl.engine.tune import TuneFailed
+    import medmtl.experiments.tune as tune_mod
+    from medmtl.experiments.tune import TuneFailed
 
     monkeypatch.setattr(tune_mod, "_objective", _scripted_objective(
         {n: ValueError("loss exploded") for n in range(1, 10)}))
@@ -240,7 +240,7 @@ def test_a_trial_left_running_by_an_unknown_process_does_not_block_the_search(
     grace period it is failed and its place run again, instead of a wait without end."""
     import optuna
 
-    import medmtl.engine.tune as tune_mod
+    import medmtl.experiments.tune as tune_mod
 
     study = optuna.create_study(study_name="gradnorm", storage=f"sqlite:///{tmp_path / 'tune.db'}",
                                 direction="maximize")

@@ -82,7 +82,7 @@ def test_two_processes_share_one_study_and_its_budget(pg: PgServer, pg_data: Pat
     import optuna
     from rich.console import Console
 
-    from medmtl.engine.tune import tune
+    from medmtl.experiments.tune import tune
 
     url = pg.create_db("shared")
     log = tmp_path / "child.txt"
@@ -206,8 +206,8 @@ def test_a_lost_server_stops_the_search_in_one_line_and_the_next_start_resumes(
 
 def test_storage_urls_are_one_line_with_the_password_masked(
         pg: PgServer, pg_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from medmtl.engine.storage import check_storage, open_storage
     from medmtl.errors import InputError
+    from medmtl.experiments.storage import check_storage, open_storage
 
     # the command: one line, exit 2, before any work
     closed = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db"  # nothing listens there

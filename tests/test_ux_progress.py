@@ -15,9 +15,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from medmtl.engine.compare import PlannedRun
 from medmtl.engine.progress import EpochProgress, epoch_line, format_duration, run_end_line
 from medmtl.errors import InputError
+from medmtl.experiments.compare import PlannedRun
 from medmtl.methods import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

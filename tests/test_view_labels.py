@@ -100,7 +100,7 @@ def test_clip_metrics_by_hand() -> None:
 
 
 def test_specs_with_a_view_policy_get_their_own_runs(tmp_path: Path, synth_tiny: Path) -> None:
-    from medmtl.engine.compare import plan_runs
+    from medmtl.experiments.compare import plan_runs
     from medmtl.methods import build_config, split_methods
 
     text = ("original,original:view_labels=clip-majority,fixed:view_labels=drop-inconsistent,"

@@ -367,7 +367,7 @@ class Trainer:
         metrics["data"] = self.data.data_record()
         metrics["backbone_weights"] = backbone_source(self.model)
         from medmtl.engine.abstention import record_abstention
-        from medmtl.evaluation.latency import efficiency
+        from medmtl.inference.efficiency import efficiency
 
         metrics["view_abstention"] = record_abstention(self.run_dir, best)  # into best.pt too
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)

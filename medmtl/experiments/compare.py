@@ -33,10 +33,10 @@ from rich.live import Live
 from rich.table import Table
 
 from medmtl.config import TrainConfig, merge_dicts
-from medmtl.engine.drift import config_drift, warn_drift
 from medmtl.engine.progress import run_end_line
-from medmtl.engine.retime import remeasure_latency
 from medmtl.engine.runlock import IN_USE, LOCK_NAME, OWNER_NAME, probe
+from medmtl.experiments.drift import config_drift, warn_drift
+from medmtl.experiments.retime import remeasure_latency
 from medmtl.methods import build_config, check_method, method_source, run_name
 
 

@@ -47,7 +47,9 @@ from rich.console import Console
 
 from medmtl.balancing import balancer_class
 from medmtl.config import TrainConfig, merge_dicts
-from medmtl.engine.storage import (
+from medmtl.errors import MedmtlError, NonFiniteError, clip_text
+from medmtl.evaluation.selection import selection_score
+from medmtl.experiments.storage import (
     GRACE_S,
     check_storage,
     lost_error,
@@ -57,8 +59,6 @@ from medmtl.engine.storage import (
     shown,
     storage_errors,
 )
-from medmtl.errors import MedmtlError, NonFiniteError, clip_text
-from medmtl.evaluation.selection import selection_score
 from medmtl.fileio import atomic_write_text
 from medmtl.methods import build_config, run_name
 
@@ -505,7 +505,7 @@ def _references(data: str, references: list[str], seeds: list[int], out: Path,
     references; {} when not asked, when selection is not Δm or references are given. Several
     tune processes sharing one --out train each reference once: a process waits for those
     another one is training, so every trial of the study is scored against the same figures."""
-    from medmtl.engine.compare import plan_runs, reference_values, run_compare
+    from medmtl.experiments.compare import plan_runs, reference_values, run_compare
 
     single = [m for m in references
               if len(build_config(m, {**overrides, "data": data}).model.tasks) == 1]

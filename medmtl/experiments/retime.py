@@ -51,7 +51,7 @@ def remeasure_latency(run_dirs: list[Path], console: Console | None = None,
 
     import torch
 
-    from medmtl.evaluation.latency import measure_latency
+    from medmtl.inference.efficiency import measure_latency
     from medmtl.inference.latency import E2ETimer
     from medmtl.models.checkpoint import model_from_checkpoint
 
