@@ -2,7 +2,7 @@
 # TORCH pins the build that lies on this project's machines; override it elsewhere,
 # e.g. `make test TORCH="torch torchvision"`.
 # THREADS: torch threads of the tests (default 1); PYTEST_ARGS: extra pytest options, e.g.
-# `make test THREADS=2 PYTEST_ARGS="--random-order-seed=1234"` (see README).
+# `make test THREADS=2 PYTEST_ARGS="--random-order-seed=1234"` (see docs/usage.md).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,13 +23,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medmtl demo --out demo
 
+# --no-loadscope-reorder: the workers take files in the order tests/conftest.py gives (the
+# longest first), not xdist's (the most tests first)
 test: $(STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=$(THREADS) MEDMTL_TEST_THREADS=$(THREADS) \
-		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
+		$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

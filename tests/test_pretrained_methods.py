@@ -1,13 +1,11 @@
 """The pretrained backbone through every path a method takes (issue 28): the dual run that
 staged training and distillation start from, staged (--init-from, frozen trunk first), distill
-(--teacher), --arch auto (its probe measures the lite0 stages), and data-parallel training
-(torchrun, 2 processes) with frozen early stages."""
+(--teacher) and --arch auto (its probe measures the lite0 stages). Data-parallel training
+(torchrun, 2 processes) with frozen early stages is tests/test_distributed.py's end-to-end run."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -71,18 +69,3 @@ def test_auto_probes_the_pretrained_stages(synth_tiny: Path, tmp_path: Path) -> 
     # the frozen stem and first stage take no gradient: only stages 2-4 are measured
     for key in ("grad_cos", "grad_cos_upper", "feature_cka"):
         assert sorted(rec[key]) == [f"backbone.stage{g}" for g in (2, 3, 4)], key
-
-
-def test_ddp_with_a_pretrained_frozen_backbone(synth_tiny: Path, tmp_path: Path) -> None:
-    from test_distributed import _env
-
-    out = tmp_path / "ddp"
-    r = subprocess.run(
-        [sys.executable, "-m", "medmtl", "train", "--data", str(synth_tiny), "--out", str(out),
-         "--method", "fixed", "--backbone", "tf_efficientnet_lite0", "--pretrained",
-         "--freeze-stages", "2", "--epochs", "1", "--imgsz", "64", "--batch", "8",
-         "--workers", "0", "--no-progress", "--devices", "2"],
-        env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    m = _record(out)
-    assert m["training"]["world_size"] == 2 and m["backbone_weights"]["loaded"] == 288

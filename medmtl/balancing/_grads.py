@@ -15,12 +15,13 @@ averages the remaining (task-specific) gradients before the optimiser step.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-from torch.nn import Parameter
+if TYPE_CHECKING:  # torch loads on the first step, not when the CLI lists the options
+    from torch import Tensor
+    from torch.nn import Parameter
 
-from medmtl.distributed import LOCAL, Comm
+    from medmtl.distributed import Comm
 
 
 def trainable(shared: Sequence[Parameter]) -> list[Parameter]:
@@ -28,13 +29,19 @@ def trainable(shared: Sequence[Parameter]) -> list[Parameter]:
 
 
 def per_task_backward(losses: Mapping[str, Tensor], tasks: Sequence[str],
-                      shared: Sequence[Parameter], scale: float = 1.0, comm: Comm = LOCAL
-                      ) -> tuple[Tensor, int]:
+                      shared: Sequence[Parameter], scale: float = 1.0,
+                      comm: Comm | None = None) -> tuple[Tensor, int]:
     """Back-propagate `scale * L_t` for each task; return ((K, P) true shared gradients, passes).
 
     A task whose loss does not require grad, or that does not reach a shared parameter, gets zeros.
-    The rows are float32 whatever the parameter dtype, averaged over ranks under `comm`.
+    The rows are float32 whatever the parameter dtype, averaged over ranks under `comm` (None: one
+    process).
     """
+    import torch
+
+    from medmtl.distributed import LOCAL
+
+    comm = LOCAL if comm is None else comm
     params = list(shared)
     numel = sum(p.numel() for p in params)
     device = params[0].device if params else torch.device("cpu")
@@ -60,24 +67,28 @@ def per_task_backward(losses: Mapping[str, Tensor], tasks: Sequence[str],
     return comm.mean(grads), len(runnable)
 
 
-@torch.no_grad()
 def add_shared_grad(shared: Sequence[Parameter], flat: Tensor) -> None:
     """`p.grad += flat[slice of p]` for each parameter (allocating `.grad` where it is None)."""
-    offset = 0
-    for p in shared:
-        n = p.numel()
-        g = flat[offset:offset + n].view(p.shape).to(p.dtype)
-        offset += n
-        if p.grad is None:
-            p.grad = torch.empty_like(p).copy_(g)
-        else:
-            p.grad.add_(g)
-    if offset != flat.numel():
-        raise ValueError(f"gradient has {flat.numel()} entries, parameters {offset}")
+    import torch
+
+    with torch.no_grad():
+        offset = 0
+        for p in shared:
+            n = p.numel()
+            g = flat[offset:offset + n].view(p.shape).to(p.dtype)
+            offset += n
+            if p.grad is None:
+                p.grad = torch.empty_like(p).copy_(g)
+            else:
+                p.grad.add_(g)
+        if offset != flat.numel():
+            raise ValueError(f"gradient has {flat.numel()} entries, parameters {offset}")
 
 
 def gram_stats(gram: Tensor) -> tuple[Tensor, Tensor]:
     """From the (K, K) Gram matrix: per-task norms and the mean pairwise cosine (NaN if undefined)."""
+    import torch
+
     norms = gram.diagonal().clamp_min(0).sqrt()
     k = gram.shape[0]
     if k < 2:

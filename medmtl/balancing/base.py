@@ -20,22 +20,28 @@ Conventions every balancer follows (docs/ARCHITECTURE.md, "Balancers"):
   from losses or gradients, so its weights are those of the global batch and equal on every rank
   (medmtl/distributed.py). `multi_backward` balancers run several `.backward()` per step; the
   trainer then keeps DDP's reducer out and averages the gradients itself.
+* torch is imported inside the methods (`Tensor` and `Parameter` only under `TYPE_CHECKING`): the
+  CLI imports every balancer module to generate its options, and `medmtl --help` stays free of
+  torch (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch import Tensor
-from torch.nn import Parameter
 
 from medmtl.config import BalancerConfig
-from medmtl.distributed import LOCAL, Comm
 from medmtl.registry import Registry
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    import torch
+    from torch import Tensor
+    from torch.nn import Parameter
+
+    from medmtl.distributed import Comm
 
 
 @dataclass
@@ -75,6 +81,8 @@ class Balancer:
     name = "base"
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        from medmtl.distributed import LOCAL
+
         if not tasks:
             raise ValueError("a balancer needs at least one task")
         if len(set(tasks)) != len(tasks):
@@ -184,6 +192,8 @@ class TinyAdam:
 
     def __init__(self, n: int, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        import torch
+
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = torch.zeros(n)
         self.v = torch.zeros(n)
@@ -193,28 +203,32 @@ class TinyAdam:
         self.m, self.v, self.t = self.m.to(device), self.v.to(device), self.t.to(device)
         return self
 
-    @torch.no_grad()
     def step(self, param: Tensor, grad: Tensor, ok: Tensor | None = None) -> None:
-        b1, b2 = self.betas
-        if self.weight_decay:
-            grad = grad + self.weight_decay * param
-        t = self.t + 1
-        m = b1 * self.m + (1 - b1) * grad
-        v = b2 * self.v + (1 - b2) * grad * grad
-        step = self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps)
-        if ok is None:
-            param.sub_(step)
-            self.m, self.v, self.t = m, v, t
-        else:
-            param.copy_(torch.where(ok, param - step, param))
-            self.m = torch.where(ok, m, self.m)
-            self.v = torch.where(ok, v, self.v)
-            self.t = torch.where(ok, t, self.t)
+        import torch
+
+        with torch.no_grad():
+            b1, b2 = self.betas
+            if self.weight_decay:
+                grad = grad + self.weight_decay * param
+            t = self.t + 1
+            m = b1 * self.m + (1 - b1) * grad
+            v = b2 * self.v + (1 - b2) * grad * grad
+            step = self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self.eps)
+            if ok is None:
+                param.sub_(step)
+                self.m, self.v, self.t = m, v, t
+            else:
+                param.copy_(torch.where(ok, param - step, param))
+                self.m = torch.where(ok, m, self.m)
+                self.v = torch.where(ok, v, self.v)
+                self.t = torch.where(ok, t, self.t)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"m": self.m.detach().cpu(), "v": self.v.detach().cpu(), "t": self.t.detach().cpu()}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        import torch
+
         dev = self.m.device
         self.m, self.v, self.t = (state[k].to(dev, torch.float32) for k in ("m", "v", "t"))
 

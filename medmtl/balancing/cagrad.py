@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import AliasChoices, Field
-from torch import Tensor
-from torch.nn import Parameter
 
 from medmtl.balancing._grads import add_shared_grad, per_task_backward, trainable
 from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, weighted_backward
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    from torch import Tensor
+    from torch.nn import Parameter
 
 
 def project_simplex(v: np.ndarray) -> np.ndarray:
@@ -140,6 +141,8 @@ class CAGrad(Balancer):
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        import torch
+
         present = self._present(losses)
         params = trainable(shared)
         if len(present) < 2 or not params:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
-from torch import Tensor
-from torch.nn import Parameter
 
 from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, weighted_backward
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    from torch import Tensor
+    from torch.nn import Parameter
 
 
 def dwa_weights(prev: Mapping[str, float], prev2: Mapping[str, float], tasks: Sequence[str],

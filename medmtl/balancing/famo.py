@@ -32,15 +32,17 @@ forward with `reforward`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import AliasChoices, Field
-from torch import Tensor
-from torch.nn import Parameter
 
 from medmtl.balancing.base import BALANCERS, Balancer, BalancerOptions, TinyAdam, weighted_backward
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    import torch
+    from torch import Tensor
+    from torch.nn import Parameter
 
 _EPS = 1e-8
 
@@ -62,6 +64,8 @@ class FAMO(Balancer):
     Options = FAMOOptions
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        import torch
+
         super().__init__(tasks, cfg)
         k = len(self.tasks)
         self.xi = torch.tensor(self.initial_weights(normalise=True)).log()
@@ -82,11 +86,15 @@ class FAMO(Balancer):
         return self
 
     def weights(self) -> dict[str, float]:
+        import torch
+
         z = torch.softmax(self.xi, 0) * len(self.tasks)
         return dict(zip(self.tasks, z.tolist(), strict=True))
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        import torch
+
         present = self._start(losses)
         if not present:
             return self._log(passes=0)
@@ -112,6 +120,8 @@ class FAMO(Balancer):
         return out
 
     def after_step(self, losses: Mapping[str, float | Tensor]) -> None:
+        import torch
+
         prev, self.prev = self.prev, None
         if prev is None or any(t not in losses for t in self.tasks):
             return
@@ -122,12 +132,14 @@ class FAMO(Balancer):
             self._update(prev, new, ~same)
             self.pending, self.pending_ok = prev, same
 
-    @torch.no_grad()
     def _update(self, old: Tensor, new: Tensor, ok: Tensor) -> None:
-        delta = (old.clamp_min(0) + _EPS).log() - (new.clamp_min(0) + _EPS).log()
-        z = torch.softmax(self.xi, 0)
-        grad = z * (delta - (z * delta).sum())  # J_softmax^T delta
-        self.opt.step(self.xi, grad, ok & torch.isfinite(grad).all())
+        import torch
+
+        with torch.no_grad():
+            delta = (old.clamp_min(0) + _EPS).log() - (new.clamp_min(0) + _EPS).log()
+            z = torch.softmax(self.xi, 0)
+            grad = z * (delta - (z * delta).sum())  # J_softmax^T delta
+            self.opt.step(self.xi, grad, ok & torch.isfinite(grad).all())
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"xi": self.xi.detach().cpu().clone(), "opt": self.opt.state_dict()}
@@ -139,6 +151,8 @@ class FAMO(Balancer):
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
         dev = self.xi.device
         self.xi = state["xi"].to(dev, torch.float32).clone()
         self.opt.load_state_dict(state["opt"])

@@ -6,12 +6,14 @@ One backward pass per step. Tasks missing from `cfg.weights` get weight 1.0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from torch import Tensor
-from torch.nn import Parameter
+from typing import TYPE_CHECKING
 
 from medmtl.balancing.base import BALANCERS, Balancer, weighted_backward
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    from torch import Tensor
+    from torch.nn import Parameter
 
 
 @BALANCERS.register("fixed")

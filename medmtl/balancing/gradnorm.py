@@ -35,12 +35,9 @@ weights are updated at every micro-batch.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
-from torch import Tensor
-from torch.nn import Parameter
 
 from medmtl.balancing._grads import gram_stats
 from medmtl.balancing.base import (
@@ -52,6 +49,11 @@ from medmtl.balancing.base import (
     weighted_backward,
 )
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    import torch
+    from torch import Tensor
+    from torch.nn import Parameter
 
 
 class GradNormOptions(BalancerOptions):
@@ -70,6 +72,8 @@ class GradNorm(Balancer):
     min_weight = 1e-3
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        import torch
+
         super().__init__(tasks, cfg)
         k = len(self.tasks)
         self.alpha = float(self.opts.alpha)
@@ -93,6 +97,8 @@ class GradNorm(Balancer):
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0,
                  split: TaskSplit | None = None) -> dict[str, float]:
+        import torch
+
         present = self._start(losses)
         if not present:
             return self._log(passes=0)
@@ -155,6 +161,8 @@ class GradNorm(Balancer):
                       ) -> tuple[list[Tensor | None], dict[str, Any]]:
         """Per task: d(scale L_i)/dz for the boundary tensors z and d(scale L_i)/dtheta_i for its own
         parameters (one traversal of its branch), and grad_W(scale L_i) from dL_i/dz."""
+        import torch
+
         grads: list[Tensor | None] = []
         branch: dict[str, Any] = {}
         for t in self.tasks:
@@ -176,6 +184,8 @@ class GradNorm(Balancer):
     @staticmethod
     def _backward_branches(branch: dict[str, Any], w_used: Tensor, z: list[Tensor]) -> int:
         """.grad += w_i * grad of each task's own parameters; one trunk backward of sum w_i dL_i/dz."""
+        import torch
+
         total: list[Tensor | None] = [None] * len(z)
         with torch.no_grad():
             for i, (gz, gp) in enumerate(branch.values()):
@@ -201,6 +211,8 @@ class GradNorm(Balancer):
                 "l0_count": self.l0_count.detach().cpu().clone(), "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
         dev = self.w.device
         self.w = state["w"].to(dev, torch.float32).clone()
         self.l0_sum = state["l0_sum"].to(dev, torch.float32).clone()

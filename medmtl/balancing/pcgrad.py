@@ -16,19 +16,22 @@ one task in the batch, or no shared parameters, it is a plain backward (1 pass).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
-from torch.nn import Parameter
+from typing import TYPE_CHECKING, Any
 
 from medmtl.balancing._grads import add_shared_grad, gram_stats, per_task_backward, trainable
 from medmtl.balancing.base import BALANCERS, Balancer, weighted_backward
 from medmtl.config import BalancerConfig
 
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    import torch
+    from torch import Tensor
+    from torch.nn import Parameter
+
 
 def pcgrad_project(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """(K, P) task gradients -> (K, P) projected gradients g_i^PC (sum them for the update)."""
+    import torch
+
     k = grads.shape[0]
     sq = (grads * grads).sum(1).clamp_min(1e-30)
     out = grads.clone()
@@ -52,6 +55,8 @@ class PCGrad(Balancer):
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        import torch
+
         present = self._present(losses)
         params = trainable(shared)
         if len(present) < 2 or not params:

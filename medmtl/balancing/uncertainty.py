@@ -20,14 +20,15 @@ in the batch only its own term (and its s_i) enters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import Tensor
-from torch.nn import Parameter
+from typing import TYPE_CHECKING, Any
 
 from medmtl.balancing.base import BALANCERS, Balancer, device_of
 from medmtl.config import BalancerConfig
+
+if TYPE_CHECKING:  # torch loads when a balancer is built, not when the CLI lists the options
+    import torch
+    from torch import Tensor
+    from torch.nn import Parameter
 
 
 @BALANCERS.register("uncertainty")
@@ -36,15 +37,19 @@ class UncertaintyWeighting(Balancer):
     learns_weights = True
 
     def __init__(self, tasks: Sequence[str], cfg: BalancerConfig) -> None:
+        import torch
+
         super().__init__(tasks, cfg)
         self.log_vars: dict[str, Parameter] = {
-            t: Parameter(-torch.tensor(w).log()) for t, w in zip(self.tasks, self.initial_weights(),
+            t: torch.nn.Parameter(-torch.tensor(w).log()) for t, w in zip(self.tasks, self.initial_weights(),
                                                                  strict=True)}
 
     def parameters(self) -> list[Parameter]:
         return [self.log_vars[t] for t in self.tasks]
 
     def to(self, device: torch.device | str) -> UncertaintyWeighting:
+        import torch
+
         # move the data in place so that the Parameter objects (held by the optimiser) stay the same
         for p in self.log_vars.values():
             if p.device != torch.device(device):
@@ -52,11 +57,15 @@ class UncertaintyWeighting(Balancer):
         return self
 
     def weights(self) -> dict[str, float]:
+        import torch
+
         s = torch.stack([self.log_vars[t].detach() for t in self.tasks])
         return dict(zip(self.tasks, torch.exp(-s).tolist(), strict=True))
 
     def backward(self, losses: dict[str, Tensor], shared: Sequence[Parameter],
                  last_shared: Parameter | None = None, scale: float = 1.0) -> dict[str, float]:
+        import torch
+
         present = self._start(losses)
         if not present:
             return self._log(passes=0)
@@ -77,6 +86,8 @@ class UncertaintyWeighting(Balancer):
         return {"log_vars": {t: p.detach().cpu().clone() for t, p in self.log_vars.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
         for t, v in state["log_vars"].items():
             if t in self.log_vars:
                 p = self.log_vars[t]

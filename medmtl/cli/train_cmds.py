@@ -24,10 +24,19 @@ from medmtl.cli.options import (
 from medmtl.cli.preflight import check_option_files, check_view_label_files, preflight
 from medmtl.config import TrainConfig
 from medmtl.data.corrections import CorrectionError
-from medmtl.methods import split_methods
-from medmtl.report.pareto import RUNTIMES
 
-_RUNTIMES = tuple(RUNTIMES)
+# medmtl.report.pareto.RUNTIMES' names, spelt out so that building the CLI imports no report code
+# (matplotlib, scipy); tests/test_cli_startup.py checks that the two agree
+_RUNTIMES = ("torch-cpu", "ort-cpu", "torch-cuda")
+
+
+def split_methods(text: str) -> list[str]:
+    """medmtl.methods.split_methods, imported when a command runs (medmtl.methods loads the
+    model registry: torch, timm)."""
+    from medmtl.methods import split_methods as split
+
+    return split(text)
+
 LatencyBudget = Annotated[float | None, Opt(
     "--latency-budget", metavar="MS", min=0.0,
     help="Also name the most accurate method (highest delta-m) whose end-to-end latency is "
@@ -174,7 +183,7 @@ def compare(
     **config_values: Any,
 ) -> None:
     """Train every method x seed with the same data, budget and evaluation, then write the report."""
-    from medmtl.engine.compare import parse_shard, run_compare
+    from medmtl.experiments.compare import parse_shard, run_compare
 
     data = config_values.pop("data")  # required (with_config_options)
     _check_runtime(latency_runtime)
@@ -236,9 +245,9 @@ def tune(
 ) -> None:
     """Tune every method's own hyper-parameters with an equal budget on val (Optuna, resumable),
     then train the best configuration of each over the seeds and write the report."""
-    from medmtl.engine.compare import run_compare
-    from medmtl.engine.tune import tune as run_tune
-    from medmtl.engine.tune import tuned_variants
+    from medmtl.experiments.compare import run_compare
+    from medmtl.experiments.tune import tune as run_tune
+    from medmtl.experiments.tune import tuned_variants
     from medmtl.methods import check_method
 
     data = config_values.pop("data")  # required (with_config_options)
@@ -318,12 +327,12 @@ def report(
                                  param_hint="--bootstrap-unit")
     check_compare_folder(folder)  # not one run's folder: one line, exit 2
     if retime:
-        from medmtl.engine.retime import remeasure_latency
+        from medmtl.experiments.retime import remeasure_latency
 
         runs = sorted(p.parent for p in folder.glob("runs/*/metrics.json"))
         remeasure_latency(runs, console)
     _report(folder, baseline, latency_budget, latency_runtime, dm_tolerance,
-            BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed, bootstrap_unit))
+            BootstrapSettings(bootstrap_map, bootstrap_view, bootstrap_seed, unit=bootstrap_unit))
 
 
 @app.command()
@@ -342,7 +351,7 @@ def demo(
     import time
 
     from medmtl.data.synth import generate
-    from medmtl.engine.compare import run_compare
+    from medmtl.experiments.compare import run_compare
     from medmtl.report import write_report
 
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Architecture plug-ins. Every module in this folder whose name does not start with `_` is
 imported when the package is, and registers its builders in `medmtl.models.base.ARCHS`; adding
-an architecture is adding a file here (see README, "Adding an architecture")."""
+an architecture is adding a file here (see docs/extending.md, "Adding an architecture")."""
 
 from __future__ import annotations
 
