@@ -26,7 +26,7 @@ def test_spec_sets_arch_balancer_options_weights_and_lr() -> None:
 
 
 @pytest.mark.parametrize(("spec", "needle"), [
-    ("shared:gradnorm:beta=1", "unknown key 'beta'; gradnorm specs take alpha, "
+    ("shared:gradnorm:beta=1", "unknown key 'beta'; gradnorm specs take alpha, epochs, "
                                "freeze_trunk_epochs, lr, view_labels, w_classify, w_detect, "
                                "w_distill"),
     ("shared:nope", "unknown balancer 'nope'"),

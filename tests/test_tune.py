@@ -34,6 +34,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.heavy  # 107 s; resuming a search is also proven by test_tune_postgres.py's lost server
 def test_tune_resumes_after_a_kill_and_feeds_compare(synth_tiny: Path, tmp_path: Path) -> None:
     import optuna
     from typer.testing import CliRunner
