@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -287,6 +288,36 @@ def _collision(e: BaseException) -> bool:
 
     cause = e.__cause__ or e
     return isinstance(cause, IntegrityError | ProgrammingError) or "already exists" in str(cause)
+
+
+def _storage_cause(e: BaseException, errors: tuple[type[BaseException], ...]
+                   ) -> BaseException | None:
+    """The storage error `e` is or arose from (Optuna may raise another error while handling a
+    lost database, e.g. an UnboundLocalError in its own clean-up), else None."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, errors):
+            return x
+        stack += [x.__cause__, x.__context__]
+    return None
+
+
+def _quiet_heartbeat_errors(errors: tuple[type[BaseException], ...]) -> Any:
+    """A `threading.excepthook` that drops a storage error of Optuna's heartbeat thread (the
+    main thread meets the same lost server at its next call and says it in one line)."""
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if not isinstance(args.exc_value, errors):
+            previous(args)
+
+    threading.excepthook = hook
+    return previous
 
 
 __all__ = ["CONNECT_TIMEOUT_S", "EXAMPLE", "GRACE_S", "HEARTBEAT_S", "StorageLost",

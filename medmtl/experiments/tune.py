@@ -13,8 +13,8 @@ process's: every process runs trials until the study holds `trials` distinct com
 configurations, a trial claims its place when it starts (one that starts when the places are
 taken ends at once, unrun, and is left out of the counts), and a process whose last places are
 being run elsewhere waits for them, so every process reports the same best configuration. Each
-trial's sampler is seeded by (seed, trial number): processes that start together draw different
-configurations, and a resumed search draws new ones, reproducibly.
+trial's sampler is seeded by (seed, trial number) (`experiments.trials`): processes that start
+together draw different configurations, a resumed search new ones, reproducibly.
 
 A killed search resumes: finished trials are kept; a trial left RUNNING by a dead process on
 this host, or whose heartbeat stopped (`storage.HEARTBEAT_S`, a vanished machine), is failed and
@@ -22,9 +22,8 @@ Optuna's retry callback queues its parameters again. A trial that fails on its o
 configuration: non-finite weights or score, or an error in its run) is counted as failed and the
 search goes on, up to `trials` failures in one process. A database lost during the search is one
 line (`storage.StorageLost`); the next start resumes. The sampler that actually drew each
-configuration (random start-up, TPE, or a re-run) is recorded and printed. The best configuration
-of each method then runs over the seeds as `<method>@tuned` through `compare`, and the report
-shows the tuned values and the search trace (`<out>/tune.json`).
+configuration (random start-up, TPE, or a re-run) is recorded and printed. Each method's best
+then runs over the seeds as `<method>@tuned` (`compare`); the report shows `<out>/tune.json`.
 """
 
 from __future__ import annotations
@@ -37,12 +36,10 @@ import threading
 import time
 import traceback
 import warnings
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from medmtl.balancing import balancer_class
@@ -51,6 +48,8 @@ from medmtl.errors import MedmtlError, NonFiniteError, clip_text
 from medmtl.evaluation.selection import selection_score
 from medmtl.experiments.storage import (
     GRACE_S,
+    _quiet_heartbeat_errors,
+    _storage_cause,
     check_storage,
     lost_error,
     open_error,
@@ -59,12 +58,19 @@ from medmtl.experiments.storage import (
     shown,
     storage_errors,
 )
+from medmtl.experiments.trials import (
+    _claimed,
+    _distinct_complete,
+    _sampler,
+    _sampler_record,
+    n_startup,
+    sampler_plan,
+)
 from medmtl.fileio import atomic_write_text
 from medmtl.methods import build_config, run_name
 
 LR_RANGE = (0.25, 4.0)  # the learning rate searched in [lr / 4, lr * 4], log scale
 FIXED_WEIGHT_RANGE = (0.05, 5.0)  # fixed: the classify weight (detect stays 1), log scale
-STARTUP_TRIALS = 5  # TPE draws its first min(5, budget) configurations at random
 POLL_S = 2.0  # how often a process whose last places run elsewhere looks at the study
 
 
@@ -153,67 +159,6 @@ def _fail_stale(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-
-
-def n_startup(trials: int) -> int:
-    """TPE's random start-up trials for a budget of `trials`."""
-    return min(STARTUP_TRIALS, trials)
-
-
-def _sampler(seed: int, number: int, startup: int) -> Any:
-    """The TPE sampler of trial `number`, seeded by (seed, number): trial 0 by `seed` alone, and
-    processes that run at once, or a search resumed later, never share a random sequence.
-    `constant_liar`: the trials running elsewhere count as bad, so TPE does not draw next to
-    them."""
-    import optuna
-
-    s = seed if number == 0 else int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
-    return optuna.samplers.TPESampler(seed=s, n_startup_trials=startup, constant_liar=True)
-
-
-def sampler_plan(trials: int) -> str:
-    """What the sampler will be for a budget of `trials`, in words."""
-    k = n_startup(trials)
-    if trials <= k:
-        return (f"random (a budget of {trials} is within TPE's {k} random start-up trials: every "
-                "configuration is a random draw)")
-    return f"TPE (first {k} trials random)"
-
-
-def _key(t: Any) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted(t.params.items()))
-
-
-def _distinct_complete(study: Any) -> list[Any]:
-    """The complete trials, the first of each parameter set only: a repeated configuration is
-    not a new point of the budget."""
-    import optuna
-
-    seen: set[tuple[tuple[str, float], ...]] = set()
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.COMPLETE and _key(t) not in seen:
-            seen.add(_key(t))
-            out.append(t)
-    return out
-
-
-def _claimed(study: Any, before: int | None = None) -> tuple[int, int]:
-    """(distinct complete configurations, running trials) of the study, of the trials numbered
-    below `before` when given: the places of the budget already taken."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-    seen: set[tuple[tuple[str, float], ...]] = set()
-    running = 0
-    for t in study.get_trials(deepcopy=False, states=states):
-        if before is not None and t.number >= before:
-            continue
-        if t.state == optuna.trial.TrialState.RUNNING:
-            running += 1
-        else:
-            seen.add(_key(t))
-    return len(seen), running
 
 
 def _first_line(e: BaseException) -> str:
@@ -356,48 +301,6 @@ def _running_text(study: Any) -> str:
 
 def _params_text(params: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in params.items())
-
-
-def _sampler_record(trials: list[Any], budget: int, seed: int) -> dict[str, Any]:
-    """The sampler planned for the budget and what drew each configuration, counted: "TPE" only
-    when TPE drew at least one (a budget within its random start-up never gets there)."""
-    drawn = Counter(t.user_attrs.get("drawn_by") or "unknown" for t in trials if t.params)
-    text = f"{drawn.get('random', 0)} drawn at random, {drawn.get('TPE', 0)} by TPE"
-    text += "".join(f", {n} {how}" for how, n in sorted(drawn.items())
-                    if how not in ("random", "TPE"))
-    return {"name": "TPE" if drawn.get("TPE") else "random", "planned": sampler_plan(budget),
-            "n_startup_trials": n_startup(budget), "seed": f"({seed}, trial number)",
-            "constant_liar": True, "drawn": dict(drawn), "text": text}
-
-
-def _storage_cause(e: BaseException, errors: tuple[type[BaseException], ...]
-                   ) -> BaseException | None:
-    """The storage error `e` is or arose from (Optuna may raise another error while handling a
-    lost database, e.g. an UnboundLocalError in its own clean-up), else None."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [e]
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, errors):
-            return x
-        stack += [x.__cause__, x.__context__]
-    return None
-
-
-def _quiet_heartbeat_errors(errors: tuple[type[BaseException], ...]) -> Any:
-    """A `threading.excepthook` that drops a storage error of Optuna's heartbeat thread (the
-    main thread meets the same lost server at its next call and says it in one line)."""
-    previous = threading.excepthook
-
-    def hook(args: Any) -> None:
-        if not isinstance(args.exc_value, errors):
-            previous(args)
-
-    threading.excepthook = hook
-    return previous
 
 
 def tune(data: str, methods: list[str], trials: int, out: str | Path,
