@@ -91,7 +91,7 @@ COMMON=(--epochs "$EPOCHS" --imgsz "$IMGSZ" --size n --batch 16 --workers 1
   --untuned detect,classify,original,fixed,pcgrad,dual,split2,fixed:view_labels=clip-majority \
   --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" "${TUNE_STORAGE[@]}" 2>&1 | tee -a "$LOG"
 "$MEDMTL" compare --data "$SPLIT/data.yaml" --seeds "$SEEDS" "${COMMON[@]}" --out "$OUT" \
-  --methods "detect,classify,staged,distill,fixed:epochs=$((2 * EPOCHS)),auto,split1:fixed,split3:fixed" \
+  --methods "detect,classify,staged,fixed:epochs=$((2 * EPOCHS)),distill,auto,split1:fixed,split3:fixed" \
   "${SHARD_ARGS[@]}" \
   2>&1 | tee -a "$LOG"
 if [[ -n "$SHARD" ]]; then
