@@ -304,6 +304,7 @@ class TrainConfig(BaseModel):
     teacher: str | None = opt(None, "Knowledge distillation from a frozen teacher: RUN_DIR of a "
                               "dual run, or DETECT_RUN,CLASSIFY_RUN (single-task runs)",
                               panel="Method")
+    plugins: list[str] = opt(list, cli=False)  # method plug-ins by name (a preset sets them)
     diag_steps: int = opt(2, "Gradient-interference measurements per epoch", panel=_RUN, ge=0)
     diag_per_stage: bool = opt(False, "Also log the gradient cosine per shared stage", panel=_RUN)
     auto_probe_steps: int = opt(200, "--arch auto: optimiser steps of the shared probe that "

@@ -29,6 +29,10 @@ class InputError(MedmtlError, ValueError):
     """A value given by the user (an option, a file) outside what medmtl accepts."""
 
 
+class PluginError(MedmtlError, ImportError):
+    """An installed method plug-in (the `medmtl.plugins` entry-point group) that fails to import."""
+
+
 class NonFiniteError(MedmtlError):
     """Training or inference produced NaN/inf values."""
 

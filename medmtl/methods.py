@@ -29,7 +29,7 @@ from typing import Any
 from medmtl.balancing import BALANCERS, balancer_class, option_keys, resolve_config
 from medmtl.config import DISTILL, TASKS, TrainConfig, merge_dicts
 from medmtl.data.view_labels import POLICIES
-from medmtl.errors import clip_text
+from medmtl.errors import PluginError, clip_text
 from medmtl.models import ARCHS
 
 MAX_SPEC_CHARS = 200  # a spec names a run folder (plus "-s<seed>"): well under 255 bytes
@@ -71,6 +71,48 @@ SOURCES: dict[str, tuple[str, str]] = {
 }
 
 
+ENTRY_POINT_GROUP = "medmtl.plugins"
+_entry_points_loaded = False
+
+
+def register_method(name: str, overrides: dict[str, Any],
+                    source: tuple[str, str] | None = None) -> None:
+    """Register a method preset: `overrides` of the config (model, balancer, `plugins`, ...) and,
+    for a method that starts from another run, `source` = (config field, the method whose run of
+    the same seed `compare` trains first and hands over), as `SOURCES`. A plug-in's file calls
+    this beside its `@PLUGINS.register` (docs/extending.md)."""
+    if name in PRESETS or name in BALANCERS or ":" in name or not name:
+        raise ValueError(f"method {name!r} is registered already or is not a valid name")
+    PRESETS[name] = copy.deepcopy(overrides)
+    if source is not None:
+        SOURCES[name] = source
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method `register_method` added (tests clean up with this)."""
+    PRESETS.pop(name, None)
+    SOURCES.pop(name, None)
+
+
+def load_entry_points() -> None:
+    """Import, once per process, every module of the `medmtl.plugins` entry-point group: an
+    installed package's methods and plug-ins register themselves when imported. A module that
+    fails to import stops with one line naming it."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001  (any import failure: one line naming the package)
+            raise PluginError(f"method plug-in {ep.name!r} ({ep.value}, entry point group "
+                              f"{ENTRY_POINT_GROUP}) failed to import: {type(e).__name__}: "
+                              f"{clip_text(str(e))}; fix or uninstall that package") from None
+
+
 def base_preset(method: str) -> str | None:
     """The preset a method is or extends (`staged:alpha=0.5` -> `staged`); None for a spec
     arch:balancer."""
@@ -87,7 +129,9 @@ def method_source(method: str) -> tuple[str, str] | None:
 
 
 def presets() -> dict[str, dict[str, Any]]:
-    """The presets above, then one per registered balancer that has none (in registry order)."""
+    """The presets above (and those plug-in packages register), then one per registered balancer
+    that has none (in registry order)."""
+    load_entry_points()
     out = dict(PRESETS)
     for name in BALANCERS.names():
         out.setdefault(name, {"model": {"arch": "shared"}, "balancer": {"name": name}})
@@ -266,5 +310,7 @@ def build_config(method: str | None = None, overrides: dict[str, Any] | None = N
     return cfg
 
 
-__all__ = ["PRESETS", "SOURCES", "base_preset", "build_config", "method_source", "check_method", "is_spec", "method_names", "parse_spec",
-           "presets", "run_name", "split_methods"]
+__all__ = ["ENTRY_POINT_GROUP", "PRESETS", "SOURCES", "base_preset", "build_config",
+           "check_method", "is_spec", "load_entry_points", "method_names", "method_source",
+           "parse_spec", "presets", "register_method", "run_name", "split_methods",
+           "unregister_method"]

@@ -194,26 +194,28 @@ def test_distillation_loss_falls_and_agreement_rises(synth_tiny: Path, dual_run:
     t = Trainer(cfg, progress=False)
     try:
         assert t.balancer.tasks == ["detect", "classify", "distill"]
-        teacher_net = t.teacher.models[0][0]
+        [kd] = t.plugins  # the distill plug-in holds the teacher
+        teacher = kd.teacher
+        teacher_net = teacher.models[0][0]
         with torch.no_grad():
             teacher_net.classify_head.linear.weight.mul_(10)
             teacher_net.classify_head.linear.bias.mul_(10)
             for cls in teacher_net.detect_head.cls:
                 cls[-1].weight.mul_(3)
         loader = t.data.eval_loader("val")
-        before = _agreement(t.model, t.teacher, loader)
+        before = _agreement(t.model, teacher, loader)
         # the cache gives what a forward gives
         batch = next(iter(loader))
         x = batch["images"].float() / 255
         ids = [m["image_id"] + 10**6 for m in batch["meta"]]
-        fresh = t.teacher(x, ids)
-        cached = t.teacher(x, ids)
+        fresh = teacher(x, ids)
+        cached = teacher(x, ids)
         assert torch.equal(fresh["classify"], cached["classify"])
         assert all(torch.equal(a, b) for a, b in zip(fresh["detect"], cached["detect"],
                                                       strict=True))
-        t.teacher.cache = {k: v for k, v in t.teacher.cache.items() if k < 10**6}
+        teacher.cache = {k: v for k, v in teacher.cache.items() if k < 10**6}
         t.fit()
-        after = _agreement(t.model, t.teacher, loader)
+        after = _agreement(t.model, teacher, loader)
     finally:
         t.close()
     rows = (tmp_path / "kd" / "history.csv").read_text().splitlines()
@@ -226,7 +228,7 @@ def test_distillation_loss_falls_and_agreement_rises(synth_tiny: Path, dual_run:
     assert after[0] > before[0] + 0.25, (before, after)  # the view agreement rises
     assert after[1] < 0.3 * before[1], (before, after)
     assert after[2] < 0.5 * before[2], (before, after)
-    assert len(t.teacher.cache) == 96  # every training image once
+    assert len(teacher.cache) == 96  # every training image once
     m = json.loads((tmp_path / "kd" / "metrics.json").read_text())
     assert set(m["training"]["final_weights"]) == {"detect", "classify", "distill"}
     assert [s["stage"] for s in m["training"]["stages"]] == ["teacher", "this run"]

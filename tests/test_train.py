@@ -159,7 +159,7 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
     full = Trainer(_tiny_cfg(synth_tiny, tmp_path / "full", method), progress=False)
     full.fit()
 
-    real_step = Trainer._optimizer_step
+    real_step = Trainer.optimizer_step
     calls = {"n": 0}
 
     def flaky(self: Trainer, n_micro: int, losses: list | None = None) -> bool:
@@ -168,10 +168,10 @@ def test_interrupted_run_resumes_to_identical_weights(synth_tiny: Path, tmp_path
             os.kill(os.getpid(), sig)
         return real_step(self, n_micro, losses)
 
-    monkeypatch.setattr(Trainer, "_optimizer_step", flaky)
+    monkeypatch.setattr(Trainer, "optimizer_step", flaky)
     with pytest.raises(KeyboardInterrupt):
         Trainer(_tiny_cfg(synth_tiny, tmp_path / "cut", method), progress=False).fit()
-    monkeypatch.setattr(Trainer, "_optimizer_step", real_step)
+    monkeypatch.setattr(Trainer, "optimizer_step", real_step)
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(_tiny_cfg(synth_tiny, tmp_path / "cut", method), progress=False)
     resumed = Trainer(_tiny_cfg(synth_tiny, tmp_path / "cut", method), resume=True,

@@ -52,7 +52,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from medmtl.engine.loop import forward_losses, micro_step, reforward_losses
+from medmtl.engine.plugin_api import PLUGINS, MethodPlugin, TrainStep
 from medmtl.evaluation.interference import gradient_interference
 from medmtl.evaluation.multiple import holm
 from medmtl.fileio import atomic_write_text
@@ -253,7 +253,7 @@ def _both_tasks(batch: dict[str, Any]) -> bool:
     return bool(batch["det_mask"].any()) and bool(batch["view_mask"].any())
 
 
-def _similarity_step(t: Any, batch: dict[str, Any]) -> dict[str, float]:
+def _similarity_step(t: TrainStep, batch: dict[str, Any]) -> dict[str, float]:
     model = t.model
     saved = [(b, b.clone()) for b in model.buffers()]
     outs: dict[str, Tensor] = {}
@@ -261,7 +261,7 @@ def _similarity_step(t: Any, batch: dict[str, Any]) -> dict[str, float]:
         lambda m, i, o, g=g: outs.__setitem__(f"backbone.stage{g}", o))
         for g, stage in zip(model.trunk.global_indices(), model.trunk.stages, strict=True)]
     try:
-        losses, _ = forward_losses(t, batch, {"detect": True, "classify": True}, model)
+        losses, _ = t.forward_losses(batch, {"detect": True, "classify": True}, model)
         sim = feature_similarity(losses, outs)
     finally:
         for h in hooks:
@@ -273,7 +273,7 @@ def _similarity_step(t: Any, batch: dict[str, Any]) -> dict[str, float]:
     return sim
 
 
-def probe(t: Any, steps: int) -> dict[str, Any]:
+def probe(t: TrainStep, steps: int) -> dict[str, Any]:
     """Train the trainer ``t`` (a `shared` model) ``steps`` optimiser steps; return the profile."""
     if not t.cfg.diag_per_stage:
         raise ValueError("the probe's config must set diag_per_stage")
@@ -294,14 +294,10 @@ def probe(t: Any, steps: int) -> dict[str, Any]:
                 for k, v in _similarity_step(t, batch).items():
                     if math.isfinite(v):
                         sims.setdefault(k, []).append(v)
-            present = {"detect": True, "classify": True}
-            losses, _ = micro_step(t, batch, present, 0, 1, prof.acc)  # cosines every step
+            # one training step, cosines measured at every step; the balancer's own updates
+            # (FAMO's logits, ...) as in training
+            losses = t.train_step(batch, {"detect": True, "classify": True}, prof.acc)
             prof.end_step()
-            if t._optimizer_step(1, list(losses.values())):
-                # the balancer's own updates, as in training (FAMO's logits, ...)
-                t.balancer.after_step(reforward_losses(t, batch, present)
-                                      if t.balancer.reforward
-                                      else {k: v.detach() for k, v in losses.items()})
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             counted += 1
@@ -420,3 +416,33 @@ def budget_epochs_used(run_dir: Path) -> int:
     runs and for a probe that was extra."""
     rec = _read_record(run_dir) or {}
     return int(rec.get("probe_epochs") or 0) if rec.get("probe_counts_in_epochs") else 0
+
+
+@PLUGINS.register(AUTO)
+class AutoBranch(MethodPlugin):
+    """`--arch auto` (the `auto` preset): before the run, the probe chooses the arch and the
+    weights to start from; the run's record (`auto_branch.json`) then says what the probe spent
+    and chose. Used by a run whose arch is `auto`, and on resume by the run folder that holds the
+    record."""
+
+    name = AUTO
+
+    @classmethod
+    def uses(cls, cfg: Any) -> bool:
+        return cfg.model.arch == AUTO or (Path(cfg.out) / RECORD).is_file() or super().uses(cfg)
+
+    @classmethod
+    def prepare(cls, cfg: Any, trainer_cls: type[Any]) -> tuple[Any, dict[str, Tensor] | None]:
+        if cfg.model.arch != AUTO:  # chosen before (the record): nothing to probe
+            return cfg, None
+        out, state, _ = run_auto(cfg, trainer_cls)
+        return out, state
+
+    def budget_epochs(self, run_dir: Path) -> int:
+        return budget_epochs_used(run_dir)
+
+    def stages_before(self, run_dir: Path) -> list[dict[str, Any]]:
+        return probe_stages(run_dir)
+
+    def record(self, run_dir: Path) -> dict[str, Any]:
+        return auto_branch_record(run_dir)

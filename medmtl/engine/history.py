@@ -55,10 +55,9 @@ def _fmt(v: Any) -> Any:
 
 
 
-def training_summary(trainer: Any, before: list[dict[str, Any]] | None = None
-                     ) -> dict[str, Any]:
-    """metrics.json's `training` block of a finished trainer (medmtl.engine.trainer.Trainer);
-    ``before``: stages of this run before its training (`training_stages`)."""
+def training_summary(trainer: Any) -> dict[str, Any]:
+    """metrics.json's `training` block of a finished trainer (medmtl.engine.trainer.Trainer), with
+    the stages its plug-ins record: the runs it started from, and stages before its training."""
     from medmtl.engine.stages import training_stages
 
     st, cfg, tasks = trainer.state, trainer.cfg, trainer.loss_tasks
@@ -72,7 +71,9 @@ def training_summary(trainer: Any, before: list[dict[str, Any]] | None = None
         "world_size": trainer.comm.world_size, "global_batch": cfg.batch,
         "sync_bn": bool(cfg.sync_bn and trainer.comm.active),
         "final_weights": {t: weights.get(t, 1.0) for t in tasks} if len(tasks) > 1 else None,
-        **training_stages(cfg, st.train_seconds, st.epoch, before),
+        **training_stages(cfg, st.train_seconds, st.epoch,
+                          [src for p in trainer.plugins for src in p.sources()],
+                          [s for p in trainer.plugins for s in p.stages_before(trainer.run_dir)]),
     }
 
 __all__ = ["BASE_COLUMNS", "training_summary", "val_columns", "write_history"]

@@ -26,6 +26,7 @@ from medmtl.engine.evaluate import (
     run_inference,
     score,
 )
+from medmtl.engine.plugin_api import stage_label
 from medmtl.engine.progress import EpochProgress
 from medmtl.engine.run_state import StopAtStep
 from medmtl.engine.utils import peak_memory_mb
@@ -37,8 +38,8 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
     """Train the rest of epoch `t.state.epoch`; returns its history row (without val columns)."""
     cfg, st, comm, tasks = t.cfg, t.state, t.comm, t.tasks
     t.model.train()
-    if getattr(t, "frozen", False):
-        t.model.trunk.eval()  # staged training: the frozen trunk keeps its BatchNorm statistics
+    for p in t.plugins:  # e.g. staged training freezes the trunk (eval mode) for a while
+        p.on_epoch_start(t, st.epoch)
     nb = t.data.batches_per_epoch()
     start_batch = st.step_in_epoch * cfg.accumulate
     loader = t.data.train_loader(st.epoch, start_batch)
@@ -77,7 +78,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
         pending.append((step_losses, passes))
         micro += 1
         if last_micro:
-            stepped = t._optimizer_step(micro, [v for sl, _ in pending for v in sl.values()])
+            stepped = t.optimizer_step(micro, [v for sl, _ in pending for v in sl.values()])
             if stepped:
                 guard.ok()
                 t.balancer.after_step(reforward_losses(t, *last_batch) if t.balancer.reforward
@@ -132,9 +133,9 @@ def _epoch_row(t: Any, acc: dict[str, Any], seconds: float) -> dict[str, Any]:
                 "nonfinite_steps": acc.get("nonfinite_steps", 0),
                 "unreadable_samples": getattr(t.data.train_set, "unreadable", 0)})
     row.update(rank_spread(t, weights))
-    if t.cfg.init_from or t.cfg.teacher:  # runs that start from other runs say which stage
-        row["stage"] = "frozen-trunk" if getattr(t, "frozen", False) else \
-            "distill" if t.cfg.teacher else "joint"
+    stage = stage_label(t.plugins, t.state.epoch)  # runs with a plug-in say which stage
+    if stage is not None:
+        row["stage"] = stage
     return row
 
 
@@ -202,29 +203,17 @@ def micro_step(t: Any, batch: dict[str, Any], present: dict[str, bool], i: int, 
 def forward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool], net: Any,
                    ) -> tuple[dict[str, torch.Tensor], Any]:
     """The one forward + loss of training: the batch through ``net`` (the trainer's DDP-wrapped
-    `net`, or the bare `model`) under the run's autocast, the teacher's outputs where one
-    distils, the criterion's per-task losses of the ``present`` tasks. Returns the losses and the
+    `net`, or the bare `model`) under the run's autocast, the criterion's per-task losses of the
+    ``present`` tasks, then each plug-in's loss terms (distillation). Returns the losses and the
     shared features the model kept for GradNorm's fast path (None when it kept none)."""
     images = prepare_images(batch["images"], t.device, t.channels_last)
-    with torch.autocast(t.device.type, dtype=t.autocast, enabled=t.autocast is not None):
+    with t.amp_context():
         out = net(images)
-        teacher = teach(t, images, batch)
     shared_features = t.model.take_shared_features()
-    losses = t.criterion(with_neck(t, out), move_targets(batch, t.device), present, t.comm,
-                         teacher=teacher)
+    losses = t.criterion(out, move_targets(batch, t.device), present, t.comm)
+    for p in t.plugins:
+        losses.update(p.extra_losses(t, images, batch, out))
     return losses, shared_features
-
-
-def teach(t: Any, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, Any] | None:
-    """The teacher's outputs of the batch (knowledge distillation), None without a teacher."""
-    if t.teacher is None:
-        return None
-    return t.teacher(images, [m["image_id"] for m in batch["meta"]])
-
-
-def with_neck(t: Any, out: dict[str, Any]) -> dict[str, Any]:
-    """The student's output plus its neck levels when feature imitation reads them."""
-    return out if t.student_tap is None else {**out, "neck": t.student_tap.take()}
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from medmtl.engine.plugin_api import PLUGINS, MethodPlugin, TrainStep
 from medmtl.errors import CheckpointError
 from medmtl.models.checkpoint import load_weights, model_from_checkpoint
 
@@ -168,18 +169,12 @@ def set_trunk_frozen(model: nn.Module, frozen: bool) -> None:
         trunk.eval()
 
 
-def source_dirs(cfg: Any) -> list[tuple[str, str]]:
-    """(kind, run dir) of every run this one starts from."""
-    out = [("init-from", cfg.init_from)] if cfg.init_from else []
-    return out + [("teacher", d) for d in teacher_dirs(cfg.teacher or "")]
-
-
-def training_stages(cfg: Any, seconds: float, epochs: int,
+def training_stages(cfg: Any, seconds: float, epochs: int, sources: list[tuple[str, str]],
                     before: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """metrics.json's `training.stages` and `training.seconds_total` (this run plus every source's
-    own total and the ``before`` stages of this run, e.g. `--arch auto`'s probe: a method's cost
-    includes the compute it needed); {} for a run without sources or earlier stages."""
-    sources = source_dirs(cfg)
+    """metrics.json's `training.stages` and `training.seconds_total` (this run plus every
+    source's own total -- ``sources``: (kind, run dir) -- and the ``before`` stages of this run,
+    e.g. `--arch auto`'s probe: a method's cost includes the compute it needed); {} for a run
+    without sources or earlier stages."""
     if not sources and not before:
         return {}
     stages = [rec for kind, d in sources for rec in stage_records(kind, [d])] + list(before or [])
@@ -194,6 +189,45 @@ def teacher_dirs(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-__all__ = ["check_compatible", "copy_source_files", "detection_path_state", "init_from_run",
-           "load_source", "prepare_init", "set_trunk_frozen", "source_checkpoint", "source_dirs",
+@PLUGINS.register("staged")
+class Staged(MethodPlugin):
+    """Staged training (`--init-from RUN_DIR`, the `staged` preset): the model starts from the
+    source run's detection path, with the shared trunk frozen for the first
+    `--freeze-trunk-epochs` epochs (BatchNorm statistics kept) and trained after."""
+
+    name = "staged"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.frozen = False
+
+    @classmethod
+    def uses(cls, cfg: Any) -> bool:
+        return bool(cfg.init_from) or super().uses(cfg)
+
+    def init_model(self, model: nn.Module, names: list[str], cls_names: list[str],
+                   distributed: bool) -> str:
+        info = prepare_init(self.cfg, model, names, cls_names, distributed)
+        return (f"--init-from {self.cfg.init_from}: {info['copied_tensors']} tensors copied, "
+                f"{info['fresh_tensors']} start fresh")
+
+    def on_epoch_start(self, step: TrainStep, epoch: int) -> None:
+        frozen = epoch < self.cfg.freeze_trunk_epochs
+        if frozen:
+            set_trunk_frozen(step.model, True)  # again after model.train(): eval mode kept
+        if frozen != self.frozen:
+            if not frozen:
+                set_trunk_frozen(step.model, False)
+            self.frozen = frozen
+            step.refresh_shared()
+
+    def stage(self, epoch: int) -> str:
+        return "frozen-trunk" if epoch < self.cfg.freeze_trunk_epochs else "joint"
+
+    def sources(self) -> list[tuple[str, str]]:
+        return [("init-from", self.cfg.init_from)]
+
+
+__all__ = ["Staged", "check_compatible", "copy_source_files", "detection_path_state",
+           "init_from_run", "load_source", "prepare_init", "set_trunk_frozen", "source_checkpoint",
            "stage_records", "teacher_dirs", "training_stages"]

@@ -5,7 +5,8 @@
 (BatchNorm running statistics, no dropout). With augmentation off (every `augment` value 0) a
 training image is the same tensor at every epoch, so its outputs are cached once per image (on
 the training device) and later epochs run no teacher forward; otherwise it runs batch by batch.
-`NeckTap` captures a model's PAN neck outputs through a forward hook.
+`NeckTap` captures a model's PAN neck outputs through a forward hook. `Distill` is the method
+plug-in: the teacher, the student's neck tap and the distillation loss, a task of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from medmtl.config import DISTILL
+from medmtl.engine.plugin_api import PLUGINS, MethodPlugin, TrainStep
 from medmtl.engine.stages import check_compatible, load_source, teacher_dirs
 from medmtl.errors import InputError
+from medmtl.losses.distill import DistillLoss
 
 
 class NeckTap:
@@ -99,4 +103,46 @@ class Teacher:
                 for k, v in rows[0].items()}
 
 
-__all__ = ["NeckTap", "Teacher", "augmentation_off"]
+@PLUGINS.register("distill")
+class Distill(MethodPlugin):
+    """Knowledge distillation (`--teacher`, the `distill` preset): the frozen teacher's outputs of
+    each batch and the student's, through `DistillLoss`, give the `distill` loss term."""
+
+    name = "distill"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.teacher: Teacher | None = None
+        self.tap: NeckTap | None = None
+        self.loss: DistillLoss | None = None
+
+    @classmethod
+    def uses(cls, cfg: Any) -> bool:
+        return bool(cfg.teacher) or super().uses(cfg)
+
+    def extra_tasks(self) -> tuple[str, ...]:
+        return (DISTILL,)
+
+    def setup(self, step: TrainStep) -> None:
+        cfg = step.cfg
+        self.teacher = Teacher(cfg, step.names, step.cls_names, step.tasks, step.device,
+                               step.channels_last)
+        self.tap = NeckTap(step.model) if self.teacher.tap else None
+        self.loss = DistillLoss(cfg.model.num_classes, cfg.model.reg_max, cfg.loss)
+
+    def extra_losses(self, step: TrainStep, images: Tensor, batch: dict[str, Any],
+                     out: dict[str, Any]) -> dict[str, Tensor]:
+        assert self.teacher is not None and self.loss is not None
+        with step.amp_context():
+            taught = self.teacher(images, [m["image_id"] for m in batch["meta"]])
+        student = out if self.tap is None else {**out, "neck": self.tap.take()}
+        return {DISTILL: self.loss(student, taught, step.criterion.detect.last_fg)}
+
+    def stage(self, epoch: int) -> str:
+        return "distill"
+
+    def sources(self) -> list[tuple[str, str]]:
+        return [("teacher", d) for d in teacher_dirs(self.cfg.teacher or "")]
+
+
+__all__ = ["Distill", "NeckTap", "Teacher", "augmentation_off"]

@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 
 from medmtl.balancing import create_balancer, resolve_config
-from medmtl.config import DISTILL, TrainConfig
+from medmtl.config import TrainConfig
 from medmtl.devices import use_channels_last
 from medmtl.distributed import (
     cleanup,
@@ -38,13 +38,22 @@ from medmtl.distributed import (
     init_distributed,
     world_size_from_env,
 )
-from medmtl.engine import autobranch
 from medmtl.engine.checkpoint import atomic_write_text, remove_stale_temps, save_checkpoint
 from medmtl.engine.data_setup import RunData
 from medmtl.engine.ema import ModelEMA
 from medmtl.engine.history import training_summary, val_columns, write_history
-from medmtl.engine.loop import NonFiniteGuard, evaluate, flush_sums, train_one_epoch
+from medmtl.engine.loop import (
+    NonFiniteGuard,
+    evaluate,
+    flush_sums,
+    forward_losses,
+    micro_step,
+    reforward_losses,
+    train_one_epoch,
+)
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
+from medmtl.engine.plugin_api import MethodPlugin
+from medmtl.engine.plugins import plugin_classes
 from medmtl.engine.progress import epoch_line
 from medmtl.engine.run_state import (
     RunState,
@@ -56,13 +65,7 @@ from medmtl.engine.run_state import (
     restore,
 )
 from medmtl.engine.runlock import RunLock
-from medmtl.engine.stages import (
-    copy_source_files,
-    prepare_init,
-    set_trunk_frozen,
-    source_dirs,
-)
-from medmtl.engine.teacher import NeckTap, Teacher
+from medmtl.engine.stages import copy_source_files
 from medmtl.engine.utils import amp_dtype, compile_module, seed_everything, select_device
 from medmtl.errors import NonFiniteError
 from medmtl.evaluation.selection import describe, selection_score
@@ -129,11 +132,12 @@ class Trainer:
         self.names, self.cls_names = self.data.names, self.data.cls_names
         cfg.model.num_classes, cfg.model.num_views = len(self.names), len(self.cls_names)
         self.model = build_model(cfg.model)
-        self.frozen = False
-        if cfg.init_from and ckpt is None:
-            info = prepare_init(cfg, self.model, self.names, self.cls_names, world > 1)
-            self.console.print(f"--init-from {cfg.init_from}: {info['copied_tensors']} tensors "
-                               f"copied, {info['fresh_tensors']} start fresh")
+        # the method's plug-ins (staged, distill, auto, or one of a package): hooks, no branches
+        self.plugins: list[MethodPlugin] = [c(cfg) for c in plugin_classes(cfg)]
+        for p in self.plugins if ckpt is None else ():
+            line = p.init_model(self.model, self.names, self.cls_names, world > 1)
+            if line:
+                self.console.print(line)
         if cfg.sync_bn and self.comm.active:
             self.model = convert_sync_batchnorm(self.model, self.device)
         self.model = self.model.to(self.device)
@@ -141,13 +145,12 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tasks = tuple(self.model.tasks)
-        self.teacher = Teacher(cfg, self.names, self.cls_names, self.tasks, self.device,
-                               self.channels_last) if cfg.teacher else None
-        # the balancer's tasks: the model's, and distillation as a task of its own
-        self.loss_tasks = (*self.tasks, DISTILL) if self.teacher else self.tasks
+        # the balancer's tasks: the model's, then the plug-ins' loss terms (distill)
+        extra = tuple(k for p in self.plugins for k in p.extra_tasks())
+        self.loss_tasks = (*self.tasks, *extra)
         self.criterion = MultiTaskCriterion(self.tasks, cfg.model.num_classes,
                                             cfg.model.num_views, cfg.model.reg_max,
-                                            self.model.strides, cfg.loss, self.teacher is not None,
+                                            self.model.strides, cfg.loss,
                                             self.data.view_counts(), self.data.corruption_matrix)
         self.balancer = create_balancer(self.loss_tasks, cfg.balancer)
         self.balancer.comm = self.comm
@@ -157,23 +160,24 @@ class Trainer:
         if self.balancer.uses_split and self.model.shared_boundary_valid():
             self.model.expose_shared = True
             self.task_params = {t: self.model.task_parameters(t) for t in self.tasks}
-            if self.teacher:  # the distillation loss reaches every task branch
-                self.task_params[DISTILL] = [p for t in self.tasks for p in self.task_params[t]]
+            for k in extra:  # a plug-in's loss term reaches every task branch
+                self.task_params[k] = [p for t in self.tasks for p in self.task_params[t]]
         self.balancer.to(self.device)
         self.net = self._wrap_model()
-        self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
-        self.last_shared = self.model.last_shared_parameter()
+        self.refresh_shared()
         self.optimizer = build_optimizer(self.model, list(self.balancer.parameters()), cfg,
                                          self.device)
         self.steps_per_epoch = max(1, self.data.batches_per_epoch() // cfg.accumulate)
-        self.probe_epochs = autobranch.budget_epochs_used(self.run_dir)  # of --arch auto
+        # epochs of --epochs a plug-in spent before this run (--arch auto's probe)
+        self.spent_epochs = sum(p.budget_epochs(self.run_dir) for p in self.plugins)
         self.total_steps = self.steps_per_epoch * self.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(cfg, self.steps_per_epoch, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
         self.ema = ModelEMA(self.model, cfg.ema_decay, tau=max(100.0, self.total_steps / 20)) \
             if cfg.ema else None
-        self.student_tap = NeckTap(self.model) if self.teacher and self.teacher.tap else None
+        for p in self.plugins:
+            p.setup(self)
 
         self.state = RunState()
         self.stop = StopSignals(self.console.print)
@@ -188,8 +192,8 @@ class Trainer:
 
     @property
     def epochs(self) -> int:
-        """The epochs this run trains: --epochs less those --arch auto's probe took."""
-        return self.cfg.epochs - self.probe_epochs
+        """The epochs this run trains: --epochs less those a plug-in spent (auto's probe)."""
+        return self.cfg.epochs - self.spent_epochs
 
     def start_from(self, state: dict[str, Any]) -> None:
         """Begin from these weights (e.g. `--arch auto`'s probe), the EMA too."""
@@ -233,17 +237,35 @@ class Trainer:
             net = compile_module(net)
         return net
 
-    def _set_stage(self, frozen: bool) -> None:
-        """Staged training: the trunk frozen (first --freeze-trunk-epochs epochs) or trained."""
-        if frozen != self.frozen:
-            set_trunk_frozen(self.model, frozen)
-            self.frozen = frozen
-            self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
-            self.last_shared = None if frozen else self.model.last_shared_parameter()
+    # ------------------------------------------------------------------ the step (TrainStep)
+    def refresh_shared(self) -> None:
+        """The shared parameters that train now (a plug-in may have frozen some), and GradNorm's
+        last shared weight (None while it is frozen)."""
+        self.shared = [p for p in self.model.shared_parameters() if p.requires_grad]
+        last = self.model.last_shared_parameter()
+        self.last_shared = last if last is not None and last.requires_grad else None
 
-    def _optimizer_step(self, n_micro: int, losses: list[torch.Tensor] | None = None) -> bool:
+    def amp_context(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.autocast,
+                              enabled=self.autocast is not None)
+
+    def forward_losses(self, batch: dict[str, Any], present: Any, net: Any = None
+                       ) -> tuple[dict[str, torch.Tensor], Any]:
+        return forward_losses(self, batch, present, self.net if net is None else net)
+
+    def optimizer_step(self, n_micro: int, losses: Any = None) -> bool:
         return optimizer_step(self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
-                              self.balancer, self.comm, n_micro, self.cfg.clip_grad, losses)
+                              self.balancer, self.comm, n_micro, self.cfg.clip_grad,
+                              None if losses is None else list(losses))
+
+    def train_step(self, batch: dict[str, Any], present: Any, acc: dict[str, Any],
+                   diagnose: bool = True) -> dict[str, torch.Tensor]:
+        losses, _ = micro_step(self, batch, present, 0, 1 if diagnose else 0, acc)
+        if self.optimizer_step(1, list(losses.values())):
+            self.balancer.after_step(reforward_losses(self, batch, present)
+                                     if self.balancer.reforward
+                                     else {k: v.detach() for k, v in losses.items()})
+        return losses
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, with_optimizer: bool = True) -> dict[str, Any]:
@@ -277,14 +299,13 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
-            copy_source_files(self.run_dir, [d for _, d in source_dirs(cfg)])
+            copy_source_files(self.run_dir, [d for p in self.plugins for _, d in p.sources()])
         bad_epochs = 0
         run_t0, start_epoch = time.perf_counter(), st.epoch
         with self.stop, contextlib.ExitStack() as stack:
             stack.callback(self.close)
             try:
                 while st.epoch < self.epochs:
-                    self._set_stage(st.epoch < cfg.freeze_trunk_epochs)
                     row = train_one_epoch(self)
                     self._check_finite()
                     validate = (st.epoch + 1) % cfg.val_every == 0 or st.epoch + 1 == self.epochs
@@ -371,8 +392,9 @@ class Trainer:
 
         metrics["view_abstention"] = record_abstention(self.run_dir, best)  # into best.pt too
         metrics["efficiency"] = efficiency(self.eval_model(), self.cfg.imgsz, best)
-        metrics["training"] = training_summary(self, autobranch.probe_stages(self.run_dir))
-        metrics.update(autobranch.auto_branch_record(self.run_dir))  # --arch auto: the choice
+        metrics["training"] = training_summary(self)
+        for p in self.plugins:  # --arch auto: the choice
+            metrics.update(p.record(self.run_dir))
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
 
@@ -383,8 +405,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     trainer = None
     try:
         start = None
-        if cfg.model.arch == autobranch.AUTO and not resume:  # probe, choose, start from it
-            cfg, start, _ = autobranch.run_auto(cfg, Trainer)
+        for plugin in plugin_classes(cfg) if not resume else ():  # auto: probe, choose
+            cfg, state = plugin.prepare(cfg, Trainer)
+            start = state if state is not None else start
         trainer = Trainer(cfg, resume=resume, progress=progress)
         if start is not None:
             trainer.start_from(start)

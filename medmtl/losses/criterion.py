@@ -1,8 +1,9 @@
 """The multi-task criterion: model output + batch targets -> one loss per task.
 
 It plays the part of DETR's `SetCriterion`: the trainer hands it the forward's output and the
-targets, and gets back the per-task losses that the balancer turns into gradients. A new loss term
-(e.g. distillation from a teacher) plugs in here, as a task of its own for the balancer.
+targets, and gets back the per-task losses that the balancer turns into gradients. Loss terms of
+a method (distillation from a teacher) come from its plug-in's `extra_losses`
+(medmtl/engine/plugin_api.py), each a task of its own for the balancer.
 """
 
 from __future__ import annotations
@@ -12,24 +13,23 @@ from typing import Any
 
 from torch import Tensor
 
-from medmtl.config import DISTILL, LossConfig
+from medmtl.config import LossConfig
 from medmtl.distributed import LOCAL, Comm
 from medmtl.losses.classify import ViewLoss
 from medmtl.losses.detection import DetectionLoss
-from medmtl.losses.distill import DistillLoss
 
 
 class MultiTaskCriterion:
     """`detect`: the detection loss (assigner + BCE + CIoU + DFL) of the raw head outputs;
     `classify`: the masked view cross-entropy (forward-corrected by `view_corruption` on the
-    rows whose label is not trusted, `ViewLoss`); `distill` (with `distill=True`, when the caller
-    hands the teacher's outputs): the distillation loss, a task of its own for the balancer.
+    rows whose label is not trusted, `ViewLoss`). `detect.last_fg` keeps the anchors the last
+    detection loss assigned (distillation reads them).
     Normalisers are those of the global batch when `comm` is a process group
     (medmtl/distributed.py)."""
 
     def __init__(self, tasks: Sequence[str], num_classes: int, num_views: int, reg_max: int,
                  strides: Sequence[int], cfg: LossConfig | None = None,
-                 distill: bool = False, view_counts: list[int] | None = None,
+                 view_counts: list[int] | None = None,
                  view_corruption: Any = None) -> None:
         cfg = cfg if cfg is not None else LossConfig()
         self.tasks = tuple(tasks)
@@ -38,14 +38,11 @@ class MultiTaskCriterion:
         # the validation loss: the same, without forward correction (--view-labels forward)
         self.view_eval = self.view if view_corruption is None else ViewLoss(num_views, cfg,
                                                                             view_counts)
-        self.distill = DistillLoss(num_classes, reg_max, cfg) if distill else None
 
     def __call__(self, out: Mapping[str, Any], targets: Mapping[str, Any],
-                 present: Mapping[str, bool], comm: Comm = LOCAL,
-                 teacher: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+                 present: Mapping[str, bool], comm: Comm = LOCAL) -> dict[str, Tensor]:
         """Losses of the tasks this model has and the (global) batch has labels for, in task
-        order, then `distill` when given the teacher's outputs of the batch. `present[task]` is
-        decided by the caller on the host (no device sync here)."""
+        order. `present[task]` is decided by the caller on the host (no device sync here)."""
         losses: dict[str, Tensor] = {}
         self.detect.last_fg = None
         if "detect" in self.tasks and present.get("detect"):
@@ -55,8 +52,6 @@ class MultiTaskCriterion:
                            present=True, trusted=targets.get("view_trusted"))
             if vl is not None:
                 losses["classify"] = vl
-        if self.distill is not None and teacher is not None:
-            losses[DISTILL] = self.distill(out, teacher, self.detect.last_fg)
         return losses
 
 
