@@ -250,3 +250,29 @@ def test_old_run_folder_still_resumes(micro_data: Path, tmp_path: Path, one_thre
     t.fit()
     new = load_checkpoint(last)
     assert new["epoch"] == 2 and len(new["sha256"]) == 64 and new["header"]["arch"] == "single"
+
+
+def test_sigterm_to_the_whole_group_stops_at_a_step_and_saves(micro_data: Path,
+                                                               tmp_path: Path) -> None:
+    """A scheduler's stop reaches every process of the job (SLURM's preemption, `kill -- -PGID`):
+    the data-loader workers ignore it, so the run finishes its step, saves weights/last.pt and
+    says how to resume, instead of failing on a "DataLoader worker killed by signal" error (which
+    made `tune` count such a trial as failed)."""
+    out = tmp_path / "run"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "medmtl", "train", "--data", str(micro_data), "--out", str(out),
+         "--method", "classify", "--epochs", "200", "--imgsz", "64", "--batch", "4",
+         "--workers", "1", "--no-progress", "--no-ema"],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    last = out / "weights" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no epoch finished in time"
+    os.killpg(p.pid, signal.SIGTERM)  # every process of the group, workers included
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-3000:]
+    assert "DataLoader worker" not in err, err[-3000:]
+    assert "interrupted: state saved" in err and "--resume" in err, err[-3000:]
+    assert load_checkpoint(last)["epoch"] >= 1

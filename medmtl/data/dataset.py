@@ -8,6 +8,7 @@ a shared-memory tensor that persistent workers read as well (call it before iter
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -205,12 +206,25 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A data-loader worker's `worker_init_fn`: ignore SIGTERM and SIGINT. A scheduler's stop
+    (SLURM's preemption, ``kill -- -PGID``) and Ctrl-C reach every process of the group; a worker
+    that died of it would fail the step with a DataLoader error, instead of the main process
+    finishing the step, saving weights/last.pt and shutting its workers down (a tuning trial
+    stopped so is resumed, not counted as failed). Workers still exit when the main process dies
+    (PyTorch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def seed_worker(worker_id: int) -> None:
-    """Seed Python/NumPy from the worker's torch seed; one OpenCV thread per worker."""
+    """Seed Python/NumPy from the worker's torch seed; one OpenCV thread per worker; stop signals
+    ignored (`ignore_stop_signals`)."""
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
     cv2.setNumThreads(0)
+    ignore_stop_signals(worker_id)
 
 
 def build_dataloader(dataset: Dataset[Any], batch: int, shuffle: bool, workers: int, seed: int,

@@ -16,6 +16,7 @@ from rich.console import Console
 from medmtl.config import TrainConfig
 from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
 from medmtl.data.corrections import CorrectionError, load_corrections
+from medmtl.data.dataset import ignore_stop_signals
 from medmtl.data.dataset_yaml import DataError, split_source
 from medmtl.data.splits import held_out_split, leakage_line, split_leakage
 from medmtl.data.trusted import Corruption, conditioning_note, load_corruption, load_trusted
@@ -225,6 +226,7 @@ class RunData:
                 num_workers=0 if once else cfg.workers, pin_memory=self.device.type == "cuda",
                 drop_last=train and len(dataset) > cfg.batch,
                 persistent_workers=cfg.workers > 0 and not once,
+                worker_init_fn=ignore_stop_signals,
                 generator=torch.Generator().manual_seed(cfg.seed * 100003 + (0 if train else 7)))
             self._loaders[key] = loader
         loader.sampler.indices = list(indices)

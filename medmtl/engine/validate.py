@@ -38,6 +38,7 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     exports to `out`. ``latency_iters``: timed end-to-end calls of an ``.onnx`` graph (0: none)."""
     from medmtl.data import MTLDataset, collate, load_data_yaml, scan_split
     from medmtl.data.corrections import load_corrections
+    from medmtl.data.dataset import ignore_stop_signals
     from medmtl.losses import DetectionLoss, ViewLoss
 
     if Path(weights).suffix.lower() == ".onnx":
@@ -56,7 +57,7 @@ def validate_checkpoint(weights: str | Path, data: str | Path, split: str = "val
     size = imgsz or cfg.imgsz
     ds = MTLDataset(index.records, size, train=False, augment=cfg.augment, cache=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate,
-                                         num_workers=workers)
+                                         num_workers=workers, worker_init_fn=ignore_stop_signals)
     det_loss = DetectionLoss(cfg.model.num_classes, cfg.model.reg_max, list(model.strides), cfg.loss)
     # the plain cross-entropy: a checkpoint read alone does not know its training view counts
     view_loss = ViewLoss(cfg.model.num_views, cfg.loss.model_copy(update={"view_balance": "none"}))
@@ -116,6 +117,7 @@ def validate_onnx(weights: str | Path, data: str | Path, split: str = "val",
     """`validate_checkpoint` for an exported graph (ONNX Runtime, CPU)."""
     from medmtl.config import AugmentConfig, TrainConfig
     from medmtl.data import MTLDataset, collate
+    from medmtl.data.dataset import ignore_stop_signals
     from medmtl.inference.export import OnnxPredictor
     from medmtl.inference.latency import E2ETimer
 
@@ -127,7 +129,7 @@ def validate_onnx(weights: str | Path, data: str | Path, split: str = "val",
                                      weights)
     ds = MTLDataset(index.records, pred.imgsz, train=False, augment=AugmentConfig(), cache=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, collate_fn=collate,
-                                         num_workers=workers)
+                                         num_workers=workers, worker_init_fn=ignore_stop_signals)
     conf = conf if conf is not None else meta.get("conf_thres", defaults.conf_thres)
     iou = iou if iou is not None else meta.get("iou_thres", defaults.iou_thres)
     max_det = int(meta.get("max_det", defaults.max_det))
