@@ -17,7 +17,7 @@ from statistics import mean
 from typing import Any
 
 from medmtl.report.collect import Run
-from medmtl.report.significance import ALPHA, compare
+from medmtl.report.significance import ALPHA, block_seeds, compare
 
 __all__ = ["add_budget", "budget_gaps", "epochs_total"]
 
@@ -40,10 +40,6 @@ def _method_epochs(runs: Sequence[Run], method: str) -> float | None:
     return float(mean(vals)) if vals else None
 
 
-def _dm_seeds(entry: dict[str, Any]) -> dict[int, float]:
-    return {int(s): v for s, v in (entry.get("delta_m") or {}).get("per_seed", {}).items()}
-
-
 def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -> None:
     """Set ``epochs_total`` and ``budget`` on every method of ``agg`` (in place)."""
     base = agg["baseline"]
@@ -62,7 +58,7 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
             if controls:
                 c = controls[0]
                 block["control"] = c
-                block["vs_control"] = compare(_dm_seeds(e), _dm_seeds(methods[c]), True, alpha)
+                block["vs_control"] = compare(block_seeds(e), block_seeds(methods[c]), True, alpha)
                 block["text"] = (f"{m} trained {mine:g} epochs in total (its source's included), "
                                  f"the baseline {base_ep:g}; against {c}, the baseline trained "
                                  f"as long: Δm {block['vs_control']['verdict']}")

@@ -29,6 +29,7 @@ from medmtl.report.significance import (
     ALPHA,
     NOT_ENOUGH,
     apply_holm,
+    block_seeds,
     compare,
     mean_std,
     per_seed,
@@ -55,8 +56,7 @@ def _choose(methods: dict[str, Any], rec: dict[str, Any], cands: list[str]) -> s
     """The method the advice is about: the highest mean Δm on val when the runs hold out a test
     split (so that the split that confirms it is not the one that chose it), else the top of
     the scored ranking. Sets ``chosen_on``, ``confirmed_on`` and ``val_ranking``."""
-    val = {m: {int(s): v for s, v in (methods[m].get("delta_m_val") or {})
-               .get("per_seed", {}).items()} for m in cands}
+    val = {m: block_seeds(methods[m], "delta_m_val") for m in cands}
     if all((methods[m].get("delta_m_val") or {}).get("available") for m in cands) \
             and all(v and all(math.isfinite(x) for x in v.values()) for v in val.values()):
         rec["val_ranking"] = _ranked(val)
@@ -80,8 +80,7 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
         return rec
     if all(methods[m]["delta_m"].get("available") for m in cands):
         rec["score_name"] = "delta_m"
-        scores = {m: {int(s): v for s, v in methods[m]["delta_m"]["per_seed"].items()}
-                  for m in cands}
+        scores = {m: block_seeds(methods[m]) for m in cands}
         what = "Δm against the single-task models (%)"
         rec["decimals"] = 2
     else:

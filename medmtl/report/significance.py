@@ -34,6 +34,7 @@ __all__ = [
     "holm",
     "mean_std",
     "paired_ttest",
+    "block_seeds",
     "per_seed",
     "verdict_of",
 ]
@@ -133,6 +134,12 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def block_seeds(entry: dict[str, Any], key: str = "delta_m") -> dict[int, float]:
+    """The per-seed values of a method's aggregated block (``entry[key]["per_seed"]``, e.g. its
+    Δm on test or, with ``key="delta_m_val"``, on val) by integer seed; {} when it has none."""
+    return {int(s): v for s, v in (entry.get(key) or {}).get("per_seed", {}).items()}
 
 
 def per_seed(runs: Sequence[Run], method: str, key: str) -> dict[int, float]:
