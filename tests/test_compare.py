@@ -17,53 +17,12 @@ from rich.console import Console
 from medmtl.experiments.compare import plan_runs, run_compare
 
 
-def test_compare_runs_resumes_and_reports_true_numbers(synth_tiny: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cmp"
-    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0}
-    run_compare(str(synth_tiny), ["fixed", "dual"], [0], out, overrides=over, jobs=2)
-    runs = {p.name: p for p in (out / "runs").iterdir() if p.is_dir()}
-    assert set(runs) == {"fixed-s0", "dual-s0"}
-    best_mtime = {n: (p / "weights" / "best.pt").stat().st_mtime_ns for n, p in runs.items()}
-
-    # finished runs are not redone
-    assert all(r.status == "finished" for r in plan_runs(str(synth_tiny), ["fixed", "dual"], [0],
-                                                         out, over))
-    run_compare(str(synth_tiny), ["fixed", "dual"], [0], out, overrides=over, jobs=2)
-    assert best_mtime == {n: (p / "weights" / "best.pt").stat().st_mtime_ns
-                          for n, p in runs.items()}
-
-    summary = json.loads((out / "summary.json").read_text())
-    md = (out / "report.md").read_text()
-    html = (out / "report.html").read_text()
-    for method in ("fixed", "dual"):
-        m = json.loads((runs[f"{method}-s0"] / "metrics.json").read_text())
-        agg = summary["methods"][method]["metrics"]
-        assert agg["map50"]["mean"] == pytest.approx(m["detection"]["map50"], abs=1e-12)
-        assert agg["accuracy"]["mean"] == pytest.approx(m["classification"]["accuracy"],
-                                                        abs=1e-12)
-        eff = m["efficiency"]
-        assert eff["latency_context"].startswith("re-timed after all runs")
-        # end to end (decode + letterbox + forward + NMS), re-timed too, beside the forward pass
-        assert eff["latency_e2e_context"].startswith("re-timed after all runs")
-        assert eff["latency_e2e_ms"] > 0 and "NMS" in eff["latency_e2e_includes"]
-        assert eff.get("latency_e2e_ort_ms", 0) > 0 or "not installed" in eff.get(
-            "latency_e2e_ort_skipped", "")
-        assert eff["latency_e2e_n"] == 30  # 3 interleaved rounds of 10 calls, pooled
-        for value in (m["detection"]["map50"], m["detection"]["map50_95"],
-                      m["classification"]["accuracy"]):
-            shown = f"{value:.3f}"
-            assert re.search(rf"\|\s*{method}\s*\|.*{re.escape(shown)}", md), (method, shown)
-            assert shown in html
-    assert "src=\"data:image/png;base64," in html
-    dep = summary["deployment"]  # no single-task runs: no Δm, so no front, and the report says so
-    assert dep["front"] == [] and "Δm unavailable" in dep["excluded"]["fixed"]
-    assert summary["recommendations"]["efficiency_first"]["method"] is None
-
-
-def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path: Path) -> None:
+def test_shards_split_the_grid_then_compare_resumes_and_reports_true_numbers(
+        synth_tiny: Path, tmp_path: Path) -> None:
     """Job-array workflow: `compare --shard 0/2` (another process) and `--shard 1/2` (this one),
     at once on one folder, run disjoint halves of the grid, each run trained once; `report
-    --retime` then re-times every model and reports both."""
+    --retime` then re-times every model and reports both. A whole compare of the same grid then
+    trains nothing again and reports the runs' own numbers."""
     from typer.testing import CliRunner
 
     from medmtl.cli import app
@@ -107,6 +66,45 @@ def test_shards_split_the_grid_and_report_retimes_all(synth_tiny: Path, tmp_path
     assert set(summary["methods"]) == {"fixed", "dual"}
     bad = runner.invoke(app, [*common, "--shard", "2/2"])
     assert bad.exit_code != 0 and "expected I/N with 0 <= I < N" in bad.output
+
+    # then a whole compare of the grid (no shard) resumes the folder: nothing trains again, and
+    # its report (re-timing every model after the runs) holds exactly the runs' numbers
+    over = {"epochs": 1, "imgsz": 64, "batch": 16, "workers": 0}
+    runs = {p.name: p for p in (out / "runs").iterdir() if p.is_dir()}
+    best_mtime = {n: (p / "weights" / "best.pt").stat().st_mtime_ns for n, p in runs.items()}
+    # finished runs are not redone
+    assert all(r.status == "finished" for r in plan_runs(str(synth_tiny), ["fixed", "dual"], [0],
+                                                         out, over))
+    run_compare(str(synth_tiny), ["fixed", "dual"], [0], out, overrides=over, jobs=2)
+    assert best_mtime == {n: (p / "weights" / "best.pt").stat().st_mtime_ns
+                          for n, p in runs.items()}
+
+    summary = json.loads((out / "summary.json").read_text())
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for method in ("fixed", "dual"):
+        m = json.loads((runs[f"{method}-s0"] / "metrics.json").read_text())
+        agg = summary["methods"][method]["metrics"]
+        assert agg["map50"]["mean"] == pytest.approx(m["detection"]["map50"], abs=1e-12)
+        assert agg["accuracy"]["mean"] == pytest.approx(m["classification"]["accuracy"],
+                                                        abs=1e-12)
+        eff = m["efficiency"]
+        assert eff["latency_context"].startswith("re-timed after all runs")
+        # end to end (decode + letterbox + forward + NMS), re-timed too, beside the forward pass
+        assert eff["latency_e2e_context"].startswith("re-timed after all runs")
+        assert eff["latency_e2e_ms"] > 0 and "NMS" in eff["latency_e2e_includes"]
+        assert eff.get("latency_e2e_ort_ms", 0) > 0 or "not installed" in eff.get(
+            "latency_e2e_ort_skipped", "")
+        assert eff["latency_e2e_n"] == 30  # 3 interleaved rounds of 10 calls, pooled
+        for value in (m["detection"]["map50"], m["detection"]["map50_95"],
+                      m["classification"]["accuracy"]):
+            shown = f"{value:.3f}"
+            assert re.search(rf"\|\s*{method}\s*\|.*{re.escape(shown)}", md), (method, shown)
+            assert shown in html
+    assert "src=\"data:image/png;base64," in html
+    dep = summary["deployment"]  # no single-task runs: no Δm, so no front, and the report says so
+    assert dep["front"] == [] and "Δm unavailable" in dep["excluded"]["fixed"]
+    assert summary["recommendations"]["efficiency_first"]["method"] is None
 
 
 def test_a_run_another_process_holds_is_left_to_it(synth_tiny: Path, tmp_path: Path) -> None:

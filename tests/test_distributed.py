@@ -115,7 +115,7 @@ def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, "-m", "medmtl", "train", "--data", str(partial_data), "--out", str(out),
-         "--method", "gradnorm", "--epochs", "2", "--imgsz", "64", "--batch", "4",
+         "--method", "gradnorm", "--epochs", "1", "--imgsz", "64", "--batch", "4",
          "--workers", "0", "--no-progress", "--devices", "2", *backbone],
         env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
@@ -125,7 +125,7 @@ def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
     if pretrained:  # every tensor of the package's ImageNet weights reached both processes
         assert m["backbone_weights"]["loaded"] == 288
     rows = list(csv.DictReader((out / "history.csv").open()))
-    assert len(rows) == 2  # one writer: no duplicated rows
+    assert len(rows) == 1  # one writer: no duplicated rows
     for row in rows:
         assert float(row["ddp/weight_spread"]) == 0.0
         assert float(row["ddp/param_spread"]) < 1e-6

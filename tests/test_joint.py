@@ -25,7 +25,7 @@ def _cfg(data: Path, out: Path, arch: str, balancer: str, epochs: int = 6) -> ob
 
 @pytest.fixture
 def learning_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The matrix below asserts learning (the val scores and the history), 21 runs of it: each
+    """The matrix below asserts learning (the val scores and the history), 15 runs of it: each
     run leaves out what the run folder holds besides (weights/last.pt after every epoch, the
     PR and confusion plots, the latency timing and the view-abstention threshold that
     metrics.json and best.pt record), a quarter of a run's time here. test_train.py and
@@ -42,8 +42,16 @@ def learning_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(latency, "efficiency", lambda *args, **kwargs: {})
 
 
-@pytest.mark.parametrize("arch", ["shared", "dual", "split2"])
-@pytest.mark.parametrize("balancer", BALANCERS.names())
+# every balancer on the shared backbone, where it acts on shared gradients; the partially
+# shared and the dual architectures with one balancer of each kind: fixed weights, learned
+# weights from per-task gradient norms (GradNorm), gradient surgery (PCGrad), a re-forward after
+# the step (FAMO). (All 21 cells ran until issue 23's CI budget; uncertainty, DWA and CAGrad
+# on dual and split2 learned there as everywhere else.)
+MATRIX = [(b, "shared") for b in BALANCERS.names()] + [
+    (b, arch) for arch in ("dual", "split2") for b in ("fixed", "gradnorm", "pcgrad", "famo")]
+
+
+@pytest.mark.parametrize(("balancer", "arch"), MATRIX)
 def test_every_balancer_trains_every_arch(synth_tiny: Path, tmp_path: Path, arch: str,
                                           balancer: str, learning_only: None) -> None:
     tr = Trainer(_cfg(synth_tiny, tmp_path / "run", arch, balancer), progress=False)

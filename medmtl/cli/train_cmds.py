@@ -340,7 +340,7 @@ def demo(
     out: Annotated[Path, Opt(help="Output folder")] = Path("demo"),
     methods: Annotated[str, Opt(help="Methods to compare")]
     = "original,fixed,gradnorm,dual,detect,classify",
-    epochs: Annotated[int, Opt(help="Epochs per run")] = 12,
+    epochs: Annotated[int, Opt(help="Epochs per run")] = 8,
     train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 240,
     val_images: Annotated[int, Opt("--val", help="Synthetic validation images")] = 80,
     imgsz: Annotated[int, imgsz_option()] = 128,
