@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +295,10 @@ class Trainer:
                                  "check the data")
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> Path:
+    def fit(self, finalize: Callable[[Trainer], Any] | None = None) -> Path:
+        """Train the remaining epochs, then score: `finalize(self)` when given (e.g. the label-issue
+        fold runs score their final weights on the held-out fold), else `Trainer.finalize`
+        (metrics.json of the best checkpoint). Scoring happens while the run folder is held."""
         cfg, st = self.cfg, self.state
         if self.is_main:
             (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -345,7 +349,7 @@ class Trainer:
                                    f"{self.run_dir / 'weights/last.pt'}; continue with --resume")
                 raise KeyboardInterrupt from None
             self.comm.barrier()  # best.pt is written before any rank reads it
-            self.finalize()
+            (finalize or Trainer.finalize)(self)
         return self.run_dir
 
     def _print_epoch(self, row: dict[str, Any], run_t0: float, done: int) -> None:

@@ -28,18 +28,14 @@ from medmtl.labelissues.oof import Pool, plural
 from medmtl.methods import build_config
 
 
-class FoldTrainer(Trainer):
-    """Scores the final weights on the held-out fold and writes eval/ and metrics.json (no plots,
-    no latency timing: the run exists for its predictions)."""
-
-    fold_metrics: dict[str, Any] = {}
-
-    def finalize(self) -> dict[str, Any]:
-        m = self.validate(out_dir=self.run_dir / "eval", plots=False)
-        self.fold_metrics = m or {}
-        if self.is_main:
-            atomic_write_text(self.run_dir / "metrics.json", json.dumps(m, indent=2))
-        return m
+def score_fold(t: Trainer) -> dict[str, Any]:
+    """A fold run's scoring (`Trainer.fit(finalize=score_fold)`): the final weights on the
+    held-out fold, eval/ and metrics.json (no plots, no latency timing: the run exists for its
+    predictions)."""
+    m = t.validate(out_dir=t.run_dir / "eval", plots=False) or {}
+    if t.is_main:
+        atomic_write_text(t.run_dir / "metrics.json", json.dumps(m, indent=2))
+    return m
 
 
 def assign_folds(pool: Pool, folds: int, pattern: GroupPattern) -> np.ndarray:
@@ -167,11 +163,12 @@ def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "clas
         resume = (run / "weights" / "last.pt").is_file()
         if run.exists() and not resume:
             shutil.rmtree(run)  # a fold folder of ours that never saved a checkpoint
-        trainer = FoldTrainer(cfg, resume=resume, progress=False,
-                               console=Console(stderr=True, quiet=True))
-        trainer.fit()
-        acc = (trainer.fold_metrics.get("classification") or {}).get("accuracy")
-        det = (trainer.fold_metrics.get("detection") or {}).get("map50")
+        trainer = Trainer(cfg, resume=resume, progress=False,
+                          console=Console(stderr=True, quiet=True))
+        scores: dict[str, Any] = {}
+        trainer.fit(finalize=lambda t, into=scores: into.update(score_fold(t)))
+        acc = (scores.get("classification") or {}).get("accuracy")
+        det = (scores.get("detection") or {}).get("map50")
         log(f"fold {k + 1}/{folds} done: {len(keep)} train / {len(held)} held-out images, "
             f"{trainer.state.train_seconds:.0f} s; held-out view accuracy "
             f"{'-' if acc is None else f'{acc:.3f}'}"
@@ -181,4 +178,4 @@ def train_folds(pool: Pool, fold_of: np.ndarray, out: Path, *, task: str = "clas
     return runs
 
 
-__all__ = ["FoldTrainer", "assign_folds", "fold_plan", "step_seconds", "train_folds"]
+__all__ = ["assign_folds", "fold_plan", "score_fold", "step_seconds", "train_folds"]
