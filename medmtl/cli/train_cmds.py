@@ -341,7 +341,7 @@ def demo(
     methods: Annotated[str, Opt(help="Methods to compare")]
     = "original,fixed,gradnorm,dual,detect,classify",
     epochs: Annotated[int, Opt(help="Epochs per run")] = 8,
-    train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 240,
+    train_images: Annotated[int, Opt("--train", help="Synthetic training images")] = 160,
     val_images: Annotated[int, Opt("--val", help="Synthetic validation images")] = 80,
     imgsz: Annotated[int, imgsz_option()] = 128,
     jobs: Annotated[int | None, Opt(help="Runs in parallel \\[default: what the machine has "
