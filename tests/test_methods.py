@@ -91,15 +91,21 @@ def test_compare_runs_specs_from_the_cli(synth_tiny: Path, tmp_path: Path,
     assert bad.exit_code == 2 and "unknown key 'alfa'" in _flat(bad.output)
     assert not (out / "runs").exists()  # checked before any run starts
 
-    res = runner.invoke(app, [*base, "--methods", "split2:gradnorm:alpha=0.5,shared:cagrad:c=0.3"])
+    # a second spec's run is planned with its own folder and options (not trained: one trained
+    # run shows the path from the command line to config.yaml and the report)
+    from medmtl.experiments.compare import plan_runs
+
+    [cag] = plan_runs(str(synth_tiny), ["shared:cagrad:c=0.3"], [0], out, {"epochs": 1})
+    assert cag.run_dir.name == "shared_cagrad_c=0.3-s0"
+    assert cag.cfg.balancer.model_dump() == {"name": "cagrad",
+                                             "weights": {"detect": 1.0, "classify": 1.0},
+                                             "cagrad_c": 0.3}
+    res = runner.invoke(app, [*base, "--methods", "split2:gradnorm:alpha=0.5"])
     assert res.exit_code == 0, res.output
     runs = out / "runs"
     cfg = yaml.safe_load((runs / "split2_gradnorm_alpha=0.5-s0" / "config.yaml").read_text())
     assert cfg["method"] == "split2:gradnorm:alpha=0.5" and cfg["model"]["arch"] == "split2"
     assert cfg["balancer"]["name"] == "gradnorm" and cfg["balancer"]["alpha"] == 0.5
-    cfg = yaml.safe_load((runs / "shared_cagrad_c=0.3-s0" / "config.yaml").read_text())
-    assert cfg["balancer"] == {"name": "cagrad", "weights": {"detect": 1.0, "classify": 1.0},
-                               "cagrad_c": 0.3}
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["methods"]) == {"split2:gradnorm:alpha=0.5", "shared:cagrad:c=0.3"}
-    assert [len(c) for c in no_retime] == [2]  # both runs handed to the re-timing, once
+    assert set(summary["methods"]) == {"split2:gradnorm:alpha=0.5"}
+    assert [len(c) for c in no_retime] == [1]  # the run handed to the re-timing, once
