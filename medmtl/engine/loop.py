@@ -81,8 +81,7 @@ def train_one_epoch(t: Any) -> dict[str, Any]:
             stepped = t.optimizer_step(micro, [v for sl, _ in pending for v in sl.values()])
             if stepped:
                 guard.ok()
-                t.balancer.after_step(reforward_losses(t, *last_batch) if t.balancer.reforward
-                                      else step_losses)
+                balancer_after_step(t, *last_batch, step_losses)
             else:
                 guard.skipped(t, good, acc)
             for step_losses, passes in pending:
@@ -216,6 +215,14 @@ def forward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool], net:
     return losses, shared_features
 
 
+def balancer_after_step(t: Any, batch: dict[str, Any], present: dict[str, bool],
+                        losses: dict[str, torch.Tensor]) -> None:
+    """The balancer's update after an optimiser step: from the global losses of the step, or of
+    `batch` under the new weights when it re-forwards (FAMO)."""
+    t.balancer.after_step(reforward_losses(t, batch, present) if t.balancer.reforward
+                          else losses)
+
+
 @torch.no_grad()
 def reforward_losses(t: Any, batch: dict[str, Any], present: dict[str, bool],
                      ) -> dict[str, torch.Tensor]:
@@ -313,4 +320,5 @@ def evaluate(t: Any, model: torch.nn.Module, out_dir: Path | None = None, plots:
     return comm.broadcast(metrics)
 
 
-__all__ = ["NonFiniteGuard", "evaluate", "global_losses", "micro_step", "train_one_epoch"]
+__all__ = ["NonFiniteGuard", "balancer_after_step", "evaluate", "global_losses", "micro_step",
+           "train_one_epoch"]

@@ -213,11 +213,9 @@ class Staged(MethodPlugin):
 
     def on_epoch_start(self, step: TrainStep, epoch: int) -> None:
         frozen = epoch < self.cfg.freeze_trunk_epochs
-        if frozen:
-            set_trunk_frozen(step.model, True)  # again after model.train(): eval mode kept
+        if frozen or frozen != self.frozen:  # each frozen epoch: model.train() undid eval mode
+            set_trunk_frozen(step.model, frozen)
         if frozen != self.frozen:
-            if not frozen:
-                set_trunk_frozen(step.model, False)
             self.frozen = frozen
             step.refresh_shared()
 

@@ -45,11 +45,12 @@ from medmtl.engine.ema import ModelEMA
 from medmtl.engine.history import training_summary, val_columns, write_history
 from medmtl.engine.loop import (
     NonFiniteGuard,
+    balancer_after_step,
     evaluate,
     flush_sums,
     forward_losses,
+    global_losses,
     micro_step,
-    reforward_losses,
     train_one_epoch,
 )
 from medmtl.engine.optim import WarmupCosine, build_optimizer, optimizer_step
@@ -263,9 +264,7 @@ class Trainer:
                    diagnose: bool = True) -> dict[str, torch.Tensor]:
         losses, _ = micro_step(self, batch, present, 0, 1 if diagnose else 0, acc)
         if self.optimizer_step(1, list(losses.values())):
-            self.balancer.after_step(reforward_losses(self, batch, present)
-                                     if self.balancer.reforward
-                                     else {k: v.detach() for k, v in losses.items()})
+            balancer_after_step(self, batch, present, global_losses(self.comm, losses))
         return losses
 
     # ------------------------------------------------------------------ checkpoints
