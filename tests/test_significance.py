@@ -450,3 +450,35 @@ def test_the_report_resamples_clips_and_says_how_many(tmp_path: Path) -> None:
     assert not b["available"] and "only 4 test patient(s): too few" in b["reason"]
     img = _summary(tmp_path, BootstrapSettings(60, 400, 0, unit="image"))
     assert img["methods"]["dual"]["significance"]["accuracy"]["bootstrap"]["clusters"] == n
+
+
+def test_a_classify_only_run_is_clustered_by_its_view_export(tmp_path: Path) -> None:
+    """A classify-only run exports no ground_truth.json: its clips come from the file names in
+    view_predictions.json (older exports: their `clip` field, clip unit only)."""
+    n = 60
+    names = [f"P{i // 15}-clip{i // 5}.mp4-{i % 5}.jpg" for i in range(n)]
+    y_true = [i % 3 for i in range(n)]
+    for method, y_pred in (("fixed", [(i % 3) if (i // 5) % 2 else 0 for i in range(n)]),
+                           ("classify", y_true)):
+        d = write_run(tmp_path, method, 0, views=(y_true, y_pred))
+        probs = {i: np.eye(len(VIEWS))[p] * 0.8 + 0.2 / len(VIEWS) for i, p in enumerate(y_pred)}
+        records = [SimpleNamespace(image_id=i, view=v, path=f"/data/{names[i]}")
+                   for i, v in enumerate(y_true)]
+        export = view_predictions(records, probs, VIEWS)
+        assert export["images"][7]["file_name"] == names[7]
+        (d / "eval" / "view_predictions.json").write_text(json.dumps(export))
+    b = _summary(tmp_path)["methods"]["classify"]["significance"]["accuracy"]["bootstrap"]
+    assert b["available"] and (b["unit"], b["clusters"]) == ("clip", 12), b
+    pat = _summary(tmp_path, BootstrapSettings(60, 400, 0, unit="patient"))
+    assert "only 4 test patient(s)" in pat["methods"]["classify"]["significance"]["accuracy"][
+        "bootstrap"]["reason"]
+    old = tmp_path / "runs" / "classify-s0" / "eval" / "view_predictions.json"
+    data = json.loads(old.read_text())
+    for row in data["images"]:
+        del row["file_name"]
+    old.write_text(json.dumps(data))
+    b = _summary(tmp_path)["methods"]["classify"]["significance"]["accuracy"]["bootstrap"]
+    assert b["available"] and b["clusters"] == 12
+    pat = _summary(tmp_path, BootstrapSettings(60, 400, 0, unit="patient"))
+    reason = pat["methods"]["classify"]["significance"]["accuracy"]["bootstrap"]["reason"]
+    assert "view_predictions.json: no file names" in reason, reason

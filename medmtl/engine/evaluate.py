@@ -224,16 +224,17 @@ def view_predictions(records: Sequence[Any], view_probs: dict[int, np.ndarray],
                      ) -> dict[str, Any]:
     """eval/view_predictions.json: per image (with a prediction) its ``image_id``, true ``view``
     index (None: unlabelled), predicted index ``pred`` (argmax, as scored), ``probs``, its
-    ``clip`` and ``view_clip_majority`` (the clip-majority label within these records; both only
-    when the records have a ``path``, which names the clip)."""
+    ``file_name``, ``clip`` and ``view_clip_majority`` (the clip-majority label within these
+    records; all three only when the records have a ``path``, which names the clip)."""
     recs = [r for r in records if int(r.image_id) in view_probs]
     rows = [{"image_id": int(r.image_id), "view": r.view,
              "pred": int(np.argmax(view_probs[int(r.image_id)])),
              "probs": [round(float(x), 6) for x in view_probs[int(r.image_id)]]} for r in recs]
     if all(hasattr(r, "path") for r in recs):
         clips, _ = clip_majorities(recs, clip_regex)
-        for row, c, m in zip(rows, clips, majority_labels(recs, clip_regex), strict=True):
-            row.update(clip=c, view_clip_majority=m)
+        for row, r, c, m in zip(rows, recs, clips, majority_labels(recs, clip_regex),
+                                strict=True):
+            row.update(file_name=Path(r.path).name, clip=c, view_clip_majority=m)
     return {"labels": [str(n) for n in cls_names], "images": rows}
 
 

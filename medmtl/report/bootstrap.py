@@ -101,13 +101,28 @@ def _eval_dir(run: Run) -> Path:
     return run.path / "eval" / "test" if run.split == "test" else run.path / "eval"
 
 
-def _groups(run: Run, ids: Sequence[int], unit: str) -> tuple[str, ...]:
+def _groups(run: Run, ids: Sequence[int], unit: str,
+            rows: Sequence[dict[str, Any]] = ()) -> tuple[str, ...]:
     """The cluster (clip or patient, from the file name by the run's regex; the image itself for
-    the image unit) of each test image id, from the eval folder's ground_truth.json."""
+    the image unit) of each test image id, from the eval folder's ground_truth.json. A run with
+    no detection export (a classify-only run) names its images in view_predictions.json
+    (``rows``): by ``file_name``, or, in runs exported before it was written, by ``clip`` (the
+    clip unit only)."""
     if unit == "image":
         return tuple(str(i) for i in ids)
     path = _eval_dir(run) / "ground_truth.json"
-    gt = _read_json(path)
+    if not path.exists() and rows:
+        path = _eval_dir(run) / "view_predictions.json"
+        if all("file_name" in r for r in rows):
+            gt = {"images": [{"id": r["image_id"], "file_name": r["file_name"]} for r in rows]}
+        elif unit == "clip" and all("clip" in r for r in rows):
+            clips = {int(r["image_id"]): str(r["clip"]) for r in rows}
+            return tuple(clips[i] for i in ids)
+        else:
+            raise ValueError(f"{path}: no file names (and no ground_truth.json beside it) for "
+                             f"the {unit} bootstrap; re-score the run with `medmtl val`")
+    else:
+        gt = _read_json(path)
     try:
         names = {int(im["id"]): str(im["file_name"]) for im in gt["images"]}
     except (KeyError, TypeError, ValueError) as e:
@@ -149,8 +164,8 @@ def _classify_population(run: Run, unit: str) -> _Population:
     data = _read_json(path)
     try:
         nv = len(data["labels"])
-        rows = sorted((int(r["image_id"]), int(r["view"]), int(r["pred"]))
-                      for r in data["images"] if r.get("view") is not None)
+        labelled = [r for r in data["images"] if r.get("view") is not None]
+        rows = sorted((int(r["image_id"]), int(r["view"]), int(r["pred"])) for r in labelled)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: malformed ({e})") from None
     if not rows:
@@ -159,7 +174,7 @@ def _classify_population(run: Run, unit: str) -> _Population:
     cm = classification_metrics(y_true, y_pred, nv, list(data["labels"]))
     point = np.array([cm["accuracy"], cm["macro_f1"]], dtype=np.float64)
     _reproduces(run, point, ("accuracy", "macro_f1"), path)
-    groups = _groups(run, ids.tolist(), unit)
+    groups = _groups(run, ids.tolist(), unit, labelled)
     return _Population((tuple(ids.tolist()), tuple(y_true.tolist()), groups), point,
                        lambda w: view_metrics_weighted(y_true, y_pred, nv, w), groups)
 
