@@ -216,3 +216,36 @@ def test_compressed_variants_enter_the_front(tmp_path: Path) -> None:
     assert dep["front"] == ["fixed+int8", "fixed", "dual"]
     cpu = build_summary(runs)["deployment"]  # PyTorch CPU: the graph has no such latency
     assert "compressed ONNX graph" in cpu["excluded"]["fixed+int8"]
+
+
+def test_compressed_graphs_have_their_own_scores_and_change(tmp_path: Path) -> None:
+    """The INT8 graphs' mAP and view accuracy, mean ± std over seeds and paired against the
+    float run of each seed, are in summary.json and report.md (the README's INT8 figures come
+    from there); no significance verdict is drawn on them."""
+    drops = {0: 0.03, 1: 0.05, 2: 0.04}
+    floats, graphs = {}, {}
+    for seed, drop in drops.items():
+        d = make_run(tmp_path, "fixed", seed, 0.60 + 0.01 * seed, 0.86, e2e=20.0)
+        make_run(tmp_path, "detect", seed, 0.65, None, e2e=15.0)
+        make_run(tmp_path, "classify", seed, None, 0.91, e2e=8.0)
+        m = json.loads((d / "metrics.json").read_text())
+        floats[seed] = (m["detection"]["map50"], m["classification"]["accuracy"])
+        m["detection"]["map50"] -= drop
+        m["classification"]["accuracy"] += 0.01 * seed
+        graphs[seed] = (m["detection"]["map50"], m["classification"]["accuracy"])
+        (d / "compressed" / "int8").mkdir(parents=True)
+        (d / "compressed" / "int8" / "metrics.json").write_text(json.dumps(m))
+    paths = write_report(tmp_path, plots=False)
+    block = json.loads(paths["json"].read_text())["compressed"]["fixed+int8"]
+    assert (block["of"], block["kind"], block["seeds"]) == ("fixed", "int8", [0, 1, 2])
+    g = np.array([graphs[s][0] for s in drops])
+    assert block["metrics"]["map50"]["mean"] == pytest.approx(g.mean(), rel=1e-9)
+    assert block["metrics"]["map50"]["std"] == pytest.approx(g.std(ddof=1), rel=1e-9)
+    assert block["change"]["map50"]["mean"] == pytest.approx(-0.04, abs=1e-9)
+    assert block["change"]["map50"]["std"] == pytest.approx(0.01, rel=1e-6)
+    assert block["change"]["accuracy"]["mean"] == pytest.approx(0.01, abs=1e-9)
+    assert all(set(c) == {"mean", "std", "n", "per_seed"} for c in block["change"].values())
+    md = paths["md"].read_text()
+    assert "## Compressed graphs" in md
+    row = next(line for line in md.splitlines() if line.startswith("| fixed+int8 | fixed | 3 |"))
+    assert f"{g.mean():.3f} ± {g.std(ddof=1):.3f} (-0.040 ± 0.010)" in row, row

@@ -17,6 +17,7 @@ from medmtl.report import auto_branch
 from medmtl.report.bootstrap import BootstrapSettings, add_bootstrap
 from medmtl.report.budget import add_budget
 from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, extract
+from medmtl.report.compressed import compressed_blocks, compressed_summary
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.evidence import no_learning
 from medmtl.report.markup import to_html, to_markdown
@@ -149,7 +150,8 @@ def build_summary(runs: Sequence[Run], baseline: str | None = None, alpha: float
         "methods": agg["methods"], "runs": per_run,
         "unfinished": [{"method": r.method, "seed": r.seed, "path": str(r.path),
                         "epochs_logged": len(r.history)} for r in runs if not r.finished],
-        "deployment": deployment, "auto_branch": auto_branch.summary_block(runs, agg),
+        "deployment": deployment, "compressed": compressed_summary(runs),
+        "auto_branch": auto_branch.summary_block(runs, agg),
         "recommendations": recs, "tuning": _tuning_status(agg),
     }
 
@@ -320,7 +322,7 @@ def _rest_blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Pat
     b.append(("table", ["method", "parameters", "GFLOPs", "ms/image", "images/s", "weights (MB)",
                         "mAP@0.5 per ms", "mAP@0.5 per MB", "training time (s)",
                         "peak memory (MB)"], erows))
-    b += deployment_blocks(summary) + auto_branch.blocks(summary)
+    b += deployment_blocks(summary) + compressed_blocks(summary) + auto_branch.blocks(summary)
     b.append(("h", 2, "Per run"))
     b.append(("table", ["method", "seed", "mAP@0.5", "mAP@0.5:0.95", "view accuracy",
                         "macro-F1", "best epoch", "epochs", "training time (s)", "status"],

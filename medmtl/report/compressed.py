@@ -1,0 +1,76 @@
+"""The compressed graphs' own scores (``<run>/compressed/<kind>/metrics.json``, e.g. INT8), beside
+the float model of the same run: mean ± std over seeds of each accuracy metric and the change
+against the float model, paired by seed.
+
+A compressed graph is the float run's model after a deterministic conversion, so the change is
+reported as measured with its spread over seeds; no significance verdict is drawn on it (three
+conversions of three models are not a sample of a method). Its latency is on the Pareto front
+(:mod:`medmtl.report.pareto`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from medmtl.report.collect import METRIC_BY_KEY, Run, compressed_runs
+from medmtl.report.markup import Block
+from medmtl.report.significance import mean_std, per_seed
+
+KEYS = ("map50", "map50_95", "accuracy", "macro_f1")
+
+
+def _stats(values: dict[int, float]) -> dict[str, Any]:
+    mean, std = mean_std(list(values.values()))
+    return {"mean": mean, "std": std, "n": len(values),
+            "per_seed": {str(s): v for s, v in sorted(values.items())}}
+
+
+def compressed_summary(runs: Sequence[Run]) -> dict[str, Any]:
+    """Per compressed variant (``<method>+<kind>``): the float method it comes from, its seeds,
+    and per metric its scores and the per-seed change against the float run of the same seed."""
+    variants = compressed_runs(runs)
+    out: dict[str, Any] = {}
+    for name in sorted({v.method for v in variants}):
+        of, kind = name.rsplit("+", 1)
+        mine = [v for v in variants if v.method == name]
+        metrics, change = {}, {}
+        for key in KEYS:
+            values = per_seed(mine, name, key)
+            if not values:
+                continue
+            base = per_seed(runs, of, key)
+            metrics[key] = _stats(values)
+            change[key] = _stats({s: v - base[s] for s, v in values.items() if s in base})
+        out[name] = {"of": of, "kind": kind, "seeds": sorted(v.seed for v in mine),
+                     "split": sorted({str(v.split) for v in mine}), "metrics": metrics,
+                     "change": change}
+    return out
+
+
+def _cell(block: dict[str, Any] | None, signed: bool = False) -> str:
+    if not block or block["mean"] is None:
+        return "n/a"
+    sign = "+" if signed else ""
+    std = "" if block["std"] is None else f" ± {block['std']:.3f}"
+    return f"{block['mean']:{sign}.3f}{std}"
+
+
+def compressed_blocks(summary: dict[str, Any]) -> list[Block]:
+    comp = summary.get("compressed") or {}
+    if not comp:
+        return []
+    keys = [k for k in KEYS if any(k in e["metrics"] for e in comp.values())]
+    rows = []
+    for name, e in comp.items():
+        rows.append([name, e["of"], str(len(e["seeds"]))]
+                    + [f"{_cell(e['metrics'].get(k))} ({_cell(e['change'].get(k), True)})"
+                       for k in keys])
+    split = ", ".join(sorted({s for e in comp.values() for s in e["split"]}))
+    return [("h", 2, "Compressed graphs"),
+            ("p", f"Each graph scored by `medmtl val` on its run's {split} split "
+                  "(`<run>/compressed/<kind>/metrics.json`), mean ± std over seeds; in brackets "
+                  "the change against the float model of the same seed, mean ± std of the "
+                  "paired differences. Measured, not tested: a conversion of a trained model is "
+                  "not a sample of a method. Their latency is in the deployment table."),
+            ("table", ["graph", "float model", "seeds"] + [METRIC_BY_KEY[k].label for k in keys],
+             rows)]
