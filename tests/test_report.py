@@ -587,6 +587,9 @@ def test_the_method_is_chosen_on_val_and_confirmed_on_test(tmp_path: Path) -> No
     assert acc["chosen"] == "dual" and acc["ranking"][0]["method"] == "fixed"
     assert acc["method"] is None and acc["recommended"] is False
     assert any("chosen on val, is not confirmed on test: fixed" in w for w in acc["why_no_pick"])
+    # the reference figures of a choice that failed on test are "tested", not "confirmed", there
+    assert "dual, chosen on val (highest Δm there" in acc["text"]
+    assert ", tested on test: " in acc["text"] and ", confirmed on test: " not in acc["text"]
 
 
 def test_a_longer_trained_hybrid_is_compared_with_a_budget_matched_control(

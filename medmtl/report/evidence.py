@@ -109,6 +109,9 @@ def apply_evidence(runs: Sequence[Run], agg: dict[str, Any], acc: dict[str, Any]
                        "(not significantly lower: paired t-test, Holm-adjusted)")
     acc["recommended"] = acc["top"] is not None and not why
     acc["why_no_pick"] = why
+    if acc["recommended"] and acc.get("confirmed_on"):
+        acc["text"] = acc["text"].replace(f", tested on {acc['confirmed_on']}: ",
+                                          f", confirmed on {acc['confirmed_on']}: ", 1)
     if acc["top"] is not None and why:
         acc["method"] = None
         acc["text"] = ("Accuracy first: no method can be recommended: " + "; ".join(why)

@@ -119,7 +119,8 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
     std = "" if top["std"] is None else f" ± {top['std']:.{nd}f}"
     mm = methods[best]["metrics"]
     split = rec["confirmed_on"] or rec["chosen_on"]
-    how = (f"chosen on val (highest Δm there: {rec['val_ranking'][0]['mean']:+.2f}), confirmed "
+    # "tested on test" until the evidence confirms the choice (evidence.apply_evidence)
+    how = (f"chosen on val (highest Δm there: {rec['val_ranking'][0]['mean']:+.2f}), tested "
            "on test: " if rec["confirmed_on"] else
            f"chosen and scored on the same split ({rec['chosen_on']}; not confirmed on held-out "
            "data): ")
