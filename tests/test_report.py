@@ -628,6 +628,21 @@ def test_a_longer_trained_hybrid_is_compared_with_a_budget_matched_control(
             assert b["control"] == "fixed:epochs=16" and b["vs_control"]["verdict"] == "better"
             assert acc["method"] == "staged"
         assert "## Equal budgets" in (root / "report.md").read_text()
+    # against a tuned baseline (the study's fixed@tuned) the control is still fixed:epochs=16,
+    # the baseline's method at its defaults trained as long, and the text says so
+    root = tmp_path / "True"
+    for s in range(3):
+        run(root, "fixed@tuned", s, 0.42 + 0.003 * s)
+    summary = json.loads(write_report(root, baseline="fixed@tuned",
+                                      plots=False)["json"].read_text())
+    b = summary["methods"]["staged"]["budget"]
+    assert b["control"] == "fixed:epochs=16" and b["vs_control"]["verdict"] == "better"
+    assert "the baseline's method at its default settings (fixed) trained as long" in b["text"]
+    for s in range(3):
+        (root / "runs" / f"fixed:epochs=16-s{s}" / "metrics.json").unlink()
+    b = json.loads(write_report(root, baseline="fixed@tuned", plots=False)["json"].read_text())[
+        "methods"]["staged"]["budget"]
+    assert b["control"] is None and "add fixed:epochs=16 to the compare" in b["text"]
 
 
 def test_the_report_says_which_methods_were_tuned(tmp_path: Path) -> None:

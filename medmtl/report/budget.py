@@ -53,19 +53,26 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
                                  "longer": bool(mine and base_ep and mine > base_ep),
                                  "control": None, "vs_control": None}
         if block["longer"] and e["joint"]:
-            controls = [c for c, ce in methods.items() if c != m and ce["joint"]
-                        and ce["epochs_total"] == mine and c.split(":", 1)[0] == base]
+            # the baseline's method trained as long; for a tuned baseline (fixed@tuned) the same
+            # method at its defaults counts too (compare trains `fixed:epochs=16`, not a tuned one)
+            plain = base.removesuffix("@tuned") if base else base
+            controls = sorted((c for c, ce in methods.items() if c != m and ce["joint"]
+                               and ce["epochs_total"] == mine
+                               and c.split(":", 1)[0] in (base, plain)),
+                              key=lambda c: c.split(":", 1)[0] != base)
             if controls:
                 c = controls[0]
                 block["control"] = c
                 block["vs_control"] = compare(block_seeds(e), block_seeds(methods[c]), True, alpha)
+                what = ("the baseline" if c.split(":", 1)[0] == base else
+                        f"the baseline's method at its default settings ({plain})")
                 block["text"] = (f"{m} trained {mine:g} epochs in total (its source's included), "
-                                 f"the baseline {base_ep:g}; against {c}, the baseline trained "
+                                 f"the baseline {base_ep:g}; against {c}, {what} trained "
                                  f"as long: Δm {block['vs_control']['verdict']}")
             else:
                 block["text"] = (f"{m} trained {mine:g} epochs in total (its source's included) "
                                  f"where the baseline trained {base_ep:g}, and no control trained "
-                                 f"as long: add {base}:epochs={mine:g} to the compare")
+                                 f"as long: add {plain}:epochs={mine:g} to the compare")
         e["budget"] = block
 
 
