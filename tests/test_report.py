@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -583,10 +584,16 @@ def test_the_method_is_chosen_on_val_and_confirmed_on_test(tmp_path: Path) -> No
     assert (acc["chosen_on"], acc["confirmed_on"], acc["chosen"]) == ("val", "test", "dual")
     assert acc["val_ranking"][0]["method"] == "dual" and acc["recommended"] is True
     assert "chosen on val (highest Δm there" in acc["text"] and "confirmed on test" in acc["text"]
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| method | score (delta_m), test | score, val | seeds | vs the chosen method (test) |" \
+        in md
+    assert re.search(r"\| dual \| [-0-9.]+ ± [0-9.]+ \| [-0-9.]+ ± [0-9.]+ \| 3 \| "
+                     r"chosen on val, recommended \|", md)
     acc = study(tmp_path / "b", 0.30)["recommendations"]["accuracy_first"]
     assert acc["chosen"] == "dual" and acc["ranking"][0]["method"] == "fixed"
     assert acc["method"] is None and acc["recommended"] is False
     assert any("chosen on val, is not confirmed on test: fixed" in w for w in acc["why_no_pick"])
+    assert "| 3 | chosen on val, not recommended |" in (tmp_path / "b" / "report.md").read_text()
     # the reference figures of a choice that failed on test are "tested", not "confirmed", there
     assert "dual, chosen on val (highest Δm there" in acc["text"]
     assert ", tested on test: " in acc["text"] and ", confirmed on test: " not in acc["text"]

@@ -252,14 +252,28 @@ def _blocks(summary: dict[str, Any], plots: dict[str, Path], directory: Path,
 
 def _recommendation_blocks(recs: dict[str, Any]) -> list[Block]:
     b: list[Block] = [("p", recs["accuracy_first"]["text"])]
-    ranking, nd = recs["accuracy_first"]["ranking"], recs["accuracy_first"].get("decimals", 3)
-    if ranking:  # "best" only where the evidence names one (medmtl.report.evidence)
-        top = "best" if recs["accuracy_first"].get("method") else "top score (not recommended)"
-        b.append(("table", ["method", f"score ({recs['accuracy_first']['score_name']})",
-                            "seeds", "vs the top score"],
-                  [[r["method"], f"{r['mean']:.{nd}f}"
-                    + ("" if r["std"] is None else f" ± {r['std']:.{nd}f}"), str(r["n"]),
-                    top if i == 0 else _verdict(r.get("vs_best"))]
+    acc = recs["accuracy_first"]
+    ranking, nd = acc["ranking"], acc.get("decimals", 3)
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r or r.get("mean") is None:
+            return "n/a"
+        return f"{r['mean']:.{nd}f}" + ("" if r.get("std") is None else f" ± {r['std']:.{nd}f}")
+
+    if ranking and acc.get("confirmed_on"):  # chosen on val, tested on the held-out split
+        chosen = acc.get("chosen")
+        label = "chosen on val, " + ("recommended" if acc.get("method") else "not recommended")
+        val = {r["method"]: r for r in acc.get("val_ranking") or []}
+        b.append(("table", ["method", f"score ({acc['score_name']}), {acc['confirmed_on']}",
+                            f"score, {acc['chosen_on']}", "seeds",
+                            f"vs the chosen method ({acc['confirmed_on']})"],
+                  [[r["method"], cell(r), cell(val.get(r["method"])), str(r["n"]),
+                    label if r["method"] == chosen else _verdict(r.get("vs_best"))]
+                   for r in ranking]))
+    elif ranking:  # "best" only where the evidence names one (medmtl.report.evidence)
+        top = "best" if acc.get("method") else "top score (not recommended)"
+        b.append(("table", ["method", f"score ({acc['score_name']})", "seeds", "vs the top score"],
+                  [[r["method"], cell(r), str(r["n"]), top if i == 0 else _verdict(r.get("vs_best"))]
                    for i, r in enumerate(ranking)]))
     b.append(("p", recs["efficiency_first"]["text"]))
     if recs.get("latency_budget"):
