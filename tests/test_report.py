@@ -645,6 +645,8 @@ def test_a_longer_trained_hybrid_is_compared_with_a_budget_matched_control(
     b = summary["methods"]["staged"]["budget"]
     assert b["control"] == "fixed:epochs=16" and b["vs_control"]["verdict"] == "better"
     assert "the baseline's method at its default settings (fixed) trained as long" in b["text"]
+    ctl = summary["methods"]["fixed:epochs=16"]["budget"]  # the control is no hybrid to control
+    assert ctl["is_control"] and "is the baseline's method trained 16 epochs" in ctl["text"]
     for s in range(3):
         (root / "runs" / f"fixed:epochs=16-s{s}" / "metrics.json").unlink()
     b = json.loads(write_report(root, baseline="fixed@tuned", plots=False)["json"].read_text())[

@@ -52,10 +52,16 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
         block: dict[str, Any] = {"epochs_total": mine, "baseline_epochs": base_ep,
                                  "longer": bool(mine and base_ep and mine > base_ep),
                                  "control": None, "vs_control": None}
-        if block["longer"] and e["joint"]:
+        plain = base.removesuffix("@tuned") if base else base
+        if block["longer"] and e["joint"] and m.split(":", 1)[0] in (base, plain):
+            # the baseline's own method trained longer: the control of the others, not a remedy
+            block["is_control"] = True
+            block["text"] = (f"{m} is the baseline's method trained {mine:g} epochs, the control "
+                             "of the methods that trained as long; its difference from the "
+                             "baseline is what the longer training gives")
+        elif block["longer"] and e["joint"]:
             # the baseline's method trained as long; for a tuned baseline (fixed@tuned) the same
             # method at its defaults counts too (compare trains `fixed:epochs=16`, not a tuned one)
-            plain = base.removesuffix("@tuned") if base else base
             controls = sorted((c for c, ce in methods.items() if c != m and ce["joint"]
                                and ce["epochs_total"] == mine
                                and c.split(":", 1)[0] in (base, plain)),
@@ -79,7 +85,7 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
 def budget_gaps(agg: dict[str, Any], method: str) -> list[str]:
     """Why ``method``'s lead may be its longer training (for the evidence rule)."""
     block = (agg["methods"].get(method) or {}).get("budget") or {}
-    if not block.get("longer"):
+    if not block.get("longer") or block.get("is_control"):
         return []
     vs = block.get("vs_control")
     if vs is not None and vs.get("verdict") == "better":
