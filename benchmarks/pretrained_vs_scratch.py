@@ -1,10 +1,10 @@
 """Pretrained against scratch at the same budget: the per-seed figures of two `medmtl report`
-summaries (docs/study's scratch runs and benchmarks/study_pretrained.sh's), side by side per
+summaries (docs/study-scratch's scratch runs and benchmarks/study_pretrained.sh's), side by side per
 method and metric, with the mean difference over seeds and its 95 % t interval (seeds paired by
 number: the same split, held-out patients and data order). Three seeds give a wide interval; it
 is printed, not hidden.
 
-    python benchmarks/pretrained_vs_scratch.py docs/study/summary.json docs/study-pretrained/summary.json
+    python benchmarks/pretrained_vs_scratch.py docs/study-scratch/summary.json docs/study-pretrained/summary.json
 """
 
 from __future__ import annotations

