@@ -40,6 +40,11 @@ def _method_epochs(runs: Sequence[Run], method: str) -> float | None:
     return float(mean(vals)) if vals else None
 
 
+def _head(method: str) -> str:
+    """The method of a spec, without its overrides (``fixed:epochs=16`` -> ``fixed``)."""
+    return method.split(":", 1)[0]
+
+
 def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -> None:
     """Set ``epochs_total`` and ``budget`` on every method of ``agg`` (in place)."""
     base = agg["baseline"]
@@ -53,7 +58,7 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
                                  "longer": bool(mine and base_ep and mine > base_ep),
                                  "control": None, "vs_control": None}
         plain = base.removesuffix("@tuned") if base else base
-        if block["longer"] and e["joint"] and m.split(":", 1)[0] in (base, plain):
+        if block["longer"] and e["joint"] and _head(m) in (base, plain):
             # the baseline's own method trained longer: the control of the others, not a remedy
             block["is_control"] = True
             block["text"] = (f"{m} is the baseline's method trained {mine:g} epochs, the control "
@@ -64,13 +69,13 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
             # method at its defaults counts too (compare trains `fixed:epochs=16`, not a tuned one)
             controls = sorted((c for c, ce in methods.items() if c != m and ce["joint"]
                                and ce["epochs_total"] == mine
-                               and c.split(":", 1)[0] in (base, plain)),
-                              key=lambda c: c.split(":", 1)[0] != base)
+                               and _head(c) in (base, plain)),
+                              key=lambda c: _head(c) != base)
             if controls:
                 c = controls[0]
                 block["control"] = c
                 block["vs_control"] = compare(block_seeds(e), block_seeds(methods[c]), True, alpha)
-                what = ("the baseline" if c.split(":", 1)[0] == base else
+                what = ("the baseline" if _head(c) == base else
                         f"the baseline's method at its default settings ({plain})")
                 block["text"] = (f"{m} trained {mine:g} epochs in total (its source's included), "
                                  f"the baseline {base_ep:g}; against {c}, {what} trained "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medmtl.report.collect import METRIC_BY_KEY, Run, compressed_runs
-from medmtl.report.markup import Block
+from medmtl.report.markup import Block, fmt_ms
 from medmtl.report.significance import mean_std, per_seed
 
 KEYS = ("map50", "map50_95", "accuracy", "macro_f1")
@@ -47,12 +47,8 @@ def compressed_summary(runs: Sequence[Run]) -> dict[str, Any]:
     return out
 
 
-def _cell(block: dict[str, Any] | None, signed: bool = False) -> str:
-    if not block or block["mean"] is None:
-        return "n/a"
-    sign = "+" if signed else ""
-    std = "" if block["std"] is None else f" ± {block['std']:.3f}"
-    return f"{block['mean']:{sign}.3f}{std}"
+def _signed(cell: str) -> str:
+    return cell if cell.startswith(("-", "n")) else f"+{cell}"
 
 
 def compressed_blocks(summary: dict[str, Any]) -> list[Block]:
@@ -63,8 +59,8 @@ def compressed_blocks(summary: dict[str, Any]) -> list[Block]:
     rows = []
     for name, e in comp.items():
         rows.append([name, e["of"], str(len(e["seeds"]))]
-                    + [f"{_cell(e['metrics'].get(k))} ({_cell(e['change'].get(k), True)})"
-                       for k in keys])
+                    + [f"{fmt_ms(e, k)} ({_signed(fmt_ms({'metrics': e['change']}, k))})"
+                       if k in e["metrics"] else "n/a" for k in keys])
     split = ", ".join(sorted({s for e in comp.values() for s in e["split"]}))
     return [("h", 2, "Compressed graphs"),
             ("p", f"Each graph scored by `medmtl val` on its run's {split} split "

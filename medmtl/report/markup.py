@@ -5,10 +5,38 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from medmtl.report.collect import METRIC_BY_KEY
+
 Block = tuple[Any, ...]
+
+
+def fmt(key: str, v: float | None) -> str:
+    """One number, formatted by the metric's kind."""
+    if v is None:
+        return "n/a"
+    if not math.isfinite(v):
+        return str(v)  # "nan" / "inf": a diverged run shows as such, not as missing
+    kind = METRIC_BY_KEY[key].kind if key in METRIC_BY_KEY else "metric"
+    if kind == "params":
+        return f"{v / 1e6:.2f}M"
+    if kind == "gflops":
+        return f"{v:.2f}"
+    if kind in ("seconds", "ms", "mb", "rate"):
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def fmt_ms(entry: dict[str, Any], key: str) -> str:
+    cell = entry["metrics"][key]
+    if cell["mean"] is None:
+        return "n/a"
+    if cell["std"] is None:  # one seed: the banner says so once, not '± —' in every cell
+        return fmt(key, cell["mean"])
+    return f"{fmt(key, cell['mean'])} ± {fmt(key, cell['std'])}"
 
 
 def _esc_md(text: str) -> str:

@@ -20,7 +20,7 @@ from medmtl.report.collect import METRIC_BY_KEY, METRICS, Run, collect_runs, ext
 from medmtl.report.compressed import compressed_blocks, compressed_summary
 from medmtl.report.deployment import deployment_blocks
 from medmtl.report.evidence import no_learning
-from medmtl.report.markup import to_html, to_markdown
+from medmtl.report.markup import fmt, fmt_ms, to_html, to_markdown
 from medmtl.report.pareto import DEFAULT_RUNTIME
 from medmtl.report.plots import make_plots
 from medmtl.report.recommendations import DM_TOLERANCE
@@ -67,31 +67,6 @@ HOW_TO_READ = [
     "Recommendations are generated from these numbers by fixed rules; they name no method in "
     "advance.",
 ]
-
-
-def fmt(key: str, v: float | None) -> str:
-    """One number, formatted by the metric's kind."""
-    if v is None:
-        return "n/a"
-    if not math.isfinite(v):
-        return str(v)  # "nan" / "inf": a diverged run shows as such, not as missing
-    kind = METRIC_BY_KEY[key].kind if key in METRIC_BY_KEY else "metric"
-    if kind == "params":
-        return f"{v / 1e6:.2f}M"
-    if kind == "gflops":
-        return f"{v:.2f}"
-    if kind in ("seconds", "ms", "mb", "rate"):
-        return f"{v:.1f}"
-    return f"{v:.3f}"
-
-
-def fmt_ms(entry: dict[str, Any], key: str) -> str:
-    cell = entry["metrics"][key]
-    if cell["mean"] is None:
-        return "n/a"
-    if cell["std"] is None:  # one seed: the banner says so once, not '± —' in every cell
-        return fmt(key, cell["mean"])
-    return f"{fmt(key, cell['mean'])} ± {fmt(key, cell['std'])}"
 
 
 def _pct(v: float | None) -> str:
