@@ -213,9 +213,11 @@ def test_auto_is_a_method_and_a_spec() -> None:
 
 
 @pytest.mark.slow
-def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path) -> None:
+def test_auto_trains_through_compare(synth_tiny: Path, tmp_path: Path,
+                                     no_retime: list[list[Path]]) -> None:
     """`compare --methods auto` runs `medmtl train --method auto` in a subprocess (the CLI path):
-    probe, choice, training, metrics, and the report's section."""
+    probe, choice, training, metrics, and the report's section (compare's closing re-timing is
+    tests/test_compare.py's)."""
     from medmtl.experiments.compare import run_compare
 
     out = tmp_path / "cmp"
