@@ -26,8 +26,8 @@ from typing import Any
 from medmtl.report.budget import budget_gaps
 from medmtl.report.collect import Run
 
-__all__ = ["MAP50_FLOOR", "MIN_SEEDS", "apply_evidence", "learning_gaps", "majority_rate",
-           "no_learning"]
+__all__ = ["MAP50_FLOOR", "MIN_SEEDS", "accuracy_gaps", "apply_evidence", "learning_gaps",
+           "majority_rate", "no_learning", "withheld_text"]
 
 MIN_SEEDS = 2
 MAP50_FLOOR = 0.05
@@ -87,35 +87,43 @@ def _seed_gaps(agg: dict[str, Any]) -> list[str]:
             "from a difference (`medmtl compare --seeds 3`)"]
 
 
-def apply_evidence(runs: Sequence[Run], agg: dict[str, Any], acc: dict[str, Any],
-                   eff: dict[str, Any], budget: dict[str, Any] | None) -> None:
-    """Withdraw the picks the evidence does not support (in place): ``acc["method"]`` becomes
-    None with ``acc["why_no_pick"]`` and the text saying so (``acc["top"]`` keeps the top
-    score); the efficiency and budget picks need the seeds."""
-    acc["top"] = acc.get("chosen")
+def accuracy_gaps(runs: Sequence[Run], agg: dict[str, Any], acc: dict[str, Any]) -> list[str]:
+    """Why the accuracy-first advice may not name ``acc["chosen"]`` ([] when it may): too few
+    seeds, no learning, a longer budget than its control, or a lead within seed noise (on the
+    confirming split when a val choice is tested on test). Needs the verdicts against the chosen
+    method (``acc["ranking"]``'s ``vs_best``)."""
+    top = acc.get("chosen")
     seeds = _seed_gaps(agg)
     why = list(seeds)
-    if acc["top"] is not None:
-        why += learning_gaps(runs, agg, acc["top"])
-        why += budget_gaps(agg, acc["top"])
-        tied = [r["method"] for r in acc["ranking"] if r["method"] != acc["top"]
-                and (r.get("vs_best") or {}).get("verdict") != "worse"]
-        if tied and not seeds and acc.get("confirmed_on"):
-            why.append(f"{acc['top']}, chosen on {acc['chosen_on']}, is not confirmed on "
-                       f"{acc['confirmed_on']}: {', '.join(tied)} not significantly lower there "
-                       "(within seed noise or reversed: paired t-test, Holm-adjusted)")
-        elif tied and not seeds:
-            why.append(f"the lead of {acc['top']} over {', '.join(tied)} is within seed noise "
-                       "(not significantly lower: paired t-test, Holm-adjusted)")
-    acc["recommended"] = acc["top"] is not None and not why
-    acc["why_no_pick"] = why
-    if acc["recommended"] and acc.get("confirmed_on"):
-        acc["text"] = acc["text"].replace(f", tested on {acc['confirmed_on']}: ",
-                                          f", confirmed on {acc['confirmed_on']}: ", 1)
-    if acc["top"] is not None and why:
-        acc["method"] = None
-        acc["text"] = ("Accuracy first: no method can be recommended: " + "; ".join(why)
-                       + f". For reference only: {acc['text'].split(': ', 1)[1]}")
+    if top is None:
+        return why
+    why += learning_gaps(runs, agg, top)
+    why += budget_gaps(agg, top)
+    tied = [r["method"] for r in acc["ranking"] if r["method"] != top
+            and (r.get("vs_best") or {}).get("verdict") != "worse"]
+    if tied and not seeds and acc.get("confirmed_on"):
+        why.append(f"{top}, chosen on {acc['chosen_on']}, is not confirmed on "
+                   f"{acc['confirmed_on']}: {', '.join(tied)} not significantly lower there "
+                   "(within seed noise or reversed: paired t-test, Holm-adjusted)")
+    elif tied and not seeds:
+        why.append(f"the lead of {top} over {', '.join(tied)} is within seed noise "
+                   "(not significantly lower: paired t-test, Holm-adjusted)")
+    return why
+
+
+def withheld_text(why: Sequence[str], advice: str) -> str:
+    """The accuracy-first sentence when ``why`` withholds the pick: the reasons, then the advice
+    it would have given (``advice``: the sentence after its "Accuracy first ...: " head)."""
+    return ("Accuracy first: no method can be recommended: " + "; ".join(why)
+            + f". For reference only: {advice}")
+
+
+def apply_evidence(agg: dict[str, Any], eff: dict[str, Any],
+                   budget: dict[str, Any] | None) -> None:
+    """Withdraw the efficiency and latency-budget picks (in place) when a compared method ran
+    too few seeds; the accuracy pick's evidence is :func:`accuracy_gaps`, applied where that
+    advice is written."""
+    seeds = _seed_gaps(agg)
     if seeds and eff.get("method") is not None:
         eff.update(method=None, tradeoff=None, why_no_pick=list(seeds))
         eff["text"] = eff["text"].split(" Pick: ")[0] + f" No pick is made: {'; '.join(seeds)}."

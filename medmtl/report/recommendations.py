@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medmtl.report.collect import Run
-from medmtl.report.evidence import apply_evidence
+from medmtl.report.evidence import accuracy_gaps, apply_evidence, withheld_text
 from medmtl.report.pareto import (
     DEFAULT_RUNTIME,
     analyse,
@@ -77,7 +77,7 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
                            "not_enough_seeds": []}
     if not cands:
         rec["text"] = "Accuracy first: no finished joint (detect + classify) runs to compare."
-        return rec
+        return _judged(rec, accuracy_gaps(runs, agg, rec))
     if all(methods[m]["delta_m"].get("available") for m in cands):
         rec["score_name"] = "delta_m"
         scores = {m: block_seeds(methods[m]) for m in cands}
@@ -100,7 +100,7 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
     scores = {m: v for m, v in scores.items() if v and m not in rec["excluded_non_finite"]}
     if not scores:
         rec["text"] = "Accuracy first: no joint method has finite scores to compare."
-        return rec
+        return _judged(rec, accuracy_gaps(runs, agg, rec))
     rec["ranking"] = _ranked(scores)
     best = _choose(methods, rec, list(scores))
     rec["method"] = rec["chosen"] = best
@@ -119,13 +119,14 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
     std = "" if top["std"] is None else f" ± {top['std']:.{nd}f}"
     mm = methods[best]["metrics"]
     split = rec["confirmed_on"] or rec["chosen_on"]
-    # "tested on test" until the evidence confirms the choice (evidence.apply_evidence)
-    how = (f"chosen on val (highest Δm there: {rec['val_ranking'][0]['mean']:+.2f}), tested "
-           "on test: " if rec["confirmed_on"] else
+    why = accuracy_gaps(runs, agg, rec)  # name the best method only on evidence
+    # a val choice is "confirmed on test" when the evidence holds there, else only "tested"
+    how = (f"chosen on val (highest Δm there: {rec['val_ranking'][0]['mean']:+.2f}), "
+           f"{'tested' if why else 'confirmed'} on test: " if rec["confirmed_on"] else
            f"chosen and scored on the same split ({rec['chosen_on']}; not confirmed on held-out "
            "data): ")
-    rec["text"] = (
-        f"Accuracy first (diagnosis): {best}, {how}{what} on {split} "
+    advice = (
+        f"{best}, {how}{what} on {split} "
         f"{top['mean']:.{nd}f}{std} over {top['n']} seed(s) (mAP@0.5 {mm['map50']['mean']:.3f}, "
         f"view accuracy {mm['accuracy']['mean']:.3f}). Statistically indistinguishable from it "
         f"on {split} (paired t-test across seeds, Holm-adjusted over the "
@@ -134,8 +135,20 @@ def accuracy_first(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPH
         f"lower: {_fmt_list(rec['worse'])}. Not enough paired seeds to tell: "
         f"{_fmt_list(rec['not_enough_seeds'])}.")
     if rec["excluded_non_finite"]:
-        rec["text"] += (" Left out for non-finite (NaN/inf) scores: "
-                        f"{_fmt_list(rec['excluded_non_finite'])}.")
+        advice += (" Left out for non-finite (NaN/inf) scores: "
+                   f"{_fmt_list(rec['excluded_non_finite'])}.")
+    if why:
+        rec["method"] = None
+    rec["text"] = withheld_text(why, advice) if why else f"Accuracy first (diagnosis): {advice}"
+    return _judged(rec, why)
+
+
+def _judged(rec: dict[str, Any], why: list[str]) -> dict[str, Any]:
+    """The evidence's verdict on the accuracy advice: ``top`` keeps the chosen method (the top
+    score) whether or not it is recommended; ``why_no_pick`` says why not."""
+    rec["top"] = rec.get("chosen")
+    rec["recommended"] = rec["top"] is not None and not why
+    rec["why_no_pick"] = why
     return rec
 
 
@@ -261,10 +274,9 @@ def recommend(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA,
     """Accuracy first, efficiency first (the Pareto advice) and, given a budget, the most
     accurate method within it (``latency_budget``, None without a budget); each pick only where
     the evidence supports it (`medmtl.report.evidence`)."""
-    acc = accuracy_first(runs, agg, alpha)
+    acc = accuracy_first(runs, agg, alpha)  # names a best method only on evidence
     dep = deployment if deployment is not None else analyse(runs, agg, runtime)
-    acc["top"] = acc.get("chosen")
     eff = efficiency_first(runs, agg, acc, dep, tolerance)
     budget = None if latency_budget_ms is None else budget_advice(dep, latency_budget_ms)
-    apply_evidence(runs, agg, acc, eff, budget)  # name a best method only on evidence
+    apply_evidence(agg, eff, budget)  # and the other picks only with the seeds
     return {"accuracy_first": acc, "efficiency_first": eff, "latency_budget": budget}
