@@ -39,7 +39,7 @@ def _ms(block: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> 
 
 
 def rows(summary: dict[str, Any]) -> list[tuple[float, list[str]]]:
-    latency = {p["method"]: p["latency_ms"] for p in summary["deployment"]["points"]}
+    points = {p["method"]: p for p in summary["deployment"]["points"]}
     out = []
     for name, e in summary["methods"].items():
         if not e["n"]:
@@ -50,11 +50,8 @@ def rows(summary: dict[str, Any]) -> list[tuple[float, list[str]]]:
         cells = [label, str(e["n"]), _ms(m["map50"]), _ms(m["accuracy"]),
                  _ms(m["clip_accuracy"]),
                  _ms(dm, 1, True) if dm and dm.get("available") else "reference",
-                 f"{latency[name]:.1f}" if name in latency else "—"]
-        if not e["joint"]:
-            cells[5] = "reference"
+                 f"{points[name]['latency_ms']:.1f}" if name in points else "—"]
         out.append((dm["mean"] if dm and dm.get("mean") is not None else -1e9, cells))
-    points = {p["method"]: p for p in summary["deployment"]["points"]}
     for name, e in (summary.get("compressed") or {}).items():
         p = points.get(name, {})
         dm = ({"mean": p["delta_m"], "std": p.get("delta_m_std")}

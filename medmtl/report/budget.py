@@ -52,12 +52,12 @@ def add_budget(runs: Sequence[Run], agg: dict[str, Any], alpha: float = ALPHA) -
     for m, e in methods.items():
         e["epochs_total"] = _method_epochs(runs, m)
     base_ep = methods[base]["epochs_total"] if base in methods else None
+    plain = base.removesuffix("@tuned") if base else base  # fixed@tuned -> fixed
     for m, e in methods.items():
         mine = e["epochs_total"]
         block: dict[str, Any] = {"epochs_total": mine, "baseline_epochs": base_ep,
                                  "longer": bool(mine and base_ep and mine > base_ep),
                                  "control": None, "vs_control": None}
-        plain = base.removesuffix("@tuned") if base else base
         if block["longer"] and e["joint"] and _head(m) in (base, plain):
             # the baseline's own method trained longer: the control of the others, not a remedy
             block["is_control"] = True

@@ -14,15 +14,9 @@ from typing import Any
 
 from medmtl.report.collect import METRIC_BY_KEY, Run, compressed_runs
 from medmtl.report.markup import Block, fmt_ms
-from medmtl.report.significance import mean_std, per_seed
+from medmtl.report.significance import per_seed, seed_block
 
 KEYS = ("map50", "map50_95", "accuracy", "macro_f1")
-
-
-def _stats(values: dict[int, float]) -> dict[str, Any]:
-    mean, std = mean_std(list(values.values()))
-    return {"mean": mean, "std": std, "n": len(values),
-            "per_seed": {str(s): v for s, v in sorted(values.items())}}
 
 
 def compressed_summary(runs: Sequence[Run]) -> dict[str, Any]:
@@ -39,8 +33,8 @@ def compressed_summary(runs: Sequence[Run]) -> dict[str, Any]:
             if not values:
                 continue
             base = per_seed(runs, of, key)
-            metrics[key] = _stats(values)
-            change[key] = _stats({s: v - base[s] for s, v in values.items() if s in base})
+            metrics[key] = seed_block(values)
+            change[key] = seed_block({s: v - base[s] for s, v in values.items() if s in base})
         out[name] = {"of": of, "kind": kind, "seeds": sorted(v.seed for v in mine),
                      "split": sorted({str(v.split) for v in mine}), "metrics": metrics,
                      "change": change}

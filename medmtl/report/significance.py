@@ -36,6 +36,7 @@ __all__ = [
     "paired_ttest",
     "block_seeds",
     "per_seed",
+    "seed_block",
     "verdict_of",
 ]
 
@@ -134,6 +135,14 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def seed_block(values: dict[int, float]) -> dict[str, Any]:
+    """A summary block of per-seed values: mean, sample std, count and the values by seed (the
+    cells of summary.json's ``metrics``)."""
+    mean, std = mean_std(list(values.values()))
+    return {"mean": mean, "std": std, "n": len(values),
+            "per_seed": {str(s): v for s, v in sorted(values.items())}}
 
 
 def block_seeds(entry: dict[str, Any], key: str = "delta_m") -> dict[int, float]:

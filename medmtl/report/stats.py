@@ -29,6 +29,7 @@ from medmtl.report.significance import (
     mean_std,
     paired_ttest,
     per_seed,
+    seed_block,
 )
 
 __all__ = [
@@ -183,9 +184,8 @@ def aggregate(runs: Sequence[Run], baseline: str | None = None, alpha: float = A
             "metrics": {}, "relative_to_baseline_pct": {}, "significance": {}}
         for m in METRICS:
             vals = per_seed(runs, method, m.key)
-            mean, std = mean_std(list(vals.values()))
-            entry["metrics"][m.key] = {"mean": mean, "std": std, "n": len(vals),
-                                       "per_seed": {str(s): v for s, v in sorted(vals.items())}}
+            entry["metrics"][m.key] = seed_block(vals)
+            mean = entry["metrics"][m.key]["mean"]
             bmean = mean_std(list(base_seed.get(m.key, {}).values()))[0]
             rel = None
             if mean is not None and bmean not in (None, 0.0) and method != base:
